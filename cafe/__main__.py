@@ -1,0 +1,5 @@
+import sys
+
+from cafe.cli import main
+
+sys.exit(main())
