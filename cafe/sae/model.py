@@ -1,0 +1,142 @@
+"""The Matryoshka sparse autoencoder of one layer, its config and its self-describing checkpoint.
+
+    z = act(W_e (s*h - b_d)),   h_hat = W_d z + b_h      (h_hat approximates s*h)
+
+`s` is a fixed input scale (so that E||s h||^2 = d, stored in the checkpoint), `act` is ReLU (the paper,
+with an L1 penalty) or BatchTopK (a threshold learned in training is used at inference, as in Bussmann et
+al. 2024). Matryoshka: the reconstruction loss is summed over nested prefixes of the latents, so the first
+features carry the coarsest concepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cafe.errors import CafeError
+from cafe.params import as_dict, parse_section
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Training and shape parameters of one SAE (params.yaml `sae:`)."""
+
+    expansion: int = 8
+    groups: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
+    activation: str = "relu"
+    l1: float = 4e-4
+    k: int = 16
+    lr: float = 1e-3
+    steps: int = 3000
+    batch_size: int = 1024
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("relu", "batchtopk"):
+            raise CafeError(f"params: sae.activation must be 'relu' or 'batchtopk', not {self.activation!r}")
+        if not self.groups or list(self.groups) != sorted(self.groups) or self.groups[-1] != 1.0 or self.groups[0] <= 0:
+            raise CafeError(f"params: sae.groups must rise strictly to 1.0 (fractions of the latents), got {list(self.groups)}")
+        if len(set(self.groups)) != len(self.groups):
+            raise CafeError(f"params: sae.groups has repeated prefixes: {list(self.groups)}")
+        for name in ("expansion", "k", "steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise CafeError(f"params: sae.{name} must be >= 1, got {getattr(self, name)}")
+
+    def prefix_sizes(self, n_latents: int) -> list[int]:
+        """Nested prefix lengths (in latents) of the Matryoshka loss."""
+        return sorted({max(1, round(g * n_latents)) for g in self.groups})
+
+
+class MatryoshkaSAE(nn.Module):
+    """SAE over one layer's residual stream; `encode` takes raw residuals and applies the input scale."""
+
+    def __init__(self, d_in: int, n_latents: int, activation: str = "relu", k: int = 16):
+        super().__init__()
+        self.d_in, self.n_latents, self.activation, self.k = d_in, n_latents, activation, k
+        self.W_e = nn.Parameter(torch.empty(n_latents, d_in))
+        self.W_d = nn.Parameter(torch.empty(d_in, n_latents))
+        self.b_d = nn.Parameter(torch.zeros(d_in))
+        self.b_h = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("threshold", torch.tensor(0.0))  # BatchTopK inference threshold
+        nn.init.kaiming_uniform_(self.W_d, a=5**0.5)
+        with torch.no_grad():
+            self.W_d /= self.W_d.norm(dim=0, keepdim=True)
+            self.W_e.copy_(self.W_d.T)
+
+    def pre_activation(self, h: torch.Tensor) -> torch.Tensor:
+        """W_e (s*h - b_d) for raw residuals h (..., d_in)."""
+        return (h * self.scale - self.b_d) @ self.W_e.T
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Latents z (..., n_latents) of raw residuals h (..., d_in), as used at inference."""
+        pre = self.pre_activation(h)
+        if self.activation == "relu":
+            return torch.relu(pre)
+        return pre * (pre > self.threshold)
+
+    def encode_train(self, h: torch.Tensor) -> torch.Tensor:
+        """Latents in training: BatchTopK keeps the batch's k*B largest pre-activations."""
+        pre = self.pre_activation(h)
+        if self.activation == "relu":
+            return torch.relu(pre)
+        pre = torch.relu(pre)
+        flat = pre.flatten()
+        keep = torch.topk(flat, min(self.k * pre.shape[0], flat.numel())).indices
+        return torch.zeros_like(flat).scatter(0, keep, flat[keep]).view_as(pre)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of the scaled residual s*h."""
+        return z @ self.W_d.T + self.b_h
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Keep decoder columns at unit norm (so the L1 penalty cannot be dodged by scaling)."""
+        self.W_d /= self.W_d.norm(dim=0, keepdim=True).clamp_min(1e-8)
+
+
+def fingerprint(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """A short hash of weights and config: annotations and features name the exact SAE they belong to."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_checkpoint(path: str | Path, sae: MatryoshkaSAE, config: SAEConfig, meta: dict[str, Any]) -> str:
+    """Write weights + config + input scale + provenance atomically; return the fingerprint."""
+    from cafe.io import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
+    meta = {"version": CHECKPOINT_VERSION, "d_in": sae.d_in, "n_latents": sae.n_latents, "config": as_dict(config), **meta}
+    fp = fingerprint(state, meta)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta, "fingerprint": fp}, tmp)
+    return fp
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[MatryoshkaSAE, dict[str, Any]]:
+    """Load a frozen SAE and its metadata (config, layer, backbone, fingerprint, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CafeError(f"{path}: SAE checkpoint not found (has the `sae` step run for this layer?)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta, state = blob["meta"], blob["state_dict"]
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CafeError(f"{path}: not a readable cafe SAE checkpoint ({exc}); re-run the `sae` step") from exc
+    config = parse_section(SAEConfig, meta["config"], "sae")
+    sae = MatryoshkaSAE(meta["d_in"], meta["n_latents"], config.activation, config.k)
+    sae.load_state_dict(state)
+    meta = {**meta, "fingerprint": blob["fingerprint"]}
+    return sae.to(device).eval().requires_grad_(False), meta
