@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random OpenCLIP tower, a tiny SAE on it, and a tiny ImageFolder on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cafe.backbone import Backbone, BackboneConfig
+from cafe.sae import MatryoshkaSAE
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> Backbone:
+    """cafe-tiny-vit: 32x32 images, 8x8 patches (4x4 grid, 17 tokens), width 32, 3 blocks, random seeded weights."""
+    return Backbone.load(BackboneConfig("cafe-tiny-vit", seed=0, device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tiny_backbone: Backbone) -> MatryoshkaSAE:
+    """An untrained SAE with 64 latents on the tiny tower's width, with a bias that keeps many latents active."""
+    torch.manual_seed(0)
+    sae = MatryoshkaSAE(tiny_backbone.width, 64)
+    with torch.no_grad():
+        sae.b_d.copy_(-0.05 * torch.ones(tiny_backbone.width) @ torch.eye(tiny_backbone.width))
+    return sae.eval().requires_grad_(False)
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0, ext: str = ".png") -> Path:
+    """Write an ImageFolder (<root>/<class>/<i><ext>) of random RGB images; returns root."""
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes of random 32x32 images, ImageNet-style folder names."""
+    return make_image_folder(tmp_path / "images", {"n01440764": 6, "n01443537": 5, "n01484850": 5})
