@@ -23,11 +23,9 @@ def tiny_backbone() -> Backbone:
 
 @pytest.fixture(scope="session")
 def tiny_sae(tiny_backbone: Backbone) -> MatryoshkaSAE:
-    """An untrained SAE with 64 latents on the tiny tower's width, with a bias that keeps many latents active."""
+    """An untrained SAE with 64 latents on the tiny tower's width (random directions: about half fire per token)."""
     torch.manual_seed(0)
     sae = MatryoshkaSAE(tiny_backbone.width, 64)
-    with torch.no_grad():
-        sae.b_d.copy_(-0.05 * torch.ones(tiny_backbone.width) @ torch.eye(tiny_backbone.width))
     return sae.eval().requires_grad_(False)
 
 
