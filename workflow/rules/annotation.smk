@@ -1,0 +1,47 @@
+# Annotation sheets and galleries out, people's CSVs (data/annotations/, versioned in git) back in, Fig 5.
+# The sheets read data/annotations only to carry answers over (read-only, not a DAG input), so that editing
+# an annotation reruns Fig 5 alone.
+
+
+rule sheets:
+    input:
+        image_inputs(),
+        features="results/features/layer{layer}.h5",
+        erf=f"results/erf/layer{{layer}}/{MAIN_METHOD}.h5",
+        manifest="results/data/manifest.csv",
+    output:
+        sheet="results/annotation/sheets/layer{layer}.csv",
+        galleries=directory("results/annotation/galleries/layer{layer}"),
+        index="results/annotation/index/layer{layer}.html",
+    params:
+        cfg=as_json(config["annotation"]),
+        images=IMAGES,
+    log:
+        "results/logs/sheets/layer{layer}.log",
+    shell:
+        "cafe sheets --params {params.cfg:q} --layer {wildcards.layer} --features {input.features} "
+        "--erf {input.erf} --manifest {input.manifest} --images-root {params.images:q} "
+        "--annotations-dir data/annotations --out-sheet {output.sheet} --out-galleries {output.galleries} "
+        "--out-index {output.index} > {log} 2>&1"
+
+
+def annotation_files(wildcards=None):
+    """The human files that exist now: a layer nobody has annotated yet is not an error."""
+    return [f"data/annotations/layer{layer}.csv" for layer in LAYERS if Path(f"data/annotations/layer{layer}.csv").exists()]
+
+
+rule fig5:
+    input:
+        sheets=expand("results/annotation/sheets/layer{layer}.csv", layer=LAYERS),
+        annotations=annotation_files(),
+    output:
+        figure=report("results/figures/fig5_nonlocal.png", caption="../report/fig5.rst", category="Fig 5"),
+        table="results/tables/fig5_nonlocal.csv",
+        metrics="results/metrics/annotation.json",
+    params:
+        cfg=as_json(config["annotation"]),
+    log:
+        "results/logs/fig5.log",
+    shell:
+        "cafe fig5 --params {params.cfg:q} --sheets {input.sheets} --annotations-dir data/annotations "
+        "--out-figure {output.figure} --out-table {output.table} --metrics {output.metrics} > {log} 2>&1"

@@ -1,0 +1,57 @@
+# The demo world: procedural scenes with known causes, and a small OpenCLIP tower trained on them.
+
+
+rule demo_data:
+    output:
+        images=directory(DEMO_IMAGES),
+        objects="results/demo/objects.csv",
+        masks="results/demo/masks.h5",
+    params:
+        cfg=as_json({k: v for k, v in config["demo"].items() if k not in ("enabled", "backbone")}),
+    log:
+        "results/logs/demo_data.log",
+    shell:
+        "cafe demo-data --params {params.cfg:q} --out results/demo > {log} 2>&1"
+
+
+rule demo_backbone:
+    input:
+        images=DEMO_IMAGES,
+    output:
+        checkpoint=DEMO_BACKBONE,
+        metrics="results/backbone/demo.json",
+    params:
+        cfg=as_json(config["demo"].get("backbone", {})),
+        model=config["backbone"]["model"],
+    log:
+        "results/logs/demo_backbone.log",
+    threads: workflow.cores
+    shell:
+        "cafe train-demo-backbone --params {params.cfg:q} --model {params.model} --images {input.images} "
+        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule ground_truth:
+    input:
+        features=expand("results/features/layer{layer}.h5", layer=LAYERS),
+        erf=expand("results/erf/layer{layer}/{method}.h5", layer=LAYERS, method=ERF_METHODS),
+        manifest="results/data/manifest.csv",
+        objects="results/demo/objects.csv",
+        masks="results/demo/masks.h5",
+    output:
+        table="results/tables/ground_truth.csv",
+        figure=report("results/figures/ground_truth.png", caption="../report/ground_truth.rst", category="Demo"),
+        metrics="results/metrics/ground_truth.json",
+    params:
+        layers=LAYERS,
+        methods=ERF_METHODS,
+    log:
+        "results/logs/ground_truth.log",
+    shell:
+        "cafe ground-truth --layers {params.layers} --methods {params.methods} --features-dir results/features "
+        "--erf-dir results/erf --manifest {input.manifest} --objects {input.objects} --masks {input.masks} "
+        "--out-table {output.table} --out-figure {output.figure} --metrics {output.metrics} > {log} 2>&1"
+
+
+def ground_truth_outputs():
+    return rules.ground_truth.output if DEMO else []
