@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cafe.errors import CafeError
@@ -40,3 +41,40 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
 def as_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as plain JSON-able data (for checkpoints and HDF5 attributes)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+DEMO_IMAGES = "results/demo/images"
+DEMO_BACKBONE = "results/backbone/demo.pt"
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Check params against the JSON schema, then across fields; every error names its key."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise CafeError("params: invalid values\n" + "\n".join(lines))
+    check_config(config)
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
+    from cafe.backbone import tower_shape
+
+    shape = tower_shape(config["backbone"]["model"])
+    bad = [layer for layer in config["layers"] if layer > shape.depth]
+    if bad:
+        raise CafeError(f"params: layers {bad} do not exist: {config['backbone']['model']} has blocks 1..{shape.depth}")
+    n_latents = config["sae"].get("expansion", 1) * shape.width
+    if config["features"].get("n_features", 0) > n_latents:
+        raise CafeError(f"params: features.n_features = {config['features']['n_features']} exceeds the SAE's {n_latents} latents")
+    if config["annotation"].get("n_features", 0) > config["features"].get("n_features", 0):
+        raise CafeError("params: annotation.n_features must not exceed features.n_features (sheets need those features)")
+    if config["annotation"].get("gallery_k", 0) > config["features"].get("top_k", 0):
+        raise CafeError("params: annotation.gallery_k must not exceed features.top_k")
+    if config["demo"]["enabled"] and config["data"]["images"] != DEMO_IMAGES:
+        raise CafeError(f"params: demo.enabled is true, so data.images must be {DEMO_IMAGES!r} (or set demo.enabled: false)")

@@ -1,0 +1,69 @@
+"""The Snakemake DAG as a user meets it: params validation at load time, and the paper's full DAG planned
+on a machine without weights, ImageNet or a GPU."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_utils import REPO, TINY_PARAMS, make_workspace, run
+
+
+def dry_run(root: Path, *extra: str):
+    return run(["snakemake", "-n", "--cores", "1", *extra], root, check=False)
+
+
+def with_change(path: str, value) -> dict:
+    params = copy.deepcopy(TINY_PARAMS)
+    *parents, key = path.split(".")
+    node = params
+    for name in parents:
+        node = node[name]
+    node[key] = value
+    return params
+
+
+def test_default_params_plan_every_rule(tmp_path):
+    root = make_workspace(tmp_path)
+    result = dry_run(root)
+    assert result.returncode == 0, result.stderr
+    for rule in ("demo_data", "demo_backbone", "activations", "sae", "features", "erf", "insertion", "fig3", "sheets", "fig5"):
+        assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"rule {rule} missing from the plan"
+
+
+def test_paper_config_plans_full_dag_without_weights_or_imagenet(tmp_path):
+    root = make_workspace(tmp_path)
+    result = dry_run(root, "--configfile", "workflow/configs/paper.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert counts["sae"] == "24" and counts["features"] == "24"
+    assert counts["erf"] == str(24 * 4) and counts["insertion"] == str(24 * 6)
+    assert "demo_data" not in counts and "demo_backbone" not in counts
+
+
+def test_paper_config_uses_vit_l14_laion_weights():
+    paper = yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text())
+    assert paper["backbone"] == {"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k", "seed": 0, "device": "auto"}
+    assert paper["layers"] == list(range(1, 25))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("sae.lr", "fast", "lr"),
+        ("sae.learning_rate", 0.1, "learning_rate"),
+        ("layers", [1, 30], "30"),
+        ("erf.methods", ["attnlrp", "occlusion"], "occlusion"),
+        ("insertion.canvases", ["grey"], "grey"),
+        ("features.n_features", 10_000, "features.n_features"),
+    ],
+)
+def test_bad_params_stop_with_a_message_naming_the_key(tmp_path, path, value, message):
+    root = make_workspace(tmp_path, with_change(path, value))
+    result = dry_run(root)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
