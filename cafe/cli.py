@@ -1,8 +1,9 @@
 """The `cafe` command line: one subcommand per step of the DAG. Snakemake rules call these; people can too.
 
-Each step module exposes `register(subparsers)`, adding its subcommand with `func` set. Every subcommand that
-needs parameters takes the relevant params.yaml section as JSON (`--params`), so a rule passes exactly the
-values its job depends on.
+Each step module exposes `register(subparsers)`, adding its subcommands with `func` set. Only the module of
+the command being run is imported (a pipeline run starts ~90 short processes; importing every step's
+dependencies each time would cost minutes). Commands that need parameters take the relevant params.yaml
+section as JSON (`--params`), so a rule passes exactly the values its job depends on.
 """
 
 from __future__ import annotations
@@ -14,33 +15,48 @@ import sys
 
 from cafe.errors import CafeError
 
-STEP_MODULES = (
-    "cafe.demo",
-    "cafe.demo_backbone",
-    "cafe.images",
-    "cafe.activations",
-    "cafe.sae",
-    "cafe.features",
-    "cafe.erf",
-    "cafe.insertion",
-    "cafe.figures",
-    "cafe.ground_truth",
-    "cafe.annotation",
-    "cafe.bench",
-)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("cafe.demo", "generate the demo scenes (ImageFolder) with object records and masks"),
+    "train-demo-backbone": ("cafe.demo_backbone", "train the demo OpenCLIP tower on the demo scenes"),
+    "manifest": ("cafe.images", "list which images are used, in which split and order"),
+    "activations": ("cafe.activations", "write residual-stream activations of every layer (one pass)"),
+    "sae": ("cafe.sae", "train one layer's Matryoshka SAE, streaming from its activations"),
+    "sae-summary": ("cafe.sae", "collect per-layer SAE metrics into one DVC metrics file"),
+    "features": ("cafe.features", "top activations of the first N features of one layer's SAE"),
+    "erf": ("cafe.erf", "effective receptive fields of the feature targets, by one attribution method"),
+    "insertion": ("cafe.insertion", "insertion/deletion curves of one ranking method"),
+    "greedy": ("cafe.insertion", "greedy insertion ceiling on a few targets"),
+    "fig3": ("cafe.figures", "AUC table, statistics and Fig 3"),
+    "ground-truth": ("cafe.ground_truth", "score maps against the demo's planted causes"),
+    "sheets": ("cafe.annotation", "annotation sheet, galleries and HTML index of one layer"),
+    "annotate-init": ("cafe.annotation", "start a human annotation file from a sheet (never overwrites)"),
+    "fig5": ("cafe.annotation", "validate human annotations and draw Fig 5"),
+    "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="cafe", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in STEP_MODULES:
-        importlib.import_module(name).register(sub)
+    return parser, sub
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """Full options for `command` (its module imported); one-line entries for every other command."""
+    parser, sub = _parser()
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+    else:
+        for name, (_, summary) in COMMANDS.items():
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CafeError as exc:
-        logging.getLogger("cafe").error("%s", exc)
         print(f"cafe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
