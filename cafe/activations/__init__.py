@@ -1,0 +1,35 @@
+"""Residual-stream activations per layer: the file layout (`store`), one-pass extraction (`extract`) and the
+streaming reader the SAE trains from (`stream`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cafe.activations.extract import ActivationsConfig, extract, layer_path
+from cafe.activations.store import LayerInfo, LayerWriter, iter_analysis, layer_attrs, open_layer
+from cafe.activations.stream import TokenStream
+from cafe.backbone import Backbone, BackboneConfig
+from cafe.params import parse_section
+
+__all__ = ["ActivationsConfig", "LayerInfo", "LayerWriter", "TokenStream", "extract", "iter_analysis",
+           "layer_attrs", "layer_path", "open_layer", "register"]
+
+
+def run_activations(args: argparse.Namespace) -> None:
+    """CLI: load the backbone and write one activation file per requested layer."""
+    config = parse_section(ActivationsConfig, args.params, "activations")
+    backbone = Backbone.load(parse_section(BackboneConfig, args.backbone, "backbone"))
+    extract(backbone, args.manifest, args.images_root, args.layers, args.out_dir, config)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cafe activations`."""
+    parser = subparsers.add_parser("activations", help="residual streams of the manifest's images, per layer")
+    parser.add_argument("--params", required=True, help="params.yaml `activations:` section as JSON")
+    parser.add_argument("--backbone", required=True, help="params.yaml `backbone:` section as JSON")
+    parser.add_argument("--manifest", required=True, type=Path, help="manifest CSV (from `cafe manifest`)")
+    parser.add_argument("--images-root", required=True, type=Path, help="the ImageFolder root the manifest indexes")
+    parser.add_argument("--layers", required=True, type=int, nargs="+", help="blocks to record (1-based)")
+    parser.add_argument("--out-dir", required=True, type=Path, help="writes <out-dir>/layer{L}.h5")
+    parser.set_defaults(func=run_activations)

@@ -1,0 +1,163 @@
+"""One-pass extraction of every requested layer, the layer-file layout and guards, and the token stream."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cafe.activations import ActivationsConfig, TokenStream, extract, layer_path, open_layer
+from cafe.backbone import Backbone
+from cafe.errors import CafeError
+from cafe.images import DataConfig, load_images, make_manifest, read_manifest
+from cafe.io import file_hash, write_csv
+from layer_files import write_layer
+
+
+@pytest.fixture()
+def manifest(image_folder: Path, tmp_path: Path) -> Path:
+    """6 train + 4 analysis images of the tiny image folder."""
+    path = tmp_path / "manifest.csv"
+    write_csv(path, make_manifest(DataConfig(str(image_folder), n_train=6, n_analysis=4)))
+    return path
+
+
+def run(backbone: Backbone, manifest: Path, images: Path, out: Path, layers: list[int], **config) -> list[Path]:
+    return extract(backbone, manifest, images, layers, out, ActivationsConfig(batch_size=4, **config))
+
+
+def test_one_pass_matches_separate_truncated_forwards(tiny_backbone: Backbone, manifest: Path,
+                                                      image_folder: Path, tmp_path: Path) -> None:
+    paths = run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [3, 1])
+    assert paths == [layer_path(tmp_path / "acts", 1), layer_path(tmp_path / "acts", 3)]
+    train, analysis = read_manifest(manifest, "train"), read_manifest(manifest, "analysis")
+    for layer, path in zip([1, 3], paths):
+        with open_layer(path, width=32) as handle:
+            with torch.no_grad():
+                want_train = tiny_backbone.forward_to(tiny_backbone.normalize(load_images(
+                    image_folder, train["path"].tolist(), 32)), layer).half().numpy()
+                want_analysis = tiny_backbone.forward_to(tiny_backbone.normalize(load_images(
+                    image_folder, analysis["path"].tolist(), 32)), layer).half().numpy()
+            assert handle["train"].dtype == np.float16 and handle["train"].shape == (6 * 17, 32)
+            np.testing.assert_allclose(handle["train"][:], want_train.reshape(-1, 32), atol=2e-3)
+            np.testing.assert_allclose(handle["analysis"][:], want_analysis, atol=2e-3)
+            assert handle["train_image"][:].tolist() == np.repeat(train["index"], 17).tolist()
+            assert handle["train_token"][:].tolist() == list(range(17)) * 6
+            assert handle["analysis_image"][:].tolist() == analysis["index"].tolist()
+            attrs = dict(handle.attrs)
+            assert attrs["layer"] == layer and attrs["grid"] == 4 and attrs["n_tokens"] == 17
+            assert attrs["width"] == 32 and attrs["patch_size"] == 8 and attrs["image_size"] == 32
+            assert attrs["backbone"] == "cafe-tiny-vit" and attrs["manifest_hash"] == file_hash(manifest)
+            assert attrs["complete"] == 1
+
+
+def test_extraction_runs_no_block_deeper_than_the_deepest_layer(tiny_backbone: Backbone, manifest: Path,
+                                                                image_folder: Path, tmp_path: Path) -> None:
+    blocks = tiny_backbone.visual.transformer.resblocks
+    calls = [0] * len(blocks)
+    hooks = [block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, block in enumerate(blocks)]
+    try:
+        run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1, 2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == [3, 3, 0]  # 3 batches of 4 (6 train, 4 analysis images), each block once per batch
+
+
+def test_tokens_per_image_keeps_a_seeded_subsample(tiny_backbone: Backbone, manifest: Path,
+                                                   image_folder: Path, tmp_path: Path) -> None:
+    run(tiny_backbone, manifest, image_folder, tmp_path / "a", [2], tokens_per_image=5)
+    run(tiny_backbone, manifest, image_folder, tmp_path / "b", [2], tokens_per_image=5)
+    full = run(tiny_backbone, manifest, image_folder, tmp_path / "full", [2])[0]
+    with open_layer(tmp_path / "a" / "layer2.h5") as a, open_layer(tmp_path / "b" / "layer2.h5") as b, \
+            open_layer(full) as f:
+        assert a["train"].shape == (30, 32) and a.attrs["tokens_per_image"] == 5
+        np.testing.assert_array_equal(a["train_token"][:], b["train_token"][:])
+        tokens = a["train_token"][:].reshape(6, 5)
+        assert all(len(set(row)) == 5 for row in tokens) and len({tuple(r) for r in tokens}) > 1
+        rows = np.arange(6)[:, None] * 17 + tokens
+        np.testing.assert_array_equal(a["train"][:], f["train"][:][rows.reshape(-1)])
+        np.testing.assert_array_equal(a["analysis"][:], f["analysis"][:])
+
+
+def test_failed_extraction_leaves_no_files(tiny_backbone: Backbone, manifest: Path, image_folder: Path,
+                                           tmp_path: Path) -> None:
+    broken = image_folder / read_manifest(manifest, "analysis")["path"].iloc[-1]
+    broken.write_bytes(b"not a png")
+    with pytest.raises(CafeError, match=broken.name):
+        run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1, 2])
+    assert list((tmp_path / "acts").iterdir()) == []
+
+
+def test_too_many_tokens_per_image_is_an_error(tiny_backbone: Backbone, manifest: Path, image_folder: Path,
+                                               tmp_path: Path) -> None:
+    with pytest.raises(CafeError, match="tokens_per_image = 18"):
+        run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1], tokens_per_image=18)
+
+
+@pytest.fixture()
+def counted_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """1000 train tokens whose first two columns spell the row number; chunks of 64 rows."""
+    monkeypatch.setattr("cafe.activations.store.CHUNK_BYTES", 64 * 2 * 8)
+    rows = np.arange(1000)
+    train = np.zeros((1000, 8), np.float16)
+    train[:, 0], train[:, 1] = rows // 100, rows % 100
+    return write_layer(tmp_path / "layer1.h5", train, np.zeros((2, 5, 8), np.float16))
+
+
+def row_ids(batch: torch.Tensor) -> list[int]:
+    return (batch[:, 0] * 100 + batch[:, 1]).long().tolist()
+
+
+def test_stream_yields_every_token_once_per_epoch_in_shuffled_order(counted_file: Path) -> None:
+    stream = TokenStream(counted_file, batch_size=50, seed=1, buffer_tokens=256)
+    assert stream.chunk_rows == 64 and stream.n_tokens == 1000
+    for epoch in (0, 1):
+        seen = [i for batch in stream.epoch(epoch) for i in row_ids(batch)]
+        assert sorted(seen) == list(range(1000))
+        assert seen != sorted(seen)
+    epochs = [[i for b in stream.epoch(e) for i in row_ids(b)] for e in (0, 1)]
+    assert epochs[0] != epochs[1]
+
+
+def test_stream_resumes_at_any_batch(counted_file: Path) -> None:
+    stream = TokenStream(counted_file, batch_size=50, seed=0, buffer_tokens=256)
+    batches = stream.batches()
+    first = [row_ids(next(batches)) for _ in range(60)]  # more than one epoch
+    resumed = stream.batches(start=37)
+    assert [row_ids(next(resumed)) for _ in range(23)] == first[37:]
+
+
+def test_stream_memory_stays_within_its_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cafe.activations.store.CHUNK_BYTES", 1 << 14)
+    train = np.random.default_rng(0).standard_normal((200_000, 16)).astype(np.float16)  # 6.4 MB on disk
+    path = write_layer(tmp_path / "big.h5", train, np.zeros((1, 5, 16), np.float16))
+    stream = TokenStream(path, batch_size=256, buffer_tokens=4096)  # a 128 KB window
+    tracemalloc.start()
+    n = sum(len(batch) for batch in stream.epoch(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 200_000
+    assert peak < 1_000_000  # numpy buffers are traced; the file is 6.4 MB
+
+
+def test_corrupt_truncated_incomplete_or_mismatched_files_are_named(counted_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "garbage.h5").write_bytes(b"\x89HDF\r\n" + bytes(500))
+    (tmp_path / "cut.h5").write_bytes(counted_file.read_bytes()[:3000])
+    with h5py.File(counted_file, "r") as src, h5py.File(tmp_path / "unfinished.h5", "w") as dst:
+        for name in src:
+            src.copy(name, dst)
+    cases = {"garbage.h5": "not a readable HDF5", "cut.h5": "not a readable HDF5", "unfinished.h5": "incomplete",
+             "missing.h5": "not found"}
+    for name, message in cases.items():
+        with pytest.raises(CafeError, match=message) as err:
+            TokenStream(tmp_path / name, batch_size=8)
+        assert name in str(err.value)
+    with pytest.raises(CafeError, match="width 8, but 32") as err:
+        TokenStream(counted_file, batch_size=8, width=32)
+    assert counted_file.name in str(err.value)
