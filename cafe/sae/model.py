@@ -73,13 +73,14 @@ class MatryoshkaSAE(nn.Module):
             self.W_d /= self.W_d.norm(dim=0, keepdim=True)
             self.W_e.copy_(self.W_d.T)
 
-    def pre_activation(self, h: torch.Tensor) -> torch.Tensor:
-        """W_e (s*h - b_d) for raw residuals h (..., d_in)."""
-        return (h * self.scale - self.b_d) @ self.W_e.T
+    def pre_activation(self, h: torch.Tensor, n_first: int | None = None) -> torch.Tensor:
+        """W_e (s*h - b_d) for raw residuals h (..., d_in); only the first `n_first` latents if given."""
+        return (h * self.scale - self.b_d) @ self.W_e[:n_first].T
 
-    def encode(self, h: torch.Tensor) -> torch.Tensor:
-        """Latents z (..., n_latents) of raw residuals h (..., d_in), as used at inference."""
-        pre = self.pre_activation(h)
+    def encode(self, h: torch.Tensor, n_first: int | None = None) -> torch.Tensor:
+        """Latents z (..., n_latents) of raw residuals h (..., d_in), as used at inference; only the first
+        `n_first` latents if given (cheap when a few features of a wide SAE are needed)."""
+        pre = self.pre_activation(h, n_first)
         if self.activation == "relu":
             return torch.relu(pre)
         return pre * (pre > self.threshold)

@@ -1,0 +1,240 @@
+"""Streaming, resumable training of one layer's Matryoshka SAE, and the `cafe sae` command.
+
+Loss per batch, with x = s*h the scaled input and v the fixed total variance of x (from a sample):
+
+    sum over nested prefixes p of  mean_batch ||x - x_hat_p||^2 / v   (+ l1 * mean_batch sum_k z_k for relu)
+
+where x_hat_p decodes only the first p latents; each term is a fraction of variance unexplained, so the
+Matryoshka sum and l1 mean the same across layers and widths. Decoder columns are unit-norm (the gradient
+along each column is removed before the Adam step, and the columns renormalised after), so the L1 of z is the
+L1 of its decoded contributions. Every `checkpoint_every` steps the training state is saved beside the output
+(`<out>.partial`); a new run with the same config and activation file resumes from it. The token stream is a
+pure function of (file, seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cafe.activations import TokenStream, layer_attrs, open_layer
+from cafe.activations.stream import DEFAULT_BUFFER_TOKENS
+from cafe.backbone import resolve_device
+from cafe.errors import CafeError
+from cafe.io import atomic_path, write_json
+from cafe.params import as_dict, parse_section
+from cafe.sae.evaluate import EVAL_TOKENS, InputStats, estimate_threshold, evaluate, input_stats
+from cafe.sae.model import MatryoshkaSAE, SAEConfig, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+STATS_TOKENS = 1 << 15  # train tokens sampled for the input scale, mean and variance
+THRESHOLD_BATCHES = 16  # batches after training that estimate the BatchTopK threshold
+LOSS_WINDOW = 50  # final loss = mean over the last steps
+
+
+def init_sae(config: SAEConfig, stats: InputStats) -> MatryoshkaSAE:
+    """A seeded SAE with n_latents = expansion * d_in, the input scale set and both biases at the mean."""
+    torch.manual_seed(config.seed)
+    d_in = stats.mean.numel()
+    sae = MatryoshkaSAE(d_in, config.expansion * d_in, config.activation, config.k)
+    with torch.no_grad():
+        sae.scale.fill_(stats.scale)
+        sae.b_d.copy_(stats.mean)
+        sae.b_h.copy_(stats.mean)
+    return sae
+
+
+def matryoshka_loss(sae: MatryoshkaSAE, h: torch.Tensor, prefixes: list[int], variance: float,
+                    l1: float) -> torch.Tensor:
+    """The training loss of a batch of raw tokens h (B, d_in); see the module docstring."""
+    x, z = h * sae.scale, sae.encode_train(h)
+    x_hat, start, loss = sae.b_h, 0, h.new_zeros(())
+    for end in prefixes:
+        x_hat = x_hat + z[:, start:end] @ sae.W_d[:, start:end].T
+        loss = loss + (x - x_hat).pow(2).sum(1).mean() / variance
+        start = end
+    if sae.activation == "relu":
+        loss = loss + l1 * z.sum(1).mean()
+    return loss
+
+
+@torch.no_grad()
+def remove_parallel_gradient(sae: MatryoshkaSAE) -> None:
+    """Drop the gradient component along each unit decoder column (it would only change the column's norm)."""
+    sae.W_d.grad -= sae.W_d * (sae.W_d * sae.W_d.grad).sum(0, keepdim=True)
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """The resumable training state kept beside a checkpoint while it trains."""
+    return Path(f"{out}.partial")
+
+
+def run_key(config: SAEConfig, activations_hash: str) -> dict[str, Any]:
+    """What a saved state must match to be resumed (steps and checkpoint_every may change: no lr schedule)."""
+    settings = {k: v for k, v in as_dict(config).items() if k not in ("steps", "checkpoint_every")}
+    return {"config": settings, "activations_hash": activations_hash, "buffer_tokens": DEFAULT_BUFFER_TOKENS}
+
+
+def save_state(path: Path, sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, step: int, tokens: int,
+               key: dict[str, Any]) -> None:
+    """Write the training state atomically."""
+    state = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens,
+             "key": key}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, key: dict[str, Any], steps: int) -> dict[str, Any] | None:
+    """The saved training state if it exists, is readable and belongs to this run; else None (start afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged state only costs the steps since the last good checkpoint
+        log.warning("%s: unreadable training state (%s); starting afresh", path, exc)
+        return None
+    if state.get("key") != key or state.get("step", steps + 1) > steps:
+        log.warning("%s: training state of another config or activation file; starting afresh", path)
+        return None
+    return state
+
+
+class Trainer:
+    """The SAE, its optimizer and the stream; `run` trains up to config.steps, saving state on the way."""
+
+    def __init__(self, config: SAEConfig, stream: TokenStream, stats: InputStats, device: torch.device,
+                 state_path: Path, key: dict[str, Any]):
+        self.config, self.stream, self.stats, self.device = config, stream, stats, device
+        self.state_path, self.key = state_path, key
+        self.sae = init_sae(config, stats).to(device)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr)
+        self.prefixes = config.prefix_sizes(self.sae.n_latents)
+        self.step, self.tokens_seen, self.resumed_from = 0, 0, 0
+        state = load_state(state_path, key, config.steps)
+        if state is not None:
+            self.sae.load_state_dict(state["sae"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = self.resumed_from = state["step"]
+            self.tokens_seen = state["tokens_seen"]
+            log.info("resuming from step %d of %d (%s)", self.step, config.steps, state_path)
+
+    def train_step(self, h: torch.Tensor) -> float:
+        """One Adam step on a batch of raw tokens; returns the loss."""
+        loss = matryoshka_loss(self.sae, h, self.prefixes, self.stats.variance, self.config.l1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        remove_parallel_gradient(self.sae)
+        self.optimizer.step()
+        self.sae.normalize_decoder()
+        return loss.item()
+
+    def run(self) -> list[float]:
+        """Train to config.steps from the current step; returns this run's per-step losses."""
+        losses: list[float] = []
+        batches = self.stream.batches(start=self.step)
+        with tqdm(total=self.config.steps, initial=self.step, desc="sae", unit="step") as bar:
+            while self.step < self.config.steps:
+                h = next(batches).to(self.device, non_blocking=True)
+                losses.append(self.train_step(h))
+                self.step, self.tokens_seen = self.step + 1, self.tokens_seen + len(h)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if self.step % self.config.checkpoint_every == 0 and self.step < self.config.steps:
+                    save_state(self.state_path, self.sae, self.optimizer, self.step, self.tokens_seen, self.key)
+                    log.info("step %d: loss %.4f, state saved to %s", self.step, losses[-1], self.state_path)
+        return losses
+
+    def finish(self) -> MatryoshkaSAE:
+        """Set the BatchTopK threshold from the batches after training; the frozen SAE."""
+        sae = self.sae.eval().requires_grad_(False)
+        if sae.activation == "batchtopk":
+            after = self.stream.batches(start=self.config.steps)
+            sae.threshold.fill_(estimate_threshold(sae, (next(after).to(self.device) for _ in range(THRESHOLD_BATCHES))))
+        return sae
+
+
+def train(activations: str | os.PathLike, out: str | os.PathLike, metrics_path: str | os.PathLike,
+          config: SAEConfig, device: str = "auto") -> dict[str, Any]:
+    """Train the SAE of one layer file, write checkpoint + metrics JSON, remove the training state."""
+    with open_layer(activations) as handle:
+        attrs = layer_attrs(handle)
+    stream = TokenStream(activations, config.batch_size, config.seed)
+    stats = input_stats(stream.sample(STATS_TOKENS))
+    trainer = Trainer(config, stream, stats, resolve_device(device), partial_path(out),
+                      run_key(config, attrs["content_hash"]))
+    log.info("layer %d: SAE %d -> %d latents (%s), %d steps of %d tokens from %s (%d tokens)", attrs["layer"],
+             trainer.sae.d_in, trainer.sae.n_latents, config.activation, config.steps, config.batch_size,
+             activations, stream.n_tokens)
+    start, first_tokens = time.perf_counter(), trainer.tokens_seen
+    losses = trainer.run()
+    seconds = time.perf_counter() - start
+    sae = trainer.finish()
+    tail = losses[-LOSS_WINDOW:]
+    metrics = {
+        "layer": attrs["layer"],
+        **evaluate(sae, activations, trainer.device, EVAL_TOKENS),
+        "loss": sum(tail) / len(tail) if tail else None,
+        "steps": trainer.step,
+        "resumed_from": trainer.resumed_from,
+        "tokens_seen": trainer.tokens_seen,
+        "tokens_per_s": (trainer.tokens_seen - first_tokens) / max(seconds, 1e-9),
+    }
+    meta = {
+        "layer": attrs["layer"], "backbone": attrs["backbone"], "pretrained": attrs["pretrained"],
+        "manifest_hash": attrs["manifest_hash"], "activations_hash": attrs["content_hash"],
+        "normalisation": {"input_scale": stats.scale, "variance": stats.variance,
+                          "loss": "sum over prefixes of mean ||s h - h_hat||^2 / variance (+ l1 * sum z)"},
+        "metrics": metrics,
+    }
+    fingerprint = save_checkpoint(out, sae.cpu(), config, meta)
+    write_json(metrics_path, metrics)
+    partial_path(out).unlink(missing_ok=True)
+    log.info("layer %d: explained variance %.3f, L0 %.1f, dead %.1f%%, %.0f tokens/s -> %s (%s)", attrs["layer"],
+             metrics["explained_variance"], metrics["l0"], 100 * metrics["dead_fraction"], metrics["tokens_per_s"],
+             out, fingerprint)
+    return metrics
+
+
+def run_sae(args: argparse.Namespace) -> None:
+    """CLI: train one layer's SAE."""
+    train(args.activations, args.out, args.metrics, parse_section(SAEConfig, args.params, "sae"), args.device)
+
+
+SUMMARY_KEYS = ("explained_variance", "l0", "dead_fraction", "tokens_per_s", "steps")
+
+
+def summarise(metrics_paths: list[Path], out: Path) -> dict[str, dict]:
+    """One DVC metrics file over the layers (`layer{L}: {explained_variance, l0, ...}`) for `dvc metrics show`."""
+    summary = {}
+    for path in metrics_paths:
+        try:
+            metrics = json.loads(Path(path).read_text())
+            summary[f"layer{metrics['layer']}"] = {key: metrics[key] for key in SUMMARY_KEYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise CafeError(f"{path}: not an SAE metrics file from `cafe sae` ({exc!r})") from None
+    write_json(out, summary)
+    return summary
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cafe sae` and `cafe sae-summary`."""
+    summary = subparsers.add_parser("sae-summary", help="collect per-layer SAE metrics into one DVC metrics file")
+    summary.add_argument("metrics", nargs="+", type=Path, help="results/sae/layer{L}.json files")
+    summary.add_argument("--out", required=True, type=Path, help="results/metrics/sae.json")
+    summary.set_defaults(func=lambda args: summarise(args.metrics, args.out))
+    parser = subparsers.add_parser("sae", help="train the Matryoshka SAE of one layer (resumable)")
+    parser.add_argument("--params", required=True, help="params.yaml `sae:` section as JSON")
+    parser.add_argument("--activations", required=True, type=Path, help="layer{L}.h5 from `cafe activations`")
+    parser.add_argument("--out", required=True, type=Path, help="SAE checkpoint to write (layer{L}.pt)")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    parser.set_defaults(func=run_sae)

@@ -1,0 +1,169 @@
+"""Streaming, resumable Matryoshka SAE training on tokens made of known sparse atoms."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cafe.activations import TokenStream
+from cafe.sae import SAEConfig, load_sae, train
+from cafe.sae.evaluate import input_stats
+from cafe.errors import CafeError
+from cafe.sae.train import Trainer, partial_path, run_key, summarise
+from layer_files import write_layer
+
+CONFIG = SAEConfig(expansion=8, steps=300, batch_size=256, lr=3e-3, checkpoint_every=100, l1=3e-3, k=4)
+
+
+def sparse_tokens(n: int, seed: int, d: int = 16, n_atoms: int = 48) -> np.ndarray:
+    """Tokens = offset + sparse non-negative mix of fixed unit atoms, atom 0 the most frequent."""
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((n_atoms, d))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    codes = (rng.random((n, n_atoms)) < 0.25 * np.arange(1, n_atoms + 1) ** -0.6) * rng.exponential(1, (n, n_atoms))
+    return (codes @ atoms + 3.0 + 0.02 * rng.standard_normal((n, d))).astype(np.float16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def layer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8192 train tokens and 64 held-out analysis images of 17 tokens, width 16."""
+    path = tmp_path_factory.mktemp("acts") / "layer2.h5"
+    return write_layer(path, sparse_tokens(8192, 1), sparse_tokens(64 * 17, 2).reshape(64, 17, 16), layer=2)
+
+
+def explained_variance(sae: torch.nn.Module, h: torch.Tensor, keep: slice) -> float:
+    """Explained variance of s*h when only the latents in `keep` decode."""
+    z = sae.encode(h)
+    z_kept = torch.zeros_like(z)
+    z_kept[:, keep] = z[:, keep]
+    x = h * sae.scale
+    return 1 - ((x - sae.decode(z_kept)) ** 2).sum().item() / ((x - x.mean(0)) ** 2).sum().item()
+
+
+def held_out(n: int = 2048) -> torch.Tensor:
+    return torch.from_numpy(sparse_tokens(n, 3)).float()
+
+
+@pytest.fixture(scope="module")
+def trained(layer_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The metrics and checkpoint path of one ReLU SAE trained with CONFIG."""
+    out = tmp_path_factory.mktemp("sae") / "layer2.pt"
+    return train(layer_file, out, out.with_suffix(".json"), CONFIG, "cpu"), out
+
+
+def test_training_reduces_loss_and_keeps_unit_decoder_columns(layer_file: Path, tmp_path: Path) -> None:
+    stream = TokenStream(layer_file, CONFIG.batch_size, CONFIG.seed)
+    trainer = Trainer(CONFIG, stream, input_stats(stream.sample(4096)), torch.device("cpu"), tmp_path / "x.partial",
+                      run_key(CONFIG, "test"))
+    losses = trainer.run()
+    assert len(losses) == 300
+    assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:5])
+    norms = trainer.sae.W_d.norm(dim=0)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_train_writes_checkpoint_and_metrics(trained: tuple[dict, Path]) -> None:
+    metrics, out = trained
+    assert json.loads(out.with_suffix(".json").read_text()) == metrics
+    assert metrics["layer"] == 2 and metrics["steps"] == 300 and metrics["tokens_seen"] == 300 * 256
+    assert metrics["explained_variance"] > 0.5 and 0 < metrics["l0"] < 64
+    assert 0 <= metrics["dead_fraction"] < 0.5 and metrics["tokens_per_s"] > 0 and metrics["eval_tokens"] == 64 * 17
+    sae, meta = load_sae(out)
+    assert (sae.d_in, sae.n_latents) == (16, 128)
+    assert meta["layer"] == 2 and meta["backbone"] == "synthetic" and len(meta["activations_hash"]) == 16
+    assert meta["config"]["l1"] == CONFIG.l1 and meta["normalisation"]["input_scale"] == pytest.approx(sae.scale.item())
+    assert meta["metrics"] == metrics and len(meta["fingerprint"]) == 12
+    x = held_out() * sae.scale
+    assert (x ** 2).sum(1).mean().item() == pytest.approx(16, rel=0.05)  # E||s h||^2 = d_in
+    assert not partial_path(out).exists()
+
+
+def test_summary_collects_layers_in_order_and_names_a_bad_file(trained: tuple[dict, Path], tmp_path: Path) -> None:
+    metrics, out = trained
+    other = tmp_path / "layer10.json"
+    other.write_text(json.dumps({**metrics, "layer": 10}))
+    summary = tmp_path / "sae.json"
+    summarise([other, out.with_suffix(".json")], summary)
+    written = json.loads(summary.read_text())
+    assert set(written) == {"layer2", "layer10"}
+    assert written["layer2"]["explained_variance"] == metrics["explained_variance"]
+    broken = tmp_path / "layer3.json"
+    broken.write_text("{not json")
+    with pytest.raises(CafeError, match="layer3.json"):
+        summarise([broken], tmp_path / "other.json")
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_first_matryoshka_prefix_alone_reconstructs(trained: tuple[dict, Path]) -> None:
+    sae, _ = load_sae(trained[1])
+    prefix = CONFIG.prefix_sizes(sae.n_latents)[0]
+    first, last = explained_variance(sae, held_out(), slice(0, prefix)), explained_variance(sae, held_out(),
+                                                                                              slice(-prefix, None))
+    assert prefix == 8
+    assert first > 0.2 and first > last + 0.1
+
+
+def test_batchtopk_keeps_about_k_latents_per_token(layer_file: Path, tmp_path: Path) -> None:
+    metrics = train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", replace(CONFIG, activation="batchtopk"), "cpu")
+    sae, _ = load_sae(tmp_path / "s.pt")
+    assert sae.threshold.item() > 0
+    assert 0.6 * CONFIG.k < metrics["l0"] < 1.6 * CONFIG.k
+    assert metrics["explained_variance"] > 0.2
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int):
+    """Make training stop (as if killed) when it reaches `step`; returns the real step function."""
+    real_step = Trainer.train_step
+
+    def step_or_stop(self: Trainer, h: torch.Tensor) -> float:
+        if self.step == step:
+            raise KeyboardInterrupt
+        return real_step(self, h)
+
+    monkeypatch.setattr(Trainer, "train_step", step_or_stop)
+    return real_step
+
+
+def test_interrupted_training_resumes_from_the_saved_step(layer_file: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(CONFIG, steps=120, checkpoint_every=50)
+    reference = train(layer_file, tmp_path / "ref.pt", tmp_path / "ref.json", config, "cpu")
+    real_step = interrupt_at(monkeypatch, 70)
+    with pytest.raises(KeyboardInterrupt):
+        train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
+    assert partial_path(tmp_path / "s.pt").is_file() and not (tmp_path / "s.pt").exists()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
+    assert resumed["resumed_from"] == 50 and reference["resumed_from"] == 0
+    assert resumed["steps"] == reference["steps"] == 120 and resumed["tokens_seen"] == reference["tokens_seen"]
+    (sae, _), (ref, _) = load_sae(tmp_path / "s.pt"), load_sae(tmp_path / "ref.pt")
+    for name, value in ref.state_dict().items():
+        torch.testing.assert_close(sae.state_dict()[name], value, msg=name)
+    assert not partial_path(tmp_path / "s.pt").exists()
+
+
+def test_state_of_another_config_or_damaged_is_not_resumed(layer_file: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(CONFIG, steps=40, checkpoint_every=20)
+    real_step = interrupt_at(monkeypatch, 30)
+    with pytest.raises(KeyboardInterrupt):
+        train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", replace(config, lr=1e-3), "cpu")["resumed_from"] == 0
+    partial_path(tmp_path / "s.pt").write_bytes(b"half a file")
+    assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")["resumed_from"] == 0
