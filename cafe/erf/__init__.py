@@ -1,0 +1,14 @@
+"""Effective receptive fields: attribute one SAE latent z_k(I, t) of layer L to the image patches.
+
+Every method has the same shape (captum-like): `METHODS[name](target, config).attribute(images01, tokens,
+features) -> maps (B, grid, grid)`, on a `FeatureTarget` (backbone + SAE + layer); only blocks 1..L run.
+`attnlrp` (the paper's method; `rules` + `lrp`), `ig`, `kernelshap`, `gradient` and the `activation` baseline
+(`methods`); `command` is `cafe erf`, which writes results/erf/layer{L}/{method}.h5.
+"""
+
+from cafe.erf.base import Attribution, ErfMethod
+from cafe.erf.command import register
+from cafe.erf.config import ErfConfig
+from cafe.erf.registry import METHODS, make_method
+
+__all__ = ["METHODS", "Attribution", "ErfConfig", "ErfMethod", "make_method", "register"]

@@ -1,0 +1,137 @@
+"""`cafe erf`: ERF maps of one method for every top activation of one layer.
+
+results/erf/layer{L}/{method}.h5 (read by the insertion step):
+
+    maps          (N, K, grid, grid) float32  the ERF of target (feature row n, rank k); NaN where no target
+    target_value  (N, K) float32              z_k(I, t) recomputed by the method (the stored value for activation)
+    absorbed      (N, K) float32              what the map leaves out of the quantity it decomposes (see
+                                              cafe.erf.base.Attribution); NaN for saliency and activation
+
+Attributes: method, params (JSON: batch_size and the method's section), layer, grid, sae_fingerprint,
+n_targets, targets_per_s (method compute only, image loading excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.erf.base import ErfMethod, token_grid
+from cafe.erf.config import ErfConfig
+from cafe.erf.registry import METHODS, make_method
+from cafe.errors import CafeError
+from cafe.insertion.command import check_sae, manifest_loader
+from cafe.insertion.run import ImageLoader
+from cafe.insertion.targets import FeatureFile, read_features
+from cafe.io import atomic_path
+from cafe.params import as_dict, parse_section
+from cafe.sae import load_sae
+from cafe.target import FeatureTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErfResult:
+    """Everything written for one layer x method."""
+
+    maps: np.ndarray
+    target_value: np.ndarray
+    absorbed: np.ndarray
+    targets_per_s: float
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cafe erf`."""
+    p = subparsers.add_parser("erf", help="ERF maps of one method for the top activations of one layer",
+                              description="Attribute each top activation z_k(I, t) of a layer to the image patches.")
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--params", default="{}", help="the params.yaml `erf` section as JSON")
+    p.add_argument("--backbone", required=True, help="the params.yaml `backbone` section as JSON")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--features", required=True, help="results/features/layer{L}.h5")
+    p.add_argument("--sae", help="results/sae/layer{L}.pt (not needed by activation)")
+    p.add_argument("--manifest", help="results/data/manifest.csv (not needed by activation)")
+    p.add_argument("--images-root", help="root the manifest's paths are relative to (not needed by activation)")
+    p.add_argument("--out", required=True, help="results/erf/layer{L}/{method}.h5")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> None:
+    """Check the inputs, compute the maps (activation: read them off the features file), write the HDF5 file."""
+    config = parse_section(ErfConfig, args.params, "erf")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise CafeError(f"params: erf.methods has unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
+    shape = tower_shape(backbone_cfg.model)
+    ff = read_features(args.features, args.layer, shape.grid)
+    if args.method == "activation":
+        result = activation_result(ff)
+    else:
+        missing = [f"--{name.replace('_', '-')}" for name in ("sae", "manifest", "images_root") if not getattr(args, name)]
+        if missing:
+            raise CafeError(f"erf: method {args.method!r} needs {', '.join(missing)}")
+        load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
+        backbone = Backbone.load(backbone_cfg)
+        sae, meta = load_sae(args.sae, backbone.device)
+        check_sae(meta, ff, args.sae)
+        method = make_method(args.method, FeatureTarget(backbone, sae, ff.layer), config)
+        result = compute_erf(method, ff, load, config.batch_size)
+    write_erf(args.out, args.method, method_params(config, args.method), ff, result)
+    log.info("wrote %s (%.3g targets/s)", args.out, result.targets_per_s)
+
+
+def method_params(config: ErfConfig, method: str) -> dict:
+    """The parameters a method's maps depend on."""
+    section = getattr(config, method, None)
+    return {"batch_size": config.batch_size, **({method: as_dict(section)} if section is not None else {})}
+
+
+def compute_erf(method: ErfMethod, ff: FeatureFile, load: ImageLoader, batch_size: int) -> ErfResult:
+    """Run `method` over every existing target of the features file, `batch_size` targets per call."""
+    n, k = ff.image.shape
+    maps = np.full((n, k, ff.grid, ff.grid), np.nan, dtype=np.float32)
+    value, absorbed = np.full((n, k), np.nan, dtype=np.float32), np.full((n, k), np.nan, dtype=np.float32)
+    rows, ranks = np.nonzero(ff.image >= 0)
+    seconds = 0.0
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"erf L{ff.layer} {method.name}", unit="batch"):
+        r, c = rows[start:start + batch_size], ranks[start:start + batch_size]
+        images = load(ff.image[r, c])
+        began = time.perf_counter()
+        out = method.explain(images, torch.from_numpy(ff.token[r, c]), torch.from_numpy(ff.feature[r]))
+        seconds += time.perf_counter() - began
+        maps[r, c], value[r, c], absorbed[r, c] = (t.float().cpu().numpy() for t in (out.maps, out.value, out.absorbed))
+    log.info("layer %d, %s: %d targets in %.1f s", ff.layer, method.name, len(rows), seconds)
+    return ErfResult(maps, value, absorbed, len(rows) / seconds if seconds else float("nan"))
+
+
+def activation_result(ff: FeatureFile) -> ErfResult:
+    """The activation baseline straight from the features file's activation maps (no images, no tower)."""
+    began = time.perf_counter()
+    exists = ff.image >= 0
+    maps = np.where(exists[..., None, None], token_grid(ff.act_map, ff.grid), np.nan).astype(np.float32)
+    value = np.where(exists, ff.value, np.nan).astype(np.float32)
+    seconds = time.perf_counter() - began
+    return ErfResult(maps, value, np.full_like(value, np.nan), exists.sum() / seconds if seconds else float("nan"))
+
+
+def write_erf(path: str, method: str, params: dict, ff: FeatureFile, result: ErfResult) -> None:
+    """Write the ERF file atomically."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("maps", data=result.maps, chunks=(1, *result.maps.shape[1:]), compression="gzip")
+            h5.create_dataset("target_value", data=result.target_value)
+            h5.create_dataset("absorbed", data=result.absorbed)
+            h5.attrs.update(method=method, params=json.dumps(params, sort_keys=True), layer=ff.layer, grid=ff.grid,
+                            sae_fingerprint=ff.sae_fingerprint, n_targets=int((ff.image >= 0).sum()),
+                            targets_per_s=float(result.targets_per_s))

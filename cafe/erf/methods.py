@@ -1,0 +1,92 @@
+"""The comparison methods of the paper (Fig. 3) behind the same interface as AttnLRP: gradient (x input),
+Integrated Gradients and KernelSHAP through captum, and the activation baseline. Baselines are the mean canvas
+(zeros in normalised input space = the dataset's mean colour), the canvas of the insertion test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import abstractmethod
+
+import torch
+from captum.attr import IntegratedGradients as CaptumIG
+from captum.attr import KernelShap as CaptumKernelShap
+
+from cafe.erf.base import Attribution, ErfMethod, nan_like, patch_sum, token_grid
+
+
+class Gradient(ErfMethod):
+    """Gradient x input summed per patch (params: erf.gradient.times_input), or saliency sum |gradient|."""
+
+    name = "gradient"
+
+    def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
+        pixels = pixels.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = self.target(pixels, tokens, features)
+            (grad,) = torch.autograd.grad(z.sum(), pixels)
+        patch = self.backbone.patch_size
+        if not self.config.gradient.times_input:
+            return Attribution(patch_sum(grad.abs(), patch), z, nan_like(z))
+        maps = patch_sum(pixels.detach() * grad, patch)
+        return Attribution(maps, z, z - maps.sum((1, 2)))
+
+
+class _FromCanvas(ErfMethod):
+    """Methods that decompose z(image) - z(mean canvas); the remainder is their completeness/efficiency gap."""
+
+    def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
+        canvas = torch.zeros_like(pixels)
+        with torch.no_grad():
+            z, z_canvas = self.target(pixels, tokens, features), self.target(canvas, tokens, features)
+        maps = self._canvas_maps(pixels, canvas, tokens, features)
+        return Attribution(maps, z, (z - z_canvas) - maps.sum((1, 2)))
+
+    @abstractmethod
+    def _canvas_maps(self, pixels: torch.Tensor, canvas: torch.Tensor, tokens: torch.Tensor,
+                     features: torch.Tensor) -> torch.Tensor:
+        """Patch maps (B, grid, grid) whose sum approximates z(pixels) - z(canvas)."""
+
+
+class IntegratedGradients(_FromCanvas):
+    """Integrated Gradients along the straight path from the mean canvas (params: erf.ig.steps)."""
+
+    name = "ig"
+
+    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+        attr = CaptumIG(self.target).attribute(
+            pixels, baselines=canvas, additional_forward_args=(tokens, features), n_steps=self.config.ig.steps,
+            internal_batch_size=max(self.config.batch_size, len(pixels)))
+        return patch_sum(attr, self.backbone.patch_size)
+
+
+class KernelShap(_FromCanvas):
+    """KernelSHAP with one player per patch; absent patches show the mean canvas (params: erf.kernelshap)."""
+
+    name = "kernelshap"
+
+    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+        patch, grid = self.backbone.patch_size, self.backbone.grid
+        players = torch.arange(grid * grid, device=pixels.device).view(1, 1, grid, grid)
+        mask = players.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+        config = self.config.kernelshap
+        with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are providing multiple inputs")  # per-target models: wanted
+            torch.manual_seed(config.seed)
+            attr = CaptumKernelShap(self.target).attribute(
+                pixels, baselines=canvas, additional_forward_args=(tokens, features), feature_mask=mask,
+                n_samples=config.samples, perturbations_per_eval=self.config.batch_size)
+        return attr[:, 0, ::patch, ::patch]  # every pixel of a patch carries the patch's value
+
+
+class Activation(ErfMethod):
+    """The paper's baseline: the feature's own activation on each patch token (not an attribution)."""
+
+    name = "activation"
+
+    def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
+        rows = torch.arange(len(pixels), device=pixels.device)
+        with torch.no_grad():
+            acts = self.target.latents(pixels)[rows, :, features]
+        z = acts[rows, tokens]
+        return Attribution(token_grid(acts, self.backbone.grid), z, nan_like(z))

@@ -1,0 +1,152 @@
+"""LRP rules as autograd functions in the "modified gradient x input" form (Achtibat et al. 2024, AttnLRP):
+the forward is the model's own; the backward carries g = R / output, so that input x g is the input's relevance.
+One backward pass then yields LRP for a whole batch of targets. Nothing here touches any class or module.
+
+    epsilon / gamma rule   linear layers (and the SAE encoder's affine map)
+    identity rule          element-wise non-linearities (GELU, ReLU): R_in = R_out
+    layer-norm rule        the std is a constant (identity rule on 1/std), the centring is linear
+    uniform rule           scale the gradient of each factor of a product (the attention matmuls)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import Function
+
+
+def stabilize(x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """x + epsilon * sign(x), with sign(0) = +1 and epsilon at least the dtype's tiniest: never a zero denominator."""
+    epsilon = max(epsilon, torch.finfo(x.dtype).tiny)
+    return x + torch.where(x >= 0, epsilon, -epsilon).to(x.dtype)
+
+
+class _ScaleGrad(Function):
+    """Identity forward; the backward multiplies the gradient by a constant (the uniform rule)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Give `x` the share `factor` of the relevance arriving at it (0: none, i.e. detach)."""
+    return x.detach() if factor == 0 else _ScaleGrad.apply(x, factor)
+
+
+class _IdentityRule(Function):
+    """y = fn(x) element-wise; relevance passes unchanged, so the gradient is scaled by y / x."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        y = fn(x)
+        ctx.save_for_backward(y / stabilize(x, 0.0))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None
+
+
+def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply an element-wise non-linearity under the identity rule."""
+    return _IdentityRule.apply(x, fn)
+
+
+class _LayerNormRule(Function):
+    """LayerNorm whose std is treated as a constant: the backward is that of a linear (centring, scaling) map."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        y, _, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        ctx.save_for_backward(rstd, norm.weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rstd, weight = ctx.saved_tensors
+        grad = grad if weight is None else grad * weight
+        return (grad - grad.mean(-1, keepdim=True)) * rstd, None
+
+
+def layer_norm_rule(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a LayerNorm (or nn.Identity) with no relevance through its variance."""
+    return x if isinstance(norm, nn.Identity) else _LayerNormRule.apply(x, norm)
+
+
+class _LinearRule(Function):
+    """y = x W^T + b under the epsilon rule (gamma = 0) or the generalised gamma rule of zennit's `Gamma`.
+
+    epsilon: s = R / (y + eps sign y), R_x = x * (W^T s).
+    gamma:   the denominator is y + gamma * (the same-sign contributions, bias included), and the same-sign
+             weights (W+ for x > 0 and y > 0, ...) get the extra gamma share in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, epsilon: float, gamma: float):
+        y = F.linear(x, weight, bias)
+        ctx.epsilon, ctx.gamma = epsilon, gamma
+        if gamma == 0:
+            ctx.save_for_backward(weight, y / stabilize(y, epsilon))
+        else:
+            ctx.save_for_backward(weight, x, bias, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.gamma == 0:
+            weight, ratio = ctx.saved_tensors
+            return (grad * ratio) @ weight, None, None, None, None
+        weight, x, bias, y = ctx.saved_tensors
+        return _gamma_backward(grad, weight, x, bias, y, ctx.epsilon, ctx.gamma), None, None, None, None
+
+
+def _gamma_backward(grad, weight, x, bias, y, epsilon: float, gamma: float) -> torch.Tensor:
+    """Modified gradient at x under the generalised gamma rule (signed inputs and outputs)."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    b_pos = None if bias is None else bias.clamp(min=0)
+    b_neg = None if bias is None else bias.clamp(max=0)
+    up = y > 0
+    same_sign = torch.where(up, F.linear(x_pos, w_pos, b_pos) + F.linear(x_neg, w_neg),
+                            F.linear(x_pos, w_neg, b_neg) + F.linear(x_neg, w_pos))
+    s = grad * y / stabilize(y + gamma * same_sign, epsilon)
+    s_up, s_down = torch.where(up, s, 0), torch.where(up, 0, s)
+    extra = torch.where(x > 0, s_up @ w_pos + s_down @ w_neg, s_up @ w_neg + s_down @ w_pos)
+    return s @ weight + gamma * extra
+
+
+def linear_rule(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float,
+                gamma: float = 0.0) -> torch.Tensor:
+    """F.linear under the epsilon (gamma = 0) or gamma rule; the bias absorbs its share of relevance."""
+    return _LinearRule.apply(x, weight, bias, epsilon, gamma)
+
+
+class _SaeRule(Function):
+    """z_k = act(W_e[k] . (s h - b_d)) per row: identity rule on act, epsilon rule on the affine map."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
+        rows = torch.arange(h.shape[0], device=h.device)
+        pre, z = sae.pre_activation(h)[rows, features], sae.encode(h)[rows, features]
+        ctx.save_for_backward(sae.W_e[features] * sae.scale, z / stabilize(pre, epsilon))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows_weight, ratio = ctx.saved_tensors
+        return (grad * ratio)[:, None] * rows_weight, None, None, None
+
+
+def sae_rule(h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Feature features[b] of the SAE at residual h[b] (B, D) -> (B,), with LRP rules in the backward."""
+    return _SaeRule.apply(h, sae, features, epsilon)

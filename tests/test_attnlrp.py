@@ -1,0 +1,130 @@
+"""AttnLRP: relevance is conserved, the maps agree with lxt's reference implementation, and nothing outside the
+ERF computation changes (no class patched, no hook left, other models' forwards identical)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from torch import nn
+
+from cafe.backbone import Backbone, BackboneConfig
+from cafe.erf import ErfConfig, make_method
+from cafe.errors import CafeError
+from cafe.params import parse_section
+from cafe.target import FeatureTarget
+
+LAYER = 3  # all three blocks of the tiny tower
+TOKENS = torch.tensor([0, 3, 7, 16])  # CLS and patch tokens
+CONSERVATION_RTOL = 1e-9  # float64, epsilon 1e-12: exact up to rounding
+LXT_MIN_CORRELATION = 0.9999  # per map, against lxt 2.1
+LXT_MAX_DIFF = 2e-3  # max |cafe - lxt| / max |lxt| per map (lxt's unsigned epsilon stabilisers differ slightly)
+
+
+def attnlrp(target: FeatureTarget, **rules) -> object:
+    return make_method("attnlrp", target, parse_section(ErfConfig, {"attnlrp": rules}, "erf"))
+
+
+def active_features(target: FeatureTarget, images: torch.Tensor) -> torch.Tensor:
+    """The most active feature at each target token, so that every z is clearly positive."""
+    latents = target.latents(target.backbone.normalize(images))
+    return latents[torch.arange(len(images)), TOKENS].argmax(-1)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(len(TOKENS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def bias_free(tiny_backbone: Backbone, tiny_sae: nn.Module) -> FeatureTarget:
+    """The tiny tower and SAE in float64 with every bias, CLS and positional embedding and b_d set to zero."""
+    backbone, sae = copy.deepcopy(tiny_backbone), copy.deepcopy(tiny_sae).double()
+    backbone.visual.double()
+    with torch.no_grad():
+        for name, p in backbone.visual.named_parameters():
+            if name.endswith("bias") or name in ("class_embedding", "positional_embedding"):
+                p.zero_()
+        sae.b_d.zero_()
+    return FeatureTarget(backbone, sae, LAYER)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, {"attention": 0.0, "mlp": 1.0}])
+def test_relevance_is_conserved_onto_the_patches_of_a_bias_free_tower(bias_free, images, gamma):
+    # Every rule but the softmax rule is conservative; with no biases and no embeddings to absorb relevance,
+    # the patches hold all of z. (AttnLRP's softmax rule itself leaves a Taylor bias: see absorbed.)
+    images = images.double()
+    method = attnlrp(bias_free, attention="cp", epsilon=1e-12, gamma=gamma)
+    out = method.explain(images, TOKENS, active_features(bias_free, images))
+    assert (out.value > 0).all()
+    torch.testing.assert_close(out.maps.sum((1, 2)), out.value, rtol=CONSERVATION_RTOL, atol=0)
+    torch.testing.assert_close(out.absorbed, torch.zeros_like(out.absorbed), rtol=0, atol=CONSERVATION_RTOL * 10)
+
+
+def test_absorbed_is_what_the_patches_leave_of_z(tiny_backbone, tiny_sae, images):
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    features = active_features(target, images)
+    out = attnlrp(target).explain(images, TOKENS, features)
+    torch.testing.assert_close(out.value, target(tiny_backbone.normalize(images), TOKENS, features), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.maps.sum((1, 2)) + out.absorbed, out.value, rtol=1e-5, atol=1e-6)
+
+
+def test_targets_in_one_batch_get_the_maps_they_get_alone(tiny_backbone, tiny_sae, images):
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    features, method = active_features(target, images), attnlrp(target)
+    batched = method.attribute(images, TOKENS, features)
+    alone = torch.cat([method.attribute(images[i:i + 1], TOKENS[i:i + 1], features[i:i + 1]) for i in range(len(images))])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lxt") is None or importlib.util.find_spec("zennit") is None,
+                    reason="the reference extra (lxt, zennit) is not installed")
+def test_maps_agree_with_lxt_reference(tiny_backbone, tiny_sae, images, tmp_path):
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    features, gamma = active_features(target, images), 0.25
+    blob = dict(model="cafe-tiny-vit", visual=tiny_backbone.visual.state_dict(), sae=tiny_sae.state_dict(),
+                sae_shape=(tiny_sae.d_in, tiny_sae.n_latents), layer=LAYER, pixels=tiny_backbone.normalize(images),
+                tokens=TOKENS, features=features, gamma=gamma)
+    torch.save(blob, tmp_path / "in.pt")
+    script = Path(__file__).with_name("lxt_reference.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = torch.load(tmp_path / "out.pt")
+    settings = {"attnlrp": {}, "cp": {"attention": "cp"}, "cp_gamma": {"attention": "cp", "gamma": {"mlp": gamma}}}
+    for name, rules in settings.items():
+        ours, theirs = attnlrp(target, **rules).attribute(images, TOKENS, features).flatten(1), reference[name].flatten(1)
+        for a, b in zip(ours, theirs):
+            assert torch.corrcoef(torch.stack([a, b]))[0, 1] > LXT_MIN_CORRELATION, name
+            assert (a - b).abs().max() <= LXT_MAX_DIFF * b.abs().max(), name
+    assert not torch.allclose(reference["cp"], reference["cp_gamma"]), "gamma changed nothing: the check is void"
+
+
+def test_computing_an_erf_leaves_every_other_forward_untouched(tiny_backbone, tiny_sae, images):
+    other = open_clip.create_model("cafe-tiny-vit").eval()
+    classes = (nn.MultiheadAttention, nn.GELU, nn.LayerNorm, open_clip.transformer.LayerNorm, nn.Linear)
+    forwards = {cls: cls.forward for cls in classes}
+    with torch.no_grad():
+        before, tower_before = other.encode_image(images), tiny_backbone.forward_to(tiny_backbone.normalize(images), LAYER)
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    for rules in ({}, {"attention": "cp", "gamma": 0.5}):
+        attnlrp(target, **rules).attribute(images, TOKENS, active_features(target, images))
+    with torch.no_grad():
+        assert torch.equal(other.encode_image(images), before)
+        assert torch.equal(tiny_backbone.forward_to(tiny_backbone.normalize(images), LAYER), tower_before)
+    assert all(cls.forward is forwards[cls] for cls in classes)
+    modules = list(tiny_backbone.visual.modules()) + list(other.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules)
+
+
+def test_a_tower_the_rules_do_not_cover_is_refused_by_name(tiny_sae):
+    backbone = Backbone.load(BackboneConfig("cafe-tiny-vit", device="cpu"))
+    backbone.visual.conv1.bias = nn.Parameter(torch.zeros(backbone.width))
+    with pytest.raises(CafeError, match="patch embedding has a bias"):
+        attnlrp(FeatureTarget(backbone, tiny_sae, 1))
