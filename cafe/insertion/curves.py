@@ -1,0 +1,79 @@
+"""Insertion and deletion curves of many targets from batched, truncated forwards.
+
+A curve of S steps needs 2S distinct images (insertion steps 0..S; deletion shares both ends with
+insertion: deleting nothing is the full image, deleting everything is the canvas). All of them go
+through `FeatureTarget` in batches of `batch_size` images, never one forward per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from cafe.backbone import Backbone
+from cafe.insertion.orders import positions
+from cafe.target import FeatureTarget
+
+Scalar = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pixels, tokens, features) -> (B,)
+
+
+def make_canvas(kind: str, images: torch.Tensor, backbone: Backbone, blur_sigma: float) -> torch.Tensor:
+    """The start image in [0, 1]: `mean` is the dataset mean colour (zero after normalising), `blur` a blurred copy."""
+    if kind == "mean":
+        return backbone.mean.to(images.device).expand_as(images).clone()
+    sigma = blur_sigma * backbone.patch_size
+    size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) - 1) + 1)  # reflect padding must fit
+    return gaussian_blur(images, [size, size], [sigma, sigma])
+
+
+def keep_masks(orders: np.ndarray, counts: np.ndarray) -> torch.Tensor:
+    """(C, 2S, P) masks of the patches taken from the image: insertion steps 0..S, then deletion steps 1..S-1."""
+    pos = torch.as_tensor(positions(orders))[:, None, :]
+    counts = torch.as_tensor(counts)[None, :, None]
+    return torch.cat([pos < counts, pos >= counts[:, 1:-1]], dim=1)
+
+
+def compose(images: torch.Tensor, canvases: torch.Tensor, masks: torch.Tensor, patch: int) -> torch.Tensor:
+    """Pixels of each row: the image where the patch mask (n, P) is set, the canvas elsewhere."""
+    grid = math.isqrt(masks.shape[-1])
+    pixel = masks.view(-1, grid, grid).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return torch.where(pixel[:, None].to(images.device), images, canvases)
+
+
+@torch.inference_mode()
+def measure(target: FeatureTarget, images: torch.Tensor, canvases: torch.Tensor, masks: torch.Tensor,
+            image_of: np.ndarray, tokens: np.ndarray, features: np.ndarray, batch_size: int,
+            scalar: Scalar | None = None) -> np.ndarray:
+    """`scalar` (default: z) for every (curve c, masked image m) of masks (C, M, P), batched over all C*M
+    images; returns (C, M)."""
+    scalar = scalar or target
+    n_curves, n_masks = masks.shape[:2]
+    flat = masks.reshape(n_curves * n_masks, -1)
+    curve = np.repeat(np.arange(n_curves), n_masks)
+    backbone, out = target.backbone, []
+    for start in range(0, len(flat), batch_size):
+        rows = curve[start:start + batch_size]
+        img = torch.as_tensor(image_of[rows], device=images.device)
+        pixels = compose(images[img], canvases[img], flat[start:start + batch_size], backbone.patch_size)
+        z = scalar(backbone.normalize(pixels), torch.as_tensor(tokens[rows]), torch.as_tensor(features[rows]))
+        out.append(z.float().cpu())
+    return torch.cat(out).view(n_curves, n_masks).numpy()
+
+
+def split_curves(z: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, 2S) measurements from `keep_masks` order -> insertion and deletion curves, each (C, S+1)."""
+    insertion = z[:, : steps + 1]
+    deletion = np.concatenate([z[:, steps : steps + 1], z[:, steps + 1 :], z[:, :1]], axis=1)
+    return insertion, deletion
+
+
+def curves(target: FeatureTarget, images: torch.Tensor, canvases: torch.Tensor, orders: np.ndarray,
+           counts: np.ndarray, image_of: np.ndarray, tokens: np.ndarray, features: np.ndarray,
+           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Insertion and deletion z curves (C, S+1) for orders (C, P); row c uses image/canvas image_of[c]."""
+    z = measure(target, images, canvases, keep_masks(orders, counts), image_of, tokens, features, batch_size)
+    return split_curves(z, len(counts) - 1)
