@@ -1,0 +1,73 @@
+"""AttnLRP through the reference library lxt, in a process of its own (lxt patches torch classes process-wide):
+`python -m cafe.bench.lxt_worker '<spec JSON>'` prints one JSON line, the timing or why lxt could not run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+
+def import_lxt_patches() -> types.ModuleType:
+    """lxt.efficient.patches without the package __init__, which imports transformers for its LLM patch maps."""
+    import lxt
+
+    package = types.ModuleType("lxt.efficient")
+    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
+    sys.modules["lxt.efficient"] = package
+    import lxt.efficient.patches as patches
+
+    return patches
+
+
+def patch_lxt() -> list[str]:
+    """lxt's recipe for torch ViTs (its `cp_LRP` map: identity rule on nn.GELU, detached std in LayerNorm, CP-LRP
+    in nn.MultiheadAttention), with OpenCLIP's LayerNorm subclass in place of nn.LayerNorm (its own forward would
+    bypass a patch of the base class)."""
+    from open_clip.transformer import LayerNorm
+    from torch import nn
+
+    patches = import_lxt_patches()
+    patched = {nn.GELU: patches.patch_method(patches.non_linear_forward, nn.GELU, keep_original=True),
+               LayerNorm: patches.patch_method(patches.layer_norm_forward, LayerNorm),
+               nn.MultiheadAttention: patches.patch_method(patches.cp_multi_head_attention_forward,
+                                                           nn.MultiheadAttention, keep_original=True)}
+    return [f"{cls.__module__}.{cls.__name__}" for cls, ok in patched.items() if ok]
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time gradient x input under lxt's patches for `targets` targets at `layer`, set up like the main bench."""
+    try:
+        patched = patch_lxt()
+    except Exception as exc:  # whatever lxt's imports raise, it cannot run here
+        return {"error": f"lxt is not importable here ({type(exc).__name__}: {exc})"}
+    import torch
+
+    from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
+    from cafe.bench.measure import Timer
+    from cafe.erf.base import patch_sum
+    from cafe.target import FeatureTarget
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    backbone = load_tower(spec["model"], device)
+    sae = random_sae(backbone.width, spec["expansion"], device)
+    target = FeatureTarget(backbone, sae, spec["layer"])
+    pixels = backbone.normalize(random_images(spec["targets"], backbone.image_size, device))
+    tokens, features = random_targets(spec["targets"], backbone, sae.n_latents)
+
+    def explain() -> torch.Tensor:
+        x = pixels.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(target(x, tokens, features).sum(), x)
+        return patch_sum(x.detach() * grad, backbone.patch_size)
+
+    timing = Timer(device, spec["repeats"], spec["warmup"]).best(explain)
+    return {"timing": asdict(timing), "patched": patched}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))))

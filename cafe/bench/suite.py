@@ -1,0 +1,116 @@
+"""The whole bench: the machine and its matmul peak, then every stage of each model, the side-by-side ratios and
+the ERF depth curve, written as JSON (+ a markdown summary) and printed as a table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from cafe.backbone import resolve_device
+from cafe.bench.context import Context
+from cafe.bench.erf import ERF_METHODS, erf_depth, erf_methods
+from cafe.bench.extraction import extraction
+from cafe.bench.fixtures import load_tower, random_sae
+from cafe.bench.flops import FLOP_MODEL
+from cafe.bench.insertion import insertion
+from cafe.bench.lxt import lxt_attnlrp
+from cafe.bench.machine import describe, matmul_peak
+from cafe.bench.measure import Timer, cpu_memory_kind
+from cafe.bench.profiles import profile
+from cafe.bench.reference import autograd_reference, truncated_vs_hooked
+from cafe.bench.report import markdown, table
+from cafe.bench.sae_training import sae_training
+from cafe.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# each stage returns {record name: record, or why it could not be measured}
+STAGES: dict[str, Callable[[Context], dict[str, dict[str, Any] | str]]] = {
+    "activation extraction": extraction,
+    "SAE training": sae_training,
+    "truncated forward": truncated_vs_hooked,
+    "ERF methods": erf_methods,
+    "lxt": lxt_attnlrp,
+    "insertion curves": insertion,
+    "autograd reference": autograd_reference,
+}
+# (what is compared, our stage, what a user would otherwise write)
+COMPARISONS = [
+    ("extraction: one pass for all layers vs one pass per layer", "extraction", "extraction.per_layer"),
+    ("z at layer L: truncated forward vs full tower + forward hook", "target.truncated", "target.hooked"),
+    ("insertion: batched steps vs one forward per step", "insertion", "insertion.per_step"),
+    *[(f"{m}: batched targets vs one target per call (captum defaults)", f"erf.{m}", f"erf.{m}.one_at_a_time")
+      for m in ERF_METHODS],
+    ("attnlrp: cafe's rules vs lxt's global patches", "erf.attnlrp", "erf.attnlrp.lxt"),
+]
+
+
+def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Speed-up of each of our stages over its baseline (throughput ratio), with the ratio FLOPs alone predict."""
+    return [{"what": what, "ours": ours, "baseline": base,
+             "speedup": stages[ours]["throughput"] / stages[base]["throughput"],
+             "flop_ratio": (stages[base]["flops"] / stages[base]["count"]) / (stages[ours]["flops"] / stages[ours]["count"])}
+            for what, ours, base in COMPARISONS if ours in stages and base in stages]
+
+
+def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> dict[str, Any]:
+    """Every stage of one model alias (demo, vitl)."""
+    p = profile(name, quick)
+    timer = Timer(device, p.repeats, warmup=int(device.type == "cuda"))  # CUDA: context, kernels, allocator
+    backbone = load_tower(p.model, device)
+    ctx = Context(p, backbone, random_sae(backbone.width, p.sae_expansion, device), timer, workdir)
+    results: dict[str, dict[str, Any] | str] = {}
+    for title, stage in tqdm(STAGES.items(), desc=p.model, unit="stage"):
+        began = time.perf_counter()
+        results.update(stage(ctx))
+        log.info("%s: %s done in %.1f s", p.model, title, time.perf_counter() - began)
+    stages = {name: r for name, r in results.items() if isinstance(r, dict)}
+    skipped = {name: r for name, r in results.items() if isinstance(r, str)}
+    depth = erf_depth(ctx)
+    log.info("%s: ERF depth curve done", p.model)
+    return {"alias": name, "depth": backbone.depth, "width": backbone.width, "tokens": backbone.n_tokens,
+            "stages": stages, "comparisons": comparisons(stages), "erf_depth": depth, "skipped": skipped}
+
+
+def add_utilisation(results: dict[str, Any]) -> None:
+    """Utilisation of every record: its achieved FLOP/s over the run's matmul peak."""
+    peak = results["peak"]["flop_per_s"]
+    for model in results["models"].values():
+        for record in [*model["stages"].values(), *model["erf_depth"]["points"]]:
+            record["utilisation"] = record["flop_per_s"] / peak
+
+
+def run_suite(models: list[str], quick: bool, out: Path, device: str = "auto",
+              threads: int | None = None) -> dict[str, Any]:
+    """Benchmark `models`, write `out` (JSON) and its markdown twin, print the table; returns the results."""
+    if threads:
+        torch.set_num_threads(threads)
+    timer = Timer(resolve_device(device), warmup=1)
+    machine = {**describe(timer.device), "memory": cpu_memory_kind() if timer.device.type == "cpu"
+               else "torch.cuda.max_memory_allocated during the stage"}
+    started, first_peak = time.perf_counter(), matmul_peak(timer, quick)
+    log.info("matmul peak %.1f GFLOP/s on %s", first_peak["flop_per_s"] / 1e9, timer.device)
+    results: dict[str, Any] = {"schema": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "quick": quick, "machine": machine,
+                               "flop_model": FLOP_MODEL, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="cafe-bench-") as tmp:
+        for name in models:
+            results["models"][profile(name, quick).model] = run_model(name, quick, timer.device, Path(tmp) / name)
+    last_peak = matmul_peak(timer, quick)  # measured again at the end: a busy start must not flatter the ratios
+    results["peak"] = {**max(first_peak, last_peak, key=lambda peak: peak["flop_per_s"]),
+                       "start_flop_per_s": first_peak["flop_per_s"], "end_flop_per_s": last_peak["flop_per_s"]}
+    add_utilisation(results)
+    machine["load_average_1min_end"] = os.getloadavg()[0]
+    results["seconds"] = time.perf_counter() - started
+    write_json(out, results)
+    write_text(out.with_suffix(".md"), markdown(results))
+    print(table(results))
+    return results

@@ -1,0 +1,45 @@
+"""`cafe bench --quick` on the demo tower: every stage is measured and described; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cafe.cli import main
+
+STAGES = ["extraction", "extraction.per_layer", "target.truncated", "target.hooked", "insertion",
+          "insertion.per_step", "reference.autograd",
+          *[f"erf.{m}{suffix}" for m in ("attnlrp", "ig", "kernelshap", "gradient") for suffix in ("", ".one_at_a_time")]]
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    assert main(["bench", "--quick", "--models", "demo", "--out", str(out)]) == 0
+    assert out.with_suffix(".md").read_text().startswith("# cafe bench")
+    return json.loads(out.read_text())
+
+
+def test_quick_bench_measures_every_stage_with_throughput_and_utilisation(quick_results: dict) -> None:
+    stages = quick_results["models"]["cafe-demo-vit"]["stages"]
+    sae = [name for name in stages if name.startswith("sae.train[")]
+    assert set(STAGES) <= set(stages) and len(sae) == 2
+    for name, record in stages.items():
+        assert record["throughput"] > 0 and record["peak_memory_mb"] > 0, name
+        assert 0 < record["utilisation"] <= 1.5, (name, record["utilisation"])
+
+
+def test_quick_bench_describes_the_machine_and_its_peak(quick_results: dict) -> None:
+    machine = quick_results["machine"]
+    assert {"cpu", "cores", "torch", "threads", "device", "memory"} <= set(machine)
+    assert quick_results["peak"]["flop_per_s"] > 0
+
+
+def test_quick_bench_compares_with_baselines_and_fits_depth(quick_results: dict) -> None:
+    model = quick_results["models"]["cafe-demo-vit"]
+    assert {c["baseline"] for c in model["comparisons"]} >= {"extraction.per_layer", "target.hooked", "insertion.per_step"}
+    assert all(c["speedup"] > 0 for c in model["comparisons"])
+    assert len(model["erf_depth"]["points"]) >= 2 and "seconds_per_target_per_block" in model["erf_depth"]["fit"]
+    assert "erf.attnlrp.lxt" in model["stages"] or model["skipped"]["erf.attnlrp.lxt"]
