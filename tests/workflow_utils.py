@@ -36,6 +36,7 @@ TINY_PARAMS: dict[str, Any] = {
     "insertion": {"canvases": ["mean", "blur"], "steps": 4, "seeds": 2, "min_activation": 0.0,
                   "greedy_targets": 1, "bootstrap": 50},
     "annotation": {"n_features": 4, "gallery_k": 2, "threshold": 0.5},
+    "ground_truth": {"patch_overlap": 0.25, "kind_purity": 0.8},
 }
 
 

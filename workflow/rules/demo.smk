@@ -39,18 +39,21 @@ rule ground_truth:
         objects="results/demo/objects.csv",
         masks="results/demo/masks.h5",
     output:
+        targets=expand("results/ground_truth/layer{layer}.csv", layer=LAYERS),
         table="results/tables/ground_truth.csv",
         figure=report("results/figures/ground_truth.png", caption="../report/ground_truth.rst", category="Demo"),
         metrics="results/metrics/ground_truth.json",
     params:
+        cfg=as_json(config.get("ground_truth", {})),
         layers=LAYERS,
         methods=ERF_METHODS,
     log:
         "results/logs/ground_truth.log",
     shell:
-        "cafe ground-truth --layers {params.layers} --methods {params.methods} --features-dir results/features "
-        "--erf-dir results/erf --manifest {input.manifest} --objects {input.objects} --masks {input.masks} "
-        "--out-table {output.table} --out-figure {output.figure} --metrics {output.metrics} > {log} 2>&1"
+        "cafe ground-truth --params {params.cfg:q} --layers {params.layers} --methods {params.methods} "
+        "--features {input.features} --erf-dir results/erf --manifest {input.manifest} --objects {input.objects} "
+        "--masks {input.masks} --out-targets {output.targets} --out-table {output.table} "
+        "--out-figure {output.figure} --metrics {output.metrics} > {log} 2>&1"
 
 
 def ground_truth_outputs():
