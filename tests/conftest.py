@@ -15,6 +15,15 @@ from cafe.sae import MatryoshkaSAE
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices are overhead-bound: one thread is faster, and far faster on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone() -> Backbone:
     """cafe-tiny-vit: 32x32 images, 8x8 patches (4x4 grid, 17 tokens), width 32, 3 blocks, random seeded weights."""

@@ -30,13 +30,7 @@ def sparse_tokens(n: int, seed: int, d: int = 16, n_atoms: int = 48) -> np.ndarr
     return (codes @ atoms + 3.0 + 0.02 * rng.standard_normal((n, d))).astype(np.float16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

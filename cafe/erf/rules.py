@@ -37,6 +37,13 @@ class _ScaleGrad(Function):
         return grad * ctx.factor, None
 
 
+def stable_ratio(y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """y / (y + epsilon sign y) = |y| / (|y| + epsilon) in three memory passes (0 where y = 0): the epsilon rule's
+    gradient factor, computed once in the forward. Element-wise passes, not matmuls, bound the LRP overhead."""
+    magnitude = y.abs()
+    return magnitude.div_(magnitude + epsilon)
+
+
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Give `x` the share `factor` of the relevance arriving at it (0: none, i.e. detach)."""
     return x.detach() if factor == 0 else _ScaleGrad.apply(x, factor)
@@ -48,7 +55,7 @@ class _IdentityRule(Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         y = fn(x)
-        ctx.save_for_backward(y / stabilize(x, 0.0))
+        ctx.save_for_backward(torch.nan_to_num_(y / x, nan=0.0))  # 0 / 0 -> 0 (fn(0) = 0 for GELU, ReLU)
         return y
 
     @staticmethod
@@ -96,7 +103,7 @@ class _LinearRule(Function):
         y = F.linear(x, weight, bias)
         ctx.epsilon, ctx.gamma = epsilon, gamma
         if gamma == 0:
-            ctx.save_for_backward(weight, y / stabilize(y, epsilon))
+            ctx.save_for_backward(weight, stable_ratio(y, epsilon))
         else:
             ctx.save_for_backward(weight, x, bias, y)
         return y
