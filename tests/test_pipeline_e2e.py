@@ -77,4 +77,12 @@ def test_annotation_edit_reruns_only_fig5(study):
     run(["dvc", "repro"], study)
     assert {k: v for k, v in mtimes(study, "results/**/*").items() if k in others} == others
     counts = pd.read_csv(study / "results/tables/fig5_nonlocal.csv")
-    assert not counts.empty
+    human = counts[(counts["layer"] == 3) & (counts["source"] == "human")].iloc[0]
+    assert human["n_labelled"] == len(sheet) and human["n_non_local"] == (sheet["non_local"] == "yes").sum()
+
+
+def test_report_holds_the_figures(study):
+    run(["snakemake", "--cores", "1", "--report", "report.html"], study)
+    html = (study / "report.html").read_text()
+    for figure in ("fig3_insertion.png", "fig5_nonlocal.png", "ground_truth.png"):
+        assert figure in html, figure

@@ -1,0 +1,105 @@
+"""The backbone: truncated forwards equal the full tower's residual stream, one pass serves every layer, and
+each way of naming weights (tag, local checkpoint, random seed) loads or fails with a message that says what
+to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import open_clip
+import pytest
+import torch
+
+from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.errors import CafeError
+
+
+@pytest.fixture(scope="module")
+def pixels(tiny_backbone: Backbone) -> torch.Tensor:
+    return tiny_backbone.normalize(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+
+
+def hooked_residuals(backbone: Backbone, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every block's output from a full forward of the tower with hooks (the straightforward way)."""
+    outputs: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+               for block in backbone.visual.transformer.resblocks]
+    try:
+        with torch.no_grad():
+            final = backbone.visual(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, final
+
+
+def test_truncated_forward_equals_the_full_towers_residual_stream(tiny_backbone, pixels):
+    expected, _ = hooked_residuals(tiny_backbone, pixels)
+    for layer in range(1, tiny_backbone.depth + 1):
+        with torch.no_grad():
+            got = tiny_backbone.forward_to(pixels, layer)
+        assert got.shape == (3, tiny_backbone.n_tokens, tiny_backbone.width)
+        torch.testing.assert_close(got, expected[layer - 1])
+
+
+def test_one_pass_serves_every_layer_and_stops_at_the_deepest(tiny_backbone, pixels):
+    calls: list[int] = []
+    blocks = tiny_backbone.visual.transformer.resblocks
+    handles = [block.register_forward_hook(lambda _m, _i, _o, i=i: calls.append(i)) for i, block in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            streams = tiny_backbone.forward_layers(pixels, [2, 1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [0, 1]  # block 3 never runs
+    for layer, stream in streams.items():
+        torch.testing.assert_close(stream, tiny_backbone.forward_to(pixels, layer))
+
+
+def test_a_layer_outside_the_tower_is_named(tiny_backbone, pixels):
+    with pytest.raises(CafeError, match=r"layer 4 does not exist: cafe-tiny-vit has blocks 1..3"):
+        tiny_backbone.forward_to(pixels, 4)
+
+
+def test_shape_is_known_without_weights():
+    shape = tower_shape("ViT-L-14")
+    assert (shape.depth, shape.width, shape.grid, shape.n_tokens) == (24, 1024, 16, 257)
+
+
+def test_unknown_model_name_is_named():
+    with pytest.raises(CafeError, match="backbone.model: unknown OpenCLIP model 'ViT-Q-99'"):
+        Backbone.load(BackboneConfig("ViT-Q-99"))
+
+
+def test_local_checkpoint_loads_the_saved_weights(tiny_backbone, pixels, tmp_path: Path):
+    torch.manual_seed(0)
+    model = open_clip.create_model("cafe-tiny-vit")
+    path = tmp_path / "tower.pt"
+    torch.save(model.state_dict(), path)
+    loaded = Backbone.load(BackboneConfig("cafe-tiny-vit", pretrained=str(path), seed=123, device="cpu"))
+    assert loaded.tag == str(path)
+    for mine, saved in zip(loaded.visual.state_dict().values(), model.visual.state_dict().values()):
+        torch.testing.assert_close(mine, saved)
+
+
+def test_missing_checkpoint_file_is_named(tmp_path: Path):
+    missing = tmp_path / "nowhere" / "tower.pt"
+    with pytest.raises(CafeError, match="checkpoint file .*nowhere/tower.pt.* not found"):
+        Backbone.load(BackboneConfig("cafe-tiny-vit", pretrained=str(missing)))
+
+
+def test_unknown_tag_lists_the_known_ones():
+    with pytest.raises(CafeError, match=r"'laion9000' is not a tag of ViT-L-14 \(tags: .*laion2b_s32b_b82k"):
+        Backbone.load(BackboneConfig("ViT-L-14", pretrained="laion9000"))
+
+
+def test_pretrained_tag_offline_without_a_cache_fails_fast_and_says_how_to_fix_it(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(CafeError) as error:
+        Backbone.load(BackboneConfig("ViT-L-14", pretrained="laion2b_s32b_b82k"))
+    message = str(error.value)
+    assert "ViT-L-14/laion2b_s32b_b82k" in message and "no network and no cached copy" in message
+    assert "backbone.pretrained to its local path" in message
