@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cafe.erf.base import token_grid
+from cafe.tokens import token_grid
 from cafe.errors import CafeError
 from cafe.io import open_h5
 

@@ -55,11 +55,6 @@ def patch_sum(pixel_map: torch.Tensor, patch: int) -> torch.Tensor:
     return pixel_map.sum(1).view(b, h // patch, patch, w // patch, patch).sum((2, 4))
 
 
-def token_grid(per_token: torch.Tensor, grid: int) -> torch.Tensor:
-    """Values over tokens (..., 1 + grid^2) -> the patch grid (..., grid, grid), CLS dropped."""
-    return per_token[..., 1:].reshape(*per_token.shape[:-1], grid, grid)
-
-
 def nan_like(value: torch.Tensor) -> torch.Tensor:
     """A NaN remainder for methods that decompose nothing."""
     return torch.full_like(value, float("nan"))

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
-from cafe.erf.base import ErfMethod, token_grid
+from cafe.erf.base import ErfMethod
 from cafe.erf.config import ErfConfig
 from cafe.erf.registry import METHODS, make_method
 from cafe.errors import CafeError
@@ -36,6 +36,7 @@ from cafe.io import atomic_path
 from cafe.params import as_dict, parse_section
 from cafe.sae import load_sae
 from cafe.target import FeatureTarget
+from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
 

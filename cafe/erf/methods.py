@@ -12,7 +12,8 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import KernelShap as CaptumKernelShap
 
-from cafe.erf.base import Attribution, ErfMethod, nan_like, patch_sum, token_grid
+from cafe.erf.base import Attribution, ErfMethod, nan_like, patch_sum
+from cafe.tokens import token_grid
 
 
 class Gradient(ErfMethod):

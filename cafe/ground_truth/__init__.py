@@ -25,6 +25,7 @@ from cafe.ground_truth.report import figure, metrics, summarize
 from cafe.ground_truth.scoring import chance, score_map
 from cafe.io import open_h5, save_figure, write_csv, write_json
 from cafe.params import parse_section
+from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
 TARGET_COLUMNS = ["layer", "feature", "slot", "image", "path", "class", "token", "cause", "parts", "cause_patches", "chance"]
@@ -81,7 +82,7 @@ def score_layer(layer: int, features: Path, erf_files: dict[str, Path], manifest
         feature, image, token, act = h5["feature"][:], h5["image"][:], h5["token"][:], h5["act_map"][:]
         grid = int(h5.attrs["grid"])
     maps = {method: _maps(path, image.shape + (grid, grid)) for method, path in erf_files.items()}
-    maps["activation"] = act[..., 1:].reshape(image.shape + (grid, grid))
+    maps["activation"] = token_grid(act, grid)
     rows = []
     for n in tqdm(range(len(feature)), desc=f"ground truth layer {layer}", leave=False):
         slots = [j for j in range(image.shape[1]) if image[n, j] >= 0]
