@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from cafe.insertion.run import run_insertion
 from cafe.insertion.curves import compose, curves, keep_masks, make_canvas
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
 from cafe.insertion.summary import curve_aucs, per_target
-from cafe.insertion.targets import FeatureFile, read_features, sample_targets, select_targets
+from cafe.insertion.targets import FeatureFile, activation_scores, erf_scores, read_features, sample_targets, select_targets
 from cafe.io import file_hash
 from cafe.sae import SAEConfig, save_checkpoint
 from cafe.target import FeatureTarget
@@ -116,6 +118,14 @@ def test_ties_break_randomly_per_seed_not_top_left_first():
 
 def pairs(targets) -> set[tuple[int, int]]:
     return set(zip(targets.row.tolist(), targets.rank.tolist()))
+
+
+def test_a_layer_with_no_clearly_active_target_gives_empty_orders_for_every_method(tiny_backbone, tiny_sae, images):
+    ff = feature_file(tiny_backbone, tiny_sae, images)
+    silent = select_targets(dataclasses.replace(ff, value=np.zeros_like(ff.value)), 0.1)
+    maps = ff.act_map[..., 1:].reshape(*ff.image.shape, ff.grid, ff.grid)
+    assert len(silent) == 0
+    assert erf_scores(maps, silent).shape == activation_scores(ff, silent).shape == (0, ff.grid * ff.grid)
 
 
 def test_greedy_subset_lies_inside_the_tested_subset(tiny_backbone, tiny_sae, images):

@@ -106,4 +106,4 @@ def read_erf_maps(path: str | os.PathLike, method: str, ff: FeatureFile) -> np.n
 
 def erf_scores(maps: np.ndarray, targets: Targets) -> np.ndarray:
     """The targets' ERF maps flattened row-major to (C, P), like the patch tokens."""
-    return maps[targets.row, targets.rank].reshape(len(targets), -1)
+    return maps[targets.row, targets.rank].reshape(len(targets), maps.shape[-2] * maps.shape[-1])  # also when empty
