@@ -103,7 +103,7 @@ class TopImages:
 
 def _check_match(sae_meta: dict, attrs: dict, sae_path: Path, activations: Path) -> None:
     """The SAE must belong to this layer file: same layer, and same backbone and manifest where recorded."""
-    for key in ("layer", "backbone", "manifest_hash"):
+    for key in ("layer", "backbone", "pretrained", "manifest_hash"):
         if key in sae_meta and sae_meta[key] != attrs[key]:
             raise CafeError(f"{sae_path}: SAE has {key} {sae_meta[key]!r} but {activations} has {attrs[key]!r}; "
                             f"re-run the `sae` step for this activation file")

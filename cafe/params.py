@@ -63,18 +63,25 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
 
 def check_config(config: dict[str, Any]) -> None:
     """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
+    from cafe.annotation.config import AnnotationConfig
     from cafe.backbone import tower_shape
+    from cafe.features import FeaturesConfig
+    from cafe.sae.model import SAEConfig
 
     shape = tower_shape(config["backbone"]["model"])
     bad = [layer for layer in config["layers"] if layer > shape.depth]
     if bad:
         raise CafeError(f"params: layers {bad} do not exist: {config['backbone']['model']} has blocks 1..{shape.depth}")
-    n_latents = config["sae"].get("expansion", 1) * shape.width
-    if config["features"].get("n_features", 0) > n_latents:
-        raise CafeError(f"params: features.n_features = {config['features']['n_features']} exceeds the SAE's {n_latents} latents")
-    if config["annotation"].get("n_features", 0) > config["features"].get("n_features", 0):
+    # the values the steps will use, defaults included
+    sae = parse_section(SAEConfig, config["sae"], "sae")
+    features = parse_section(FeaturesConfig, config["features"], "features")
+    annotation = parse_section(AnnotationConfig, config["annotation"], "annotation")
+    n_latents = sae.expansion * shape.width
+    if features.n_features > n_latents:
+        raise CafeError(f"params: features.n_features = {features.n_features} exceeds the SAE's {n_latents} latents")
+    if annotation.n_features > features.n_features:
         raise CafeError("params: annotation.n_features must not exceed features.n_features (sheets need those features)")
-    if config["annotation"].get("gallery_k", 0) > config["features"].get("top_k", 0):
+    if annotation.gallery_k > features.top_k:
         raise CafeError("params: annotation.gallery_k must not exceed features.top_k")
     if config["demo"]["enabled"] and config["data"]["images"] != DEMO_IMAGES:
         raise CafeError(f"params: demo.enabled is true, so data.images must be {DEMO_IMAGES!r} (or set demo.enabled: false)")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cafe.activations import ActivationsConfig, TokenStream, extract, layer_path, open_layer
+from cafe.activations import ActivationsConfig, TokenStream, extract, iter_analysis, layer_path, open_layer
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.images import DataConfig, load_images, make_manifest, read_manifest
@@ -161,3 +161,15 @@ def test_corrupt_truncated_incomplete_or_mismatched_files_are_named(counted_file
     with pytest.raises(CafeError, match="width 8, but 32") as err:
         TokenStream(counted_file, batch_size=8, width=32)
     assert counted_file.name in str(err.value)
+
+
+def test_a_capped_analysis_read_spreads_over_all_images_and_a_full_read_keeps_order(tmp_path: Path) -> None:
+    """Manifests are sorted by class folder: a capped read (SAE evaluation) must not see only the first classes."""
+    analysis = np.repeat(np.arange(40, dtype=np.float16), 5 * 4).reshape(40, 5, 4)  # image i holds the value i
+    path = write_layer(tmp_path / "layer1.h5", np.zeros((8, 4), np.float16), analysis)
+    capped = [(first, block[:, 0, 0]) for first, block in iter_analysis(path, block_tokens=20, max_tokens=50)]
+    seen = np.concatenate([values for _, values in capped])
+    assert len(seen) == 10 and seen.min() == 0 and seen.max() == 39 and (np.diff(seen) > 0).all()
+    assert [first for first, _ in capped] == [int(values[0]) for _, values in capped]
+    full = np.concatenate([block[:, 0, 0] for _, block in iter_analysis(path, block_tokens=20)])
+    np.testing.assert_array_equal(full, np.arange(40))

@@ -161,3 +161,13 @@ def test_state_of_another_config_or_damaged_is_not_resumed(layer_file: Path, tmp
     assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", replace(config, lr=1e-3), "cpu")["resumed_from"] == 0
     partial_path(tmp_path / "s.pt").write_bytes(b"half a file")
     assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")["resumed_from"] == 0
+
+
+def test_the_same_weights_and_config_give_the_same_fingerprint(layer_file: Path, tmp_path: Path) -> None:
+    """Run metrics (tokens/s) vary between identical runs; the fingerprint human annotations refer to must not."""
+    config = replace(CONFIG, steps=20, checkpoint_every=10)
+    fingerprints = []
+    for run in ("first", "second"):
+        train(layer_file, tmp_path / f"{run}.pt", tmp_path / f"{run}.json", config, "cpu")
+        fingerprints.append(load_sae(tmp_path / f"{run}.pt")[1]["fingerprint"])
+    assert fingerprints[0] == fingerprints[1]

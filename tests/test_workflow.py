@@ -67,3 +67,14 @@ def test_bad_params_stop_with_a_message_naming_the_key(tmp_path, path, value, me
     result = dry_run(root)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
+
+
+def test_cross_checks_compare_the_values_the_steps_will_use_defaults_included():
+    """Without annotation.n_features the sheets take their default (100): more than the 4 features found."""
+    from cafe.errors import CafeError
+    from cafe.params import check_config
+
+    params = copy.deepcopy(TINY_PARAMS)
+    del params["annotation"]["n_features"]
+    with pytest.raises(CafeError, match="annotation.n_features must not exceed features.n_features"):
+        check_config(params)

@@ -90,7 +90,7 @@ class LayerWriter:
     def _put(self, name: str, rows: slice, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.float16)
         self.handle[name][rows] = values
-        self.digest.update(values.tobytes())
+        self.digest.update(values)  # contiguous: hashed in place, no copy
 
     def finish(self) -> None:
         """Check every row was written, then write the attributes, `complete` last."""
@@ -121,23 +121,34 @@ def layer_attrs(handle: h5py.File) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in handle.attrs.items()}
 
 
-def read_rows(dataset: h5py.Dataset, rows: slice) -> np.ndarray:
-    """Read rows of a dataset; an unreadable chunk (a damaged file) is a CafeError naming the file."""
+def read_rows(dataset: h5py.Dataset, rows: slice | np.ndarray) -> np.ndarray:
+    """Read rows (a slice, or increasing indices) of a dataset; an unreadable chunk (a damaged file) is a
+    CafeError naming the file."""
     try:
         return dataset[rows]
     except (OSError, ValueError) as exc:
-        raise CafeError(f"{dataset.file.filename}: cannot read {dataset.name}[{rows.start}:{rows.stop}] ({exc}); "
+        where = f"{rows.start}:{rows.stop}" if isinstance(rows, slice) else f"rows {rows[0]}..{rows[-1]}"
+        raise CafeError(f"{dataset.file.filename}: cannot read {dataset.name}[{where}] ({exc}); "
                         f"the file is damaged, re-run the `activations` step") from exc
 
 
 def iter_analysis(path: str | os.PathLike, block_tokens: int, max_tokens: int | None = None,
                   width: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, float32 (b, T, D)) blocks of whole analysis images, about `block_tokens` tokens each,
-    stopping once `max_tokens` tokens (rounded up to whole images) have been read."""
+    """(first row, float32 (b, T, D)) blocks of consecutive analysis images, about `block_tokens` tokens each.
+
+    With `max_tokens`, only that many tokens (rounded up to whole images) are read, as images spread evenly
+    over all rows: the manifest is sorted by class folder, so its first rows would be a few classes only.
+    Each block is then a sample, and its first row says where it starts."""
     with open_layer(Path(path), width) as handle:
         data = handle["analysis"]
         n_tokens = data.shape[1]
         n_rows = len(data) if max_tokens is None else min(len(data), -(-max_tokens // n_tokens))
         step = max(1, block_tokens // n_tokens)
-        for start in range(0, n_rows, step):
-            yield start, read_rows(data, slice(start, min(start + step, n_rows))).astype(np.float32)
+        if n_rows == len(data):
+            for start in range(0, n_rows, step):
+                yield start, read_rows(data, slice(start, min(start + step, n_rows))).astype(np.float32)
+            return
+        rows = np.unique(np.linspace(0, len(data) - 1, n_rows).round().astype(np.int64))
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            yield int(block[0]), read_rows(data, block).astype(np.float32)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from cafe.demo.world import CLASSES, COMPOSITIONAL, Scene, sample_scene
 from cafe.errors import CafeError
-from cafe.io import atomic_path, write_csv
+from cafe.io import atomic_path, current_umask, write_csv
 from cafe.params import parse_section
 
 __all__ = ["CLASSES", "COMPOSITIONAL", "DemoConfig", "generate", "write_demo", "register"]
@@ -73,15 +73,16 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `path`; it replaces `path` (and all it held) only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
+    old = path.with_name(f"{tmp.name}.old")
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f"{tmp.name}.old")
             path.rename(old)
-            shutil.rmtree(old)
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _object_rows(path: str, label: str, scene: Scene) -> list[dict]:

@@ -120,7 +120,7 @@ def save_checkpoint(path: str | Path, sae: MatryoshkaSAE, config: SAEConfig, met
 
     state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
     meta = {"version": CHECKPOINT_VERSION, "d_in": sae.d_in, "n_latents": sae.n_latents, "config": as_dict(config), **meta}
-    fp = fingerprint(state, meta)
+    fp = fingerprint(state, {k: v for k, v in meta.items() if k != "metrics"})  # same weights + config, same fp
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "meta": meta, "fingerprint": fp}, tmp)
     return fp

@@ -1,0 +1,38 @@
+"""Atomic writes: all or nothing, readable by collaborators; unreadable HDF5 files are named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cafe.errors import CafeError
+from cafe.io import atomic_path, open_h5, write_text
+
+
+def test_an_interrupted_write_leaves_neither_a_half_file_nor_a_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "table.csv"
+    write_text(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old\n" and os.listdir(target.parent) == ["table.csv"]
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    before = os.umask(0o022)
+    try:
+        write_text(tmp_path / "index.html", "<html/>")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("content,message", [(None, "file not found"), (b"not hdf5", "not a readable HDF5 file")])
+def test_missing_or_corrupt_hdf5_is_named(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "layer3.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CafeError, match=f"layer3.h5: {message}"):
+        open_h5(path)
