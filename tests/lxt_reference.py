@@ -22,13 +22,11 @@ modules are used here, so the package is stubbed to load them without transforme
 from __future__ import annotations
 
 import sys
-import types
-from functools import partial
-from pathlib import Path
 
 import torch
 
 from cafe.backbone import Backbone, BackboneConfig
+from cafe.bench.lxt_worker import gradient_x_input, patch_lxt
 from cafe.sae import MatryoshkaSAE
 from cafe.target import FeatureTarget
 
@@ -78,34 +76,13 @@ def _explicit_attention(lf, attn, x):
     return lf.linear_epsilon(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _import_lxt_efficient() -> types.ModuleType:
-    """lxt.efficient.patches and .rules without the package __init__ (which needs transformers)."""
-    import lxt
-
-    package = types.ModuleType("lxt.efficient")
-    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
-    sys.modules["lxt.efficient"] = package
-    import lxt.efficient.patches as patches
-
-    return patches
-
-
 def efficient_cp(backbone: Backbone, sae: MatryoshkaSAE, blob: dict) -> dict[str, torch.Tensor]:
     """lxt's efficient ViT recipe (its `cp_LRP` patch map, with OpenCLIP's LayerNorm subclass) and its zennit gamma."""
-    import open_clip.transformer
     from torch import nn
 
-    patches = _import_lxt_efficient()
-    patch_map = {
-        nn.GELU: partial(patches.patch_method, patches.non_linear_forward, keep_original=True),
-        open_clip.transformer.LayerNorm: partial(patches.patch_method, patches.layer_norm_forward),
-        nn.MultiheadAttention: partial(patches.patch_method, patches.cp_multi_head_attention_forward,
-                                       keep_original=True),
-    }
-    for cls, patch in patch_map.items():
-        assert patch(cls), f"lxt could not patch {cls}"
+    assert len(patch_lxt()) == 3, "lxt could not patch GELU, LayerNorm and MultiheadAttention"
     target = FeatureTarget(backbone, sae, blob["layer"])
-    maps = {"cp": _gradient_x_input(target, backbone, blob)}
+    maps = {"cp": gradient_x_input(target, blob["pixels"], blob["tokens"], blob["features"])}
 
     import zennit.rules
     from lxt.efficient.zennit_patches import monkey_patch_zennit
@@ -115,16 +92,8 @@ def efficient_cp(backbone: Backbone, sae: MatryoshkaSAE, blob: dict) -> dict[str
     composite = LayerMapComposite([(nn.Linear, zennit.rules.Gamma(blob["gamma"]))])
     mlps = [block.mlp for block in backbone.visual.transformer.resblocks]
     with composite.context(nn.ModuleList(mlps)):
-        maps["cp_gamma"] = _gradient_x_input(target, backbone, blob)
+        maps["cp_gamma"] = gradient_x_input(target, blob["pixels"], blob["tokens"], blob["features"])
     return maps
-
-
-def _gradient_x_input(target: FeatureTarget, backbone: Backbone, blob: dict) -> torch.Tensor:
-    pixels = blob["pixels"].clone().requires_grad_(True)
-    target(pixels, blob["tokens"], blob["features"]).sum().backward()
-    relevance = (pixels * pixels.grad).detach().sum(1)
-    b, grid, patch = len(pixels), backbone.grid, backbone.patch_size
-    return relevance.view(b, grid, patch, grid, patch).sum((2, 4))
 
 
 def main(source: str, dest: str) -> None:

@@ -70,12 +70,15 @@ def test_kernelshap_is_efficient_and_seeded(world, explained):
     target, images, features = world
     first, again = explained["kernelshap"], make_method("kernelshap", target, config()).explain(images, TOKENS, features)
     torch.testing.assert_close(first.maps, again.maps)
+    last = make_method("kernelshap", target, config()).explain(images[-1:], TOKENS[-1:], features[-1:])
+    torch.testing.assert_close(last.maps[0], first.maps[-1])  # a target's map does not depend on its batch
     assert (first.absorbed.abs() <= 1e-4 * (first.maps.sum((1, 2)) + first.absorbed).abs() + 1e-5).all()
 
 
 ATTRIBUTIONS = {
     "attnlrp": ("attnlrp", {}),
     "attnlrp-cp-gamma": ("attnlrp", {"attnlrp": {"attention": "cp", "gamma": 0.25}}),
+    "attnlrp-epsilon-0": ("attnlrp", {"attnlrp": {"epsilon": 0.0}}),  # exact zeros in the planted tower
     "ig": ("ig", {}),
     "kernelshap": ("kernelshap", {}),
     "gradient-x-input": ("gradient", {}),
@@ -89,7 +92,7 @@ def test_attributions_peak_at_the_patch_that_drives_the_feature(setting):
     name, sections = ATTRIBUTIONS[setting]
     method = make_method(name, FeatureTarget(planted.backbone, planted.sae, planted.layer), config(**sections))
     maps = method.attribute(planted.images, torch.tensor([planted.token]), torch.tensor([planted.feature]))
-    assert maps.flatten().argmax().item() + 1 == planted.source
+    assert torch.isfinite(maps).all() and maps.flatten().argmax().item() + 1 == planted.source
 
 
 def test_activation_baseline_peaks_where_the_feature_fires_not_at_its_cause():

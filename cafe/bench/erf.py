@@ -20,7 +20,8 @@ ERF_METHODS = ("attnlrp", "ig", "kernelshap", "gradient")
 
 
 def erf_config(profile: Profile) -> ErfConfig:
-    """params.yaml's ERF settings, with the profile's fewer IG steps / KernelSHAP samples where it sets them."""
+    """The default ERF settings (as in params.yaml), with the profile's fewer IG steps / KernelSHAP samples where
+    it sets them. Costs are counted for these rules (epsilon rule, AttnLRP inside attention)."""
     config = ErfConfig()
     return replace(config, ig=replace(config.ig, steps=profile.ig_steps or config.ig.steps),
                    kernelshap=replace(config.kernelshap, samples=profile.kernelshap_samples or config.kernelshap.samples))
@@ -75,6 +76,12 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
                 f"baseline: {name} one target per call, captum's default batching", "targets", k,
                 _one_at_a_time(make_method(name, target, single), [x[:k] for x in inputs]), flops * k / n,
                 {**params, "targets": k, "batch_size": single.batch_size})
+    if p.lxt:  # the rule lxt's ViT recipe uses, for a like-for-like comparison with it
+        cp = replace(config, attnlrp=replace(config.attnlrp, attention="cp"))
+        records["erf.attnlrp.cp"] = ctx.measure(
+            f"attnlrp with CP-LRP inside attention: {n} targets in one batched attribute() call", "targets", n,
+            _batched(make_method("attnlrp", target, cp), inputs), n * ctx.arch.forward_backward(layer, cp=True),
+            {"layer": layer, "targets": n, "batch_size": config.batch_size, "attention": "cp"})
     return records
 
 

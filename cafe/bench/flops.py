@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cafe.backbone import Backbone
 
 FLOP_MODEL = ("matmul FLOPs only (2 per multiply-add). Forward per token per block 8D^2 + 4DH + 4TD (= 24D^2 + 4TD "
-              "for H = 4D), plus the patch embedding; backward to the input with frozen weights: 8D^2 + 4DH + 8TD; "
+              "for H = 4D), plus the patch embedding; backward to the input with frozen weights: 8D^2 + 4DH + 8TD (CP-LRP: 4D^2 + 4DH + 2TD); "
               "SAE training 10Dm per token.")
 
 
@@ -44,10 +44,12 @@ class Architecture:
         block = t * (8 * d * d + 4 * d * self.mlp_width + 4 * t * d)
         return images * (2 * self.n_patches * self.patch_values * d + layers * block)
 
-    def forward_backward(self, layers: int, images: float = 1) -> float:
-        """FLOPs of forward plus backward to the pixels (weights frozen) through blocks 1..layers."""
+    def forward_backward(self, layers: int, images: float = 1, cp: bool = False) -> float:
+        """FLOPs of forward plus backward to the pixels (weights frozen) through blocks 1..layers; `cp`: attention
+        weights held constant (CP-LRP), so no backward through Q, K and their projections."""
         d, t = self.width, self.n_tokens
-        backward_block = t * (8 * d * d + 4 * d * self.mlp_width + 8 * t * d)
+        attention = 4 * d * d + 2 * t * d if cp else 8 * d * d + 8 * t * d
+        backward_block = t * (attention + 4 * d * self.mlp_width)
         backward = 2 * self.n_patches * self.patch_values * d + layers * backward_block
         return self.forward(layers, images) + images * backward
 

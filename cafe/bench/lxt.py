@@ -37,7 +37,7 @@ def _run_worker(ctx: Context) -> dict[str, Any] | str:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if "error" in result:
         return result["error"]
-    flops = p.erf_targets * ctx.arch.forward_backward(layer)
+    flops = p.erf_targets * ctx.arch.forward_backward(layer, cp=True)
     return ctx.record("lxt: gradient x input under lxt's global ViT patches (CP-LRP in attention), subprocess", "targets",
                       p.erf_targets, Timing(**result["timing"]), flops,
                       {"layer": layer, "targets": p.erf_targets, "patched": result["patched"]})

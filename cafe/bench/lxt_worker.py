@@ -38,6 +38,18 @@ def patch_lxt() -> list[str]:
     return [f"{cls.__module__}.{cls.__name__}" for cls, ok in patched.items() if ok]
 
 
+def gradient_x_input(target: Any, pixels: Any, tokens: Any, features: Any) -> Any:
+    """Per-patch gradient x input of the targets: under lxt's patches, its LRP maps."""
+    import torch
+
+    from cafe.erf.base import patch_sum
+
+    x = pixels.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(target(x, tokens, features).sum(), x)
+    return patch_sum(x.detach() * grad, target.backbone.patch_size)
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Time gradient x input under lxt's patches for `targets` targets at `layer`, set up like the main bench."""
     try:
@@ -48,7 +60,6 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
     from cafe.bench.measure import Timer
-    from cafe.erf.base import patch_sum
     from cafe.target import FeatureTarget
 
     torch.set_num_threads(spec["threads"])
@@ -59,13 +70,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     pixels = backbone.normalize(random_images(spec["targets"], backbone.image_size, device))
     tokens, features = random_targets(spec["targets"], backbone, sae.n_latents)
 
-    def explain() -> torch.Tensor:
-        x = pixels.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(target(x, tokens, features).sum(), x)
-        return patch_sum(x.detach() * grad, backbone.patch_size)
-
-    timing = Timer(device, spec["repeats"], spec["warmup"]).best(explain)
+    timing = Timer(device, spec["repeats"], spec["warmup"]).best(lambda: gradient_x_input(target, pixels, tokens, features))
     return {"timing": asdict(timing), "patched": patched}
 
 

@@ -47,9 +47,10 @@ COMPARISONS = [
     ("extraction: one pass for all layers vs one pass per layer", "extraction", "extraction.per_layer"),
     ("z at layer L: truncated forward vs full tower + forward hook", "target.truncated", "target.hooked"),
     ("insertion: batched steps vs one forward per step", "insertion", "insertion.per_step"),
-    *[(f"{m}: batched targets vs one target per call (captum defaults)", f"erf.{m}", f"erf.{m}.one_at_a_time")
+    # attnlrp, gradient: targets batched; ig: steps of several targets per forward; kernelshap: perturbations
+    *[(f"{m}: cafe's batching vs one target per call with captum's defaults", f"erf.{m}", f"erf.{m}.one_at_a_time")
       for m in ERF_METHODS],
-    ("attnlrp: cafe's rules vs lxt's global patches", "erf.attnlrp", "erf.attnlrp.lxt"),
+    ("CP-LRP (lxt's ViT recipe): cafe's rules vs lxt's global patches", "erf.attnlrp.cp", "erf.attnlrp.lxt"),
 ]
 
 

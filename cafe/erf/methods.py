@@ -5,7 +5,6 @@ Integrated Gradients and KernelSHAP through captum, and the activation baseline.
 
 from __future__ import annotations
 
-import warnings
 from abc import abstractmethod
 
 import torch
@@ -70,14 +69,16 @@ class KernelShap(_FromCanvas):
         patch, grid = self.backbone.patch_size, self.backbone.grid
         players = torch.arange(grid * grid, device=pixels.device).view(1, 1, grid, grid)
         mask = players.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-        config = self.config.kernelshap
-        with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="You are providing multiple inputs")  # per-target models: wanted
-            torch.manual_seed(config.seed)
-            attr = CaptumKernelShap(self.target).attribute(
-                pixels, baselines=canvas, additional_forward_args=(tokens, features), feature_mask=mask,
-                n_samples=config.samples, perturbations_per_eval=self.config.batch_size)
-        return attr[:, 0, ::patch, ::patch]  # every pixel of a patch carries the patch's value
+        config, explainer = self.config.kernelshap, CaptumKernelShap(self.target)
+        maps = []
+        for b in range(len(pixels)):  # captum samples per example anyway; one seed each keeps a map batch-independent
+            with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []):
+                torch.manual_seed(config.seed)
+                attr = explainer.attribute(
+                    pixels[b:b + 1], baselines=canvas[b:b + 1], additional_forward_args=(tokens[b:b + 1], features[b:b + 1]),
+                    feature_mask=mask, n_samples=config.samples, perturbations_per_eval=self.config.batch_size)
+            maps.append(attr[:, 0, ::patch, ::patch])  # every pixel of a patch carries the patch's value
+        return torch.cat(maps)
 
 
 class Activation(ErfMethod):

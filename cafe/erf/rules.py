@@ -40,6 +40,7 @@ class _ScaleGrad(Function):
 def stable_ratio(y: torch.Tensor, epsilon: float) -> torch.Tensor:
     """y / (y + epsilon sign y) = |y| / (|y| + epsilon) in three memory passes (0 where y = 0): the epsilon rule's
     gradient factor, computed once in the forward. Element-wise passes, not matmuls, bound the LRP overhead."""
+    epsilon = max(epsilon, torch.finfo(y.dtype).tiny)  # epsilon = 0 must not give 0 / 0
     magnitude = y.abs()
     return magnitude.div_(magnitude + epsilon)
 
@@ -143,8 +144,8 @@ class _SaeRule(Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
-        rows = torch.arange(h.shape[0], device=h.device)
-        pre, z = sae.pre_activation(h)[rows, features], sae.encode(h)[rows, features]
+        pre = ((h * sae.scale - sae.b_d) * sae.W_e[features]).sum(-1)  # only each row's own feature
+        z = sae.activate(pre)
         ctx.save_for_backward(sae.W_e[features] * sae.scale, z / stabilize(pre, epsilon))
         return z
 

@@ -80,7 +80,10 @@ class MatryoshkaSAE(nn.Module):
     def encode(self, h: torch.Tensor, n_first: int | None = None) -> torch.Tensor:
         """Latents z (..., n_latents) of raw residuals h (..., d_in), as used at inference; only the first
         `n_first` latents if given (cheap when a few features of a wide SAE are needed)."""
-        pre = self.pre_activation(h, n_first)
+        return self.activate(self.pre_activation(h, n_first))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """The inference non-linearity on pre-activations: ReLU, or BatchTopK's learnt threshold."""
         if self.activation == "relu":
             return torch.relu(pre)
         return pre * (pre > self.threshold)
