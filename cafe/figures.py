@@ -58,7 +58,7 @@ def plot_fig3(table: pd.DataFrame, canvases: list[str]) -> Figure:
     fig = Figure(figsize=(4.2 * len(canvases), 3.4 * len(kinds)))
     axes = fig.subplots(len(kinds), len(canvases), squeeze=False, sharex=True, sharey="row")
     methods = _method_order(table)
-    colors = dict(zip([m for m in methods if m not in REFERENCE_STYLE], colormaps["tab10"].colors))
+    colors = dict(zip(sorted(m for m in methods if m not in REFERENCE_STYLE), colormaps["tab10"].colors))  # stable
     for i, kind in enumerate(kinds):
         for j, canvas in enumerate(canvases):
             ax = axes[i, j]

@@ -51,7 +51,8 @@ def test_sheet_has_a_row_per_feature_with_suggestion_gallery_and_empty_answers(p
     sheet = pd.read_csv(project / f"results/annotation/sheets/layer{LAYER}.csv", keep_default_na=False)
     assert list(sheet["feature"]) == list(range(N_FEATURES))
     assert set(sheet.loc[sheet["suggested"] == "yes", "feature"]) == set(NON_LOCAL)
-    assert sheet.loc[sheet["feature"] == CLS_FEATURE, "cls_only"].item()
+    cls_row = sheet.loc[sheet["feature"] == CLS_FEATURE].iloc[0]
+    assert cls_row["cls_only"] and cls_row["act_peak_row"] == cls_row["act_peak_col"] == ""  # no patch fires
     assert (sheet["non_local"] == "").all() and (sheet["note"] == "").all()
     assert sheet["top_images"].str.count(";").max() == 2
     for gallery in sheet["gallery"]:

@@ -98,7 +98,8 @@ def plot_fig5(table: pd.DataFrame, metrics: dict) -> Figure:
         for bar, row in zip(bars, part.itertuples()):
             missing = row.status == "not annotated"
             top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
-            label = "not annotated" if missing else str(row.n_non_local)
+            label = "not annotated" if missing else "no answers yet" if pd.isna(row.n_non_local) else str(row.n_non_local)
+            missing = missing or pd.isna(row.n_non_local)
             ax.annotate(label, top, xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
                         rotation=90 if missing else 0, color="0.35")
     human = table[table["source"] == "human"].set_index("layer").loc[layers]
@@ -123,9 +124,10 @@ def make_fig5(sheets: list[Path], annotations_dir: Path, config: AnnotationConfi
               metrics_path: Path) -> pd.DataFrame:
     """Validate every human file, then write the figure, the counts table and the agreement metrics."""
     table, metrics = summarise(read_inputs(sheets, annotations_dir), config.threshold)
+    figure = plot_fig5(table, metrics)  # drawn before anything is written: a failure leaves the old outputs whole
     write_csv(out_table, table)
     write_json(metrics_path, metrics)
-    save_figure(out_figure, plot_fig5(table, metrics))
+    save_figure(out_figure, figure)
     log.info("Fig 5: %s", _agreement_line(metrics["overall"], config.threshold))
     return table
 

@@ -175,7 +175,8 @@ def render_galleries(
     """Write one gallery PNG per feature row of `targets` to `paths`."""
     canvas = GalleryFigure(k, targets.grid, images, targets.method)
     for n, cols in enumerate(tqdm(shown_targets(targets, k), desc=f"galleries layer {targets.layer}", unit="feature")):
-        title, suggest = feature_title(targets, n, float(per_feature.score[n]), threshold)
+        score = round(float(per_feature.score[n]), 4)  # as the sheet rounds it, so both suggest the same
+        title, suggest = feature_title(targets, n, score, threshold)
         canvas.draw(targets, n, cols, per_target, title, suggest)
         canvas.save(paths[n])
     log.info("wrote %d galleries to %s", len(paths), paths[0].parent if paths else "-")

@@ -34,13 +34,16 @@ def _joined(values: np.ndarray, fmt: str) -> str:
 
 
 def _first_peaks(targets: LayerTargets) -> dict[str, pd.Series]:
-    """Activation and ERF peak (row, col) of each feature's first valid target (blank without one)."""
+    """Activation and ERF peak (row, col) of each feature's first valid target (blank without one, and no
+    activation peak where it fires on no patch: a CLS-only firing has none)."""
     has = targets.valid.any(axis=1)
     first = (np.arange(len(has)), targets.valid.argmax(axis=1))
+    fires = has & (targets.act[first].reshape(len(has), -1).max(axis=1) > 0)
     act_row, act_col = peak(targets.act[first])
     erf_row, erf_col = peak(evidence(np.nan_to_num(targets.erf[first])))
-    named = {"act_peak_row": act_row, "act_peak_col": act_col, "erf_peak_row": erf_row, "erf_peak_col": erf_col}
-    return {name: pd.Series(value).where(has).astype("Int64") for name, value in named.items()}
+    named = {"act_peak_row": (act_row, fires), "act_peak_col": (act_col, fires), "erf_peak_row": (erf_row, has),
+             "erf_peak_col": (erf_col, has)}
+    return {name: pd.Series(value).where(mask).astype("Int64") for name, (value, mask) in named.items()}
 
 
 def build_sheet(targets: LayerTargets, scores: MapScores, threshold: float, galleries: list[str]) -> pd.DataFrame:

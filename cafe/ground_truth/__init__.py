@@ -49,7 +49,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     """The manifest indexed by its `index` column, with `path` and `class`."""
     if not Path(path).is_file():
         raise CafeError(f"{path}: manifest not found (has the manifest step run?)")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={"path": str, "class": str})  # class folders such as "001" stay text
     missing = [c for c in ("index", "path", "class") if c not in frame.columns]
     if missing:
         raise CafeError(f"{path}: missing column(s) {missing}")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 BASELINES = {"activation": dict(color="black", linestyle="--", marker="s"),
              "chance": dict(color="grey", linestyle=":", marker="")}
@@ -31,9 +29,11 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, floor], ignore_index=True)[columns].sort_values(["layer", "method"], ignore_index=True)
 
 
-def figure(summary: pd.DataFrame) -> "matplotlib.figure.Figure":
+def figure(summary: pd.DataFrame) -> Figure:
     """One panel per score, layers on x, one line per method; activation and chance drawn as baselines."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), sharex=True)
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.6))  # no pyplot: no global backend switch, nothing left open
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(PANELS), sharex=True)
     for ax, (column, title) in zip(axes, PANELS):
         for method, rows in summary.groupby("method"):
             if rows[column].notna().any():
