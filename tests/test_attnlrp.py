@@ -67,6 +67,17 @@ def test_relevance_is_conserved_onto_the_patches_of_a_bias_free_tower(bias_free,
     torch.testing.assert_close(out.absorbed, torch.zeros_like(out.absorbed), rtol=0, atol=CONSERVATION_RTOL * 10)
 
 
+def test_lrp0_fast_path_equals_the_epsilon_rule_in_the_limit(bias_free, images):
+    """epsilon = 0 runs linear layers as plain F.linear (LRP-0 is the plain gradient); it must agree with the
+    rule's own backward at a vanishing epsilon, and stay conservative."""
+    images = images.double()
+    features = active_features(bias_free, images)
+    fast = attnlrp(bias_free, attention="cp", epsilon=0.0).explain(images, TOKENS, features)
+    rule = attnlrp(bias_free, attention="cp", epsilon=1e-300).explain(images, TOKENS, features)
+    torch.testing.assert_close(fast.maps, rule.maps, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fast.maps.sum((1, 2)), fast.value, rtol=CONSERVATION_RTOL, atol=0)
+
+
 def test_absorbed_is_what_the_patches_leave_of_z(tiny_backbone, tiny_sae, images):
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
     features = active_features(target, images)

@@ -135,7 +135,10 @@ def _gamma_backward(grad, weight, x, bias, y, epsilon: float, gamma: float) -> t
 
 def linear_rule(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float,
                 gamma: float = 0.0) -> torch.Tensor:
-    """F.linear under the epsilon (gamma = 0) or gamma rule; the bias absorbs its share of relevance."""
+    """F.linear under the epsilon (gamma = 0) or gamma rule; the bias absorbs its share of relevance. With
+    epsilon = gamma = 0 (LRP-0) the modified gradient is the plain gradient: no rule, no extra memory pass."""
+    if epsilon == 0 and gamma == 0:
+        return F.linear(x, weight, bias)
     return _LinearRule.apply(x, weight, bias, epsilon, gamma)
 
 
