@@ -12,17 +12,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from cafe.errors import CafeError
 from cafe.io import write_csv
 from cafe.params import parse_section
+
+if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
+    import torch
+    from torch.utils.data import DataLoader
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,10 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataF
     return manifest[manifest["split"] == split].reset_index(drop=True)
 
 
-def eval_transform(size: int) -> transforms.Compose:
+def eval_transform(size: int) -> Callable[[Image.Image], "torch.Tensor"]:
     """OpenCLIP's eval transform without normalisation: shorter side to `size` (bicubic), center crop."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(size),
@@ -111,7 +115,7 @@ def eval_transform(size: int) -> transforms.Compose:
     ])
 
 
-def load_image(path: str | os.PathLike, transform: transforms.Compose) -> torch.Tensor:
+def load_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any]) -> "torch.Tensor":
     """One image as RGB (3, size, size) in [0, 1]; a file PIL cannot decode is a CafeError naming it."""
     try:
         with Image.open(path) as image:
@@ -120,14 +124,16 @@ def load_image(path: str | os.PathLike, transform: transforms.Compose) -> torch.
         raise CafeError(f"{path}: cannot read image ({exc}); remove or replace the file") from exc
 
 
-def load_images(root: str | os.PathLike, paths: list[str], size: int) -> torch.Tensor:
+def load_images(root: str | os.PathLike, paths: list[str], size: int) -> "torch.Tensor":
     """Images at `root/path` as one float batch (B, 3, size, size) in [0, 1]."""
+    import torch
+
     transform = eval_transform(size)
     return torch.stack([load_image(Path(root) / p, transform) for p in paths])
 
 
-class ManifestImages(Dataset):
-    """Rows of a manifest as (manifest index, image) pairs, for a DataLoader."""
+class ManifestImages:
+    """Rows of a manifest as (manifest index, image) pairs: a map-style dataset for a DataLoader."""
 
     def __init__(self, root: str | os.PathLike, rows: pd.DataFrame, size: int):
         self.root, self.transform = Path(root), eval_transform(size)
@@ -136,13 +142,15 @@ class ManifestImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, "torch.Tensor"]:
         return int(self.indices[i]), load_image(self.root / self.paths[i], self.transform)
 
 
 def image_batches(root: str | os.PathLike, rows: pd.DataFrame, size: int, batch_size: int,
-                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                  num_workers: int = 0, pin_memory: bool = False) -> "DataLoader":
     """Batches of (manifest indices (B,), images (B, 3, size, size)) in manifest order."""
+    from torch.utils.data import DataLoader
+
     return DataLoader(ManifestImages(root, rows, size), batch_size=batch_size, shuffle=False,
                       num_workers=num_workers, pin_memory=pin_memory)
 

@@ -23,6 +23,7 @@ from cafe.errors import CafeError
 from cafe.ground_truth.causes import World, cause_kinds, cause_regions, load_world
 from cafe.ground_truth.report import figure, metrics, summarize
 from cafe.ground_truth.scoring import chance, score_map
+from cafe.images import read_manifest
 from cafe.io import open_h5, save_figure, write_csv, write_json
 from cafe.params import parse_section
 from cafe.tokens import token_grid
@@ -43,17 +44,6 @@ class GroundTruthConfig:
         for name in ("patch_overlap", "kind_purity"):
             if not 0 < getattr(self, name) <= 1:
                 raise CafeError(f"params: ground_truth.{name} must be in (0, 1], got {getattr(self, name)}")
-
-
-def load_manifest(path: str | Path) -> pd.DataFrame:
-    """The manifest indexed by its `index` column, with `path` and `class`."""
-    if not Path(path).is_file():
-        raise CafeError(f"{path}: manifest not found (has the manifest step run?)")
-    frame = pd.read_csv(path, dtype={"path": str, "class": str})  # class folders such as "001" stay text
-    missing = [c for c in ("index", "path", "class") if c not in frame.columns]
-    if missing:
-        raise CafeError(f"{path}: missing column(s) {missing}")
-    return frame.set_index("index")
 
 
 def _lookup(manifest: pd.DataFrame, world: World, index: int, where: str) -> tuple[str, str]:
@@ -108,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         raise CafeError(f"ground-truth: --layers ({len(args.layers)}), --features ({len(args.features)}) and "
                         f"--out-targets ({len(args.out_targets)}) must list one entry per layer")
     world = load_world(args.objects, args.masks)
-    manifest = load_manifest(args.manifest)
+    manifest = read_manifest(args.manifest).set_index("index")
     frames = []
     for layer, features, out in zip(args.layers, args.features, args.out_targets):
         erf_files = {m: args.erf_dir / f"layer{layer}" / f"{m}.h5" for m in args.methods}
