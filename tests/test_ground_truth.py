@@ -69,7 +69,7 @@ def layer_files(world: Path) -> Path:
     with h5py.File(root / "features.h5", "w") as h5:
         h5["feature"] = np.array(list(TOPS))
         h5["image"], h5["token"] = images, np.ones_like(images)
-        h5["value"] = np.ones(images.shape, np.float32)
+        h5["value"], h5["max_value"] = np.ones(images.shape, np.float32), np.ones(len(TOPS), np.float32)
         h5["act_map"] = np.random.default_rng(0).random(images.shape + (1 + GRID * GRID,), dtype=np.float32)
         h5.attrs.update(layer=2, grid=GRID, sae_fingerprint="test")
     for method, maps in _maps(world, images, {0: {"pills", "frown_face"}, 2: {"pills"}}).items():
@@ -148,7 +148,18 @@ def test_erf_maps_of_the_wrong_shape_name_the_file(world: Path, layer_files: Pat
     for method in ("on_cause", "on_background"):
         with h5py.File(tmp_path / "layer2" / f"{method}.h5", "w") as h5:
             h5["maps"] = np.zeros((3, 3, 4, 4), np.float32)
+            h5.attrs.update(method=method, layer=2)
     with pytest.raises(CafeError, match=r"on_cause.h5: maps have shape \(3, 3, 4, 4\)"):
+        _run(world, layer_files, **{"--erf-dir": str(tmp_path)})
+
+
+def test_erf_maps_of_another_layer_are_refused(world: Path, layer_files: Path, tmp_path: Path) -> None:
+    (tmp_path / "layer2").mkdir()
+    for method in ("on_cause", "on_background"):
+        with h5py.File(tmp_path / "layer2" / f"{method}.h5", "w") as h5:
+            h5["maps"] = np.zeros((3, 4, 4, 4), np.float32)
+            h5.attrs.update(method=method, layer=3)
+    with pytest.raises(CafeError, match=r"on_cause.h5: ERF maps of layer 3, but .*features.h5 is layer 2"):
         _run(world, layer_files, **{"--erf-dir": str(tmp_path)})
 
 

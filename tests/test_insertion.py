@@ -245,6 +245,15 @@ def test_erf_file_for_another_layer_method_or_shape_is_named(layer_inputs, tmp_p
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_erf_file_of_another_sae_is_named(layer_inputs, tmp_path, capsys):
+    erf = write_erf(tmp_path / "old.h5", "gradient", LAYER, np.zeros((3, 2, 4, 4)))
+    with h5py.File(erf, "a") as h5:
+        h5.attrs["sae_fingerprint"] = "0ld5ae000000"
+    assert cli(layer_inputs, tmp_path / "out.csv", "--method", "gradient", "--erf", str(erf)) == 2
+    assert "old.h5: ERF maps of SAE 0ld5ae000000" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "gradient", "--erf", "missing.h5"], "missing.h5: file not found"),
     (["--method", "gradient"], "--erf is required"),

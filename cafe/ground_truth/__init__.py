@@ -24,7 +24,8 @@ from cafe.ground_truth.causes import World, cause_kinds, cause_regions, load_wor
 from cafe.ground_truth.report import figure, metrics, summarize
 from cafe.ground_truth.scoring import chance, score_map
 from cafe.images import read_manifest
-from cafe.io import open_h5, save_figure, write_csv, write_json
+from cafe.insertion.targets import read_erf_maps, read_features
+from cafe.io import save_figure, write_csv, write_json
 from cafe.params import parse_section
 from cafe.tokens import token_grid
 
@@ -57,22 +58,13 @@ def _lookup(manifest: pd.DataFrame, world: World, index: int, where: str) -> tup
     return path, label
 
 
-def _maps(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    with open_h5(path, required=("maps",)) as h5:
-        maps = h5["maps"][:]
-    if maps.shape != shape:
-        raise CafeError(f"{path}: maps have shape {maps.shape}, the features file needs {shape}")
-    return maps
-
-
 def score_layer(layer: int, features: Path, erf_files: dict[str, Path], manifest: pd.DataFrame, world: World,
                 config: GroundTruthConfig) -> pd.DataFrame:
     """One row per (target with a known cause, method), for the methods' ERFs and the activation map."""
-    with open_h5(features, required=("feature", "image", "token", "act_map")) as h5:
-        feature, image, token, act = h5["feature"][:], h5["image"][:], h5["token"][:], h5["act_map"][:]
-        grid = int(h5.attrs["grid"])
-    maps = {method: _maps(path, image.shape + (grid, grid)) for method, path in erf_files.items()}
-    maps["activation"] = token_grid(act, grid)
+    ff = read_features(features, layer)
+    feature, image, token, grid = ff.feature, ff.image, ff.token, ff.grid
+    maps = {method: read_erf_maps(path, method, ff) for method, path in erf_files.items()}
+    maps["activation"] = token_grid(ff.act_map, grid)
     rows = []
     for n in tqdm(range(len(feature)), desc=f"ground truth layer {layer}", leave=False):
         slots = [j for j in range(image.shape[1]) if image[n, j] >= 0]

@@ -50,8 +50,8 @@ class Targets:
         return Targets(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def read_features(path: str | os.PathLike, layer: int, grid: int) -> FeatureFile:
-    """Load a features file and check it belongs to this layer and patch grid."""
+def read_features(path: str | os.PathLike, layer: int, grid: int | None = None) -> FeatureFile:
+    """Load a features file and check it belongs to this layer and (if given, the backbone's) patch grid."""
     with open_h5(path, FEATURE_DATASETS) as h5:
         data = {name: h5[name][()] for name in FEATURE_DATASETS}
         attrs = dict(h5.attrs)
@@ -59,8 +59,9 @@ def read_features(path: str | os.PathLike, layer: int, grid: int) -> FeatureFile
                      str(attrs.get("sae_fingerprint", "")), str(attrs.get("manifest_hash", "")), **data)
     if ff.layer != layer:
         raise CafeError(f"{path}: features of layer {ff.layer}, but insertion runs layer {layer}")
+    grid = ff.grid if grid is None else grid
     if ff.grid != grid or ff.act_map.shape[-1] != 1 + grid * grid:
-        raise CafeError(f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match the backbone's {grid}x{grid} grid")
+        raise CafeError(f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match a {grid}x{grid} grid")
     if not (ff.image.shape == ff.token.shape == ff.value.shape == ff.act_map.shape[:2]
             and ff.image.shape[0] == len(ff.feature) == len(ff.max_value)):
         raise CafeError(f"{path}: datasets disagree in shape ({ {k: v.shape for k, v in data.items()} })")
@@ -97,7 +98,11 @@ def read_erf_maps(path: str | os.PathLike, method: str, ff: FeatureFile) -> np.n
         if file_method != method:
             raise CafeError(f"{path}: ERF maps of method {file_method!r}, but --method is {method!r}")
         if file_layer != ff.layer:
-            raise CafeError(f"{path}: ERF maps of layer {file_layer}, but insertion runs layer {ff.layer}")
+            raise CafeError(f"{path}: ERF maps of layer {file_layer}, but {ff.path} is layer {ff.layer}")
+        file_sae = str(h5.attrs.get("sae_fingerprint", ff.sae_fingerprint))
+        if file_sae != ff.sae_fingerprint:
+            raise CafeError(f"{path}: ERF maps of SAE {file_sae}, but {ff.path} is of SAE {ff.sae_fingerprint}; "
+                            f"re-run the `erf` step")
         expected = (*ff.image.shape, ff.grid, ff.grid)
         if shape != expected:
             raise CafeError(f"{path}: maps have shape {shape}, expected {expected} from {ff.path}")
