@@ -117,17 +117,7 @@ def insertion_metrics(aucs: pd.DataFrame, table: pd.DataFrame, greedy: pd.DataFr
         "canvas_agreement": agreement,
         "canvas_disagreements": [f"{a['scope']} {a['kind']}: {' vs '.join(a['canvases'])} flip "
                                  + ", ".join("/".join(p) for p in a["flipped"]) for a in agreement if a["flipped"]],
-        "about": {
-            "auc": "trapezoid AUC of recovery (z - z_canvas) / (z_orig - z_canvas) over the inserted fraction; "
-                   "insertion higher is better, deletion lower; mean over a feature's images, then over features, "
-                   "then over layers",
-            "vs_greedy": "(AUC - random) / (greedy - random) on the greedy subset",
-            "overshoot": "share of recoverable curves whose recovery exceeds 1 at some step (not clipped)",
-            "unrecoverable": "share of curves whose canvas leaves less than min_activation x max to recover (no recovery)",
-            "tests": "Wilcoxon signed-rank, paired by feature (by layer x feature for scope all); "
-                     "Holm over the method pairs of one scope x canvas x kind",
-        },
-    }
+    }  # what each entry means: docs/methods.md, "Insertion and deletion" (strings here would clutter dvc metrics)
     return _json_safe(metrics)
 
 
