@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cafe.backbone import Backbone, tower_shape
 from cafe.demo import COMPOSITIONAL
 from cafe.errors import CafeError
-from cafe.images import eval_transform, list_images, load_image
+from cafe.images import list_images, load_images
 from cafe.io import atomic_path, write_json
 from cafe.params import as_dict, parse_section
 
@@ -72,10 +72,10 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
     """Read `<root>/<class>/<image>` with the pipeline's reader and eval transform (`cafe.images`)."""
     listing = list_images(root)
     classes = tuple(sorted(listing["class"].unique()))
-    transform = eval_transform(image_size)
-    pixels = [load_image(Path(root) / path, transform) for path in tqdm(listing["path"], desc="read images")]
+    log.info("reading %d images from %s", len(listing), root)
+    pixels = load_images(root, listing["path"].tolist(), image_size)
     targets = torch.tensor([classes.index(c) for c in listing["class"]])
-    return ImageSet(torch.stack(pixels), targets, classes)
+    return ImageSet(pixels, targets, classes)
 
 
 def split_holdout(targets: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cafe.errors import CafeError
 from cafe.io import write_csv
-from cafe.params import parse_section
+from cafe.params import DEMO_IMAGES, parse_section
 
 if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
     import torch
@@ -37,7 +37,7 @@ SPLITS = ("train", "analysis")
 class DataConfig:
     """Which images the pipeline sees (params.yaml `data:`)."""
 
-    images: str = "results/demo/images"
+    images: str = DEMO_IMAGES
     n_train: int = 1600
     n_analysis: int = 240
     seed: int = 0

@@ -65,7 +65,7 @@ def layer_files(world: Path) -> Path:
     images = np.array([[manifest.index[manifest["class"] == c][k] for k, c in enumerate(classes)]
                        for classes in TOPS.values()])
     root = world / "results"
-    (root / "erf" / "layer2").mkdir(parents=True)
+    root.mkdir()
     with h5py.File(root / "features.h5", "w") as h5:
         h5["feature"] = np.array(list(TOPS))
         h5["image"], h5["token"] = images, np.ones_like(images)
@@ -73,10 +73,16 @@ def layer_files(world: Path) -> Path:
         h5["act_map"] = np.random.default_rng(0).random(images.shape + (1 + GRID * GRID,), dtype=np.float32)
         h5.attrs.update(layer=2, grid=GRID, sae_fingerprint="test")
     for method, maps in _maps(world, images, {0: {"pills", "frown_face"}, 2: {"pills"}}).items():
-        with h5py.File(root / "erf" / "layer2" / f"{method}.h5", "w") as h5:
-            h5["maps"] = maps.astype(np.float32)
-            h5.attrs.update(method=method, layer=2)
+        write_erf(root / "erf" / "layer2", method, maps)
     return root
+
+
+def write_erf(folder: Path, method: str, maps: np.ndarray, layer: int = 2) -> None:
+    """An ERF file as `cafe erf` writes it: the maps, tagged with their method and layer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / f"{method}.h5", "w") as h5:
+        h5["maps"] = maps.astype(np.float32)
+        h5.attrs.update(method=method, layer=layer)
 
 
 def _run(world: Path, root: Path, **override: str) -> Path:
@@ -143,23 +149,15 @@ def test_manifest_from_another_folder_is_refused(world: Path, layer_files: Path,
         _run(world, layer_files, **{"--manifest": str(tmp_path / "manifest.csv")})
 
 
-def test_erf_maps_of_the_wrong_shape_name_the_file(world: Path, layer_files: Path, tmp_path: Path) -> None:
-    (tmp_path / "layer2").mkdir()
+@pytest.mark.parametrize("shape, layer, message", [
+    ((3, 3, 4, 4), 2, r"on_cause.h5: maps have shape \(3, 3, 4, 4\)"),
+    ((3, 4, 4, 4), 3, r"on_cause.h5: ERF maps of layer 3, but .*features.h5 is layer 2"),
+])
+def test_erf_maps_of_the_wrong_shape_or_layer_name_the_file(world: Path, layer_files: Path, tmp_path: Path,
+                                                            shape: tuple, layer: int, message: str) -> None:
     for method in ("on_cause", "on_background"):
-        with h5py.File(tmp_path / "layer2" / f"{method}.h5", "w") as h5:
-            h5["maps"] = np.zeros((3, 3, 4, 4), np.float32)
-            h5.attrs.update(method=method, layer=2)
-    with pytest.raises(CafeError, match=r"on_cause.h5: maps have shape \(3, 3, 4, 4\)"):
-        _run(world, layer_files, **{"--erf-dir": str(tmp_path)})
-
-
-def test_erf_maps_of_another_layer_are_refused(world: Path, layer_files: Path, tmp_path: Path) -> None:
-    (tmp_path / "layer2").mkdir()
-    for method in ("on_cause", "on_background"):
-        with h5py.File(tmp_path / "layer2" / f"{method}.h5", "w") as h5:
-            h5["maps"] = np.zeros((3, 4, 4, 4), np.float32)
-            h5.attrs.update(method=method, layer=3)
-    with pytest.raises(CafeError, match=r"on_cause.h5: ERF maps of layer 3, but .*features.h5 is layer 2"):
+        write_erf(tmp_path / "layer2", method, np.zeros(shape), layer)
+    with pytest.raises(CafeError, match=message):
         _run(world, layer_files, **{"--erf-dir": str(tmp_path)})
 
 

@@ -147,9 +147,10 @@ class _SaeRule(Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
-        pre = ((h * sae.scale - sae.b_d) * sae.W_e[features]).sum(-1)  # only each row's own feature
+        rows_weight = sae.W_e[features]  # only each row's own feature
+        pre = ((h * sae.scale - sae.b_d) * rows_weight).sum(-1)
         z = sae.activate(pre)
-        ctx.save_for_backward(sae.W_e[features] * sae.scale, z / stabilize(pre, epsilon))
+        ctx.save_for_backward(rows_weight * sae.scale, z / stabilize(pre, epsilon))
         return z
 
     @staticmethod
