@@ -139,3 +139,27 @@ def test_a_tower_the_rules_do_not_cover_is_refused_by_name(tiny_sae):
     backbone.visual.conv1.bias = nn.Parameter(torch.zeros(backbone.width))
     with pytest.raises(CafeError, match="patch embedding has a bias"):
         attnlrp(FeatureTarget(backbone, tiny_sae, 1))
+
+
+@pytest.mark.parametrize("epsilon", [1e-6, 0.5, 1e-300])
+def test_the_epsilon_rule_divides_the_relevance_by_the_stabilised_output(epsilon):
+    """R_x = x * W^T (R / (y + epsilon sign y)) with R = y * grad: relevance 0 at y = 0, shrunk where |y| is small."""
+    from cafe.erf.rules import linear_rule, stabilize
+
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    weight = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    bias = torch.tensor([0.0, 1e-3, -2.0], dtype=torch.float64)
+    with torch.no_grad():
+        x[0] = 0.0  # y = bias: one output exactly 0
+    y = linear_rule(x, weight, bias, epsilon)
+    grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (modified,) = torch.autograd.grad(y, x, grad)
+    expected = (grad * y.detach() / stabilize(y.detach(), epsilon)) @ weight
+    torch.testing.assert_close(modified, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_stabilize_keeps_a_tiny_epsilon_in_float64():
+    from cafe.erf.rules import stabilize
+
+    y = torch.tensor([0.0, -0.0, 1e-310, -3.0], dtype=torch.float64)
+    assert (stabilize(y, 1e-300).abs() >= 1e-300).all()

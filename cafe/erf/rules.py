@@ -20,8 +20,8 @@ from torch.autograd import Function
 
 def stabilize(x: torch.Tensor, epsilon: float) -> torch.Tensor:
     """x + epsilon * sign(x), with sign(0) = +1 and epsilon at least the dtype's tiniest: never a zero denominator."""
-    epsilon = max(epsilon, torch.finfo(x.dtype).tiny)
-    return x + torch.where(x >= 0, epsilon, -epsilon).to(x.dtype)
+    epsilon = max(epsilon, torch.finfo(x.dtype).tiny)  # in x's dtype: a float32 scalar would round 1e-300 to 0
+    return torch.where(x >= 0, x + epsilon, x - epsilon)
 
 
 class _ScaleGrad(Function):
@@ -37,12 +37,12 @@ class _ScaleGrad(Function):
         return grad * ctx.factor, None
 
 
-def stable_ratio(y: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """y / (y + epsilon sign y) = |y| / (|y| + epsilon) in three memory passes (0 where y = 0): the epsilon rule's
-    gradient factor, computed once in the forward. Element-wise passes, not matmuls, bound the LRP overhead."""
+def epsilon_scale(grad: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """grad * y / (y + epsilon sign y), the epsilon rule's modified gradient at a linear layer's output y, as
+    grad - grad / (1 + |y| / epsilon): four element-wise passes in the backward and nothing in the forward (0 where
+    y = 0, grad where |y| / epsilon overflows). Element-wise passes, not matmuls, bound the LRP overhead."""
     epsilon = max(epsilon, torch.finfo(y.dtype).tiny)  # epsilon = 0 must not give 0 / 0
-    magnitude = y.abs()
-    return magnitude.div_(magnitude + epsilon)
+    return torch.addcdiv(grad, grad, y.div(epsilon).abs_().add_(1), value=-1)
 
 
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -82,8 +82,8 @@ class _LayerNormRule(Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rstd, weight = ctx.saved_tensors
-        grad = grad if weight is None else grad * weight
-        return (grad - grad.mean(-1, keepdim=True)) * rstd, None
+        grad = grad.clone() if weight is None else grad * weight  # one new tensor, then in place
+        return grad.sub_(grad.mean(-1, keepdim=True)).mul_(rstd), None
 
 
 def layer_norm_rule(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class _LinearRule(Function):
         y = F.linear(x, weight, bias)
         ctx.epsilon, ctx.gamma = epsilon, gamma
         if gamma == 0:
-            ctx.save_for_backward(weight, stable_ratio(y, epsilon))
+            ctx.save_for_backward(weight, y)
         else:
             ctx.save_for_backward(weight, x, bias, y)
         return y
@@ -112,8 +112,8 @@ class _LinearRule(Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if ctx.gamma == 0:
-            weight, ratio = ctx.saved_tensors
-            return (grad * ratio) @ weight, None, None, None, None
+            weight, y = ctx.saved_tensors
+            return epsilon_scale(grad, y, ctx.epsilon) @ weight, None, None, None, None
         weight, x, bias, y = ctx.saved_tensors
         return _gamma_backward(grad, weight, x, bias, y, ctx.epsilon, ctx.gamma), None, None, None, None
 
