@@ -42,3 +42,15 @@ def test_quick_bench_compares_with_baselines_and_fits_depth(quick_results: dict)
     assert all(c["speedup"] > 0 for c in model["comparisons"])
     assert len(model["erf_depth"]["points"]) >= 2 and "seconds_per_target_per_block" in model["erf_depth"]["fit"]
     assert "erf.attnlrp.lxt" in model["stages"] or model["skipped"]["erf.attnlrp.lxt"]
+
+
+def test_a_gpu_gets_larger_sizes_and_its_erf_batch_size() -> None:
+    """On a GPU the CPU sizes would time kernel launches: the ERF targets and their batch grow there."""
+    from cafe.bench.erf import erf_config
+    from cafe.bench.profiles import profile
+
+    cpu, gpu = profile("vitl", quick=False), profile("vitl", quick=False, gpu=True)
+    assert gpu.erf_targets > cpu.erf_targets and gpu.model == cpu.model
+    assert erf_config(gpu).batch_size == gpu.erf_batch
+    assert erf_config(cpu).batch_size == 16  # params.yaml's erf.batch_size where the profile sets none
+    assert profile("vitl", quick=True, gpu=True) == profile("vitl", quick=True)

@@ -20,10 +20,11 @@ ERF_METHODS = ("attnlrp", "ig", "kernelshap", "gradient")
 
 
 def erf_config(profile: Profile) -> ErfConfig:
-    """The default ERF settings (as in params.yaml), with the profile's fewer IG steps / KernelSHAP samples where
-    it sets them. Costs are counted for these rules (epsilon rule, AttnLRP inside attention)."""
+    """The default ERF settings (as in params.yaml), with the profile's batch size, fewer IG steps / KernelSHAP
+    samples where it sets them. Costs are counted for these rules (epsilon rule, AttnLRP inside attention)."""
     config = ErfConfig()
-    return replace(config, ig=replace(config.ig, steps=profile.ig_steps or config.ig.steps),
+    return replace(config, batch_size=profile.erf_batch or config.batch_size,
+                   ig=replace(config.ig, steps=profile.ig_steps or config.ig.steps),
                    kernelshap=replace(config.kernelshap, samples=profile.kernelshap_samples or config.kernelshap.samples))
 
 

@@ -1,7 +1,8 @@
-"""How much work each stage does per model: a default run of a few minutes on 2 CPU cores, and a quick smoke run.
+"""How much work each stage does per model: a default run of a few minutes on 2 CPU cores, a larger one on a GPU
+(the CPU sizes would time kernel launches there, not throughput), and a quick smoke run.
 
 Method settings are params.yaml's (ErfConfig/InsertionConfig defaults) on the demo tower; on ViT-L/14 the
-sampling methods take fewer steps so that a CPU run stays in minutes (the records carry the settings used).
+sampling methods take fewer steps so that a run stays in minutes (the records carry the settings used).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Profile:
     insertion_steps: int  # 0: params.yaml's
     captum: bool  # captum defaults, one target at a time, beside the batched methods
     lxt: bool  # the reference AttnLRP library in a subprocess
+    erf_batch: int = 0  # targets per batched forward/backward; 0: params.yaml's erf.batch_size
 
 
 DEMO = Profile(
@@ -56,6 +58,16 @@ VITL = Profile(
     depth_layers=(1, 6, 12, 18, 24), depth_targets=2, reference_images=4, target_layer=12, target_images=2,
     insertion_layer=12, insertion_curves=1, insertion_steps=4, captum=False, lxt=False)
 
+GPU = {
+    "demo": replace(DEMO, extract_images=(2048, 512), sae_batch=4096, erf_targets=256, erf_batch=128,
+                    baseline_targets=8, depth_targets=256, reference_images=64, target_images=512,
+                    insertion_curves=64),
+    "vitl": replace(VITL, extract_images=(64, 16), sae_tokens=(1 << 18,), sae_steps=50, sae_batch=4096,
+                    erf_targets=32, erf_batch=32, baseline_targets=4, ig_steps=8, kernelshap_samples=32,
+                    depth_targets=32, reference_images=32, target_images=64, insertion_curves=16,
+                    captum=True),
+}
+
 QUICK = {
     "demo": replace(DEMO, repeats=1, extract_images=(16, 8), sae_tokens=(1 << 12, 1 << 14), sae_steps=10,
                     sae_batch=256, erf_targets=4, baseline_targets=2, ig_steps=4, kernelshap_samples=16,
@@ -67,8 +79,8 @@ QUICK = {
 }
 
 
-def profile(name: str, quick: bool) -> Profile:
-    """The profile of a model alias (demo, vitl)."""
+def profile(name: str, quick: bool, gpu: bool = False) -> Profile:
+    """The profile of a model alias (demo, vitl): quick, else the GPU's or the CPU's sizes."""
     if name not in MODELS:
         raise CafeError(f"bench: unknown model {name!r}; known: {sorted(MODELS)}")
-    return QUICK[name] if quick else {"demo": DEMO, "vitl": VITL}[name]
+    return QUICK[name] if quick else (GPU if gpu else {"demo": DEMO, "vitl": VITL})[name]

@@ -64,7 +64,7 @@ def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Every stage of one model alias (demo, vitl)."""
-    p = profile(name, quick)
+    p = profile(name, quick, device.type == "cuda")
     # One untimed run first, on every device: the steady state a pipeline job reaches after its first batch
     # (CUDA context and kernels; on the CPU, the allocator's first touch of GBs of activations, which made a
     # single cold run of AttnLRP on ViT-L/14 1.6x slower than every later one).
