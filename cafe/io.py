@@ -23,8 +23,10 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. replace=False never
+    replaces an existing file, even one created meanwhile by another process (FileExistsError): a hard link,
+    unlike a rename, fails atomically when the name exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,14 +35,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; results are for collaborators to read
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        if replace:
+            os.replace(tmp_path, path)
+        else:
+            os.link(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    """Write a text file atomically (replace=False: only where no file of that name exists, else FileExistsError)."""
+    with atomic_path(path, replace) as tmp:
         tmp.write_text(text)
 
 

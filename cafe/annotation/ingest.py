@@ -72,14 +72,16 @@ def validate_human(path: Path, sheet: pd.DataFrame, sheet_path: Path) -> pd.Data
 def annotate_init(layer: int, sheets_dir: str | Path, annotations_dir: str | Path) -> Path:
     """Copy the layer's sheet to the human file, refusing to replace answers already there."""
     source, target = Path(sheets_dir) / f"layer{layer}.csv", human_path(annotations_dir, layer)
+    exists = CafeError(f"{target} already exists and holds your answers; it was left as it is. To start again from "
+                       f"the current sheet, move it away first (git keeps the old version), then re-run annotate-init")
     if target.exists():
-        raise CafeError(
-            f"{target} already exists and holds your answers; it was left as it is. To start again from the current "
-            f"sheet, move it away first (git keeps the old version), then re-run annotate-init"
-        )
+        raise exists
     if not source.is_file():
         raise CafeError(f"{source}: sheet not found; generate the sheets first (see docs/annotating.md)")
-    write_text(target, source.read_text())
+    try:
+        write_text(target, source.read_text(), replace=False)  # a file created since the check above is kept too
+    except FileExistsError:
+        raise exists from None
     log.info("started %s from %s: fill the non_local column (yes/no), then commit it", target, source)
     return target
 
