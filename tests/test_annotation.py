@@ -141,3 +141,19 @@ def test_cli_runs_the_workflow_commands(project: Path, capsys: pytest.CaptureFix
     assert main(["fig5", "--params", "{}", "--sheets", f"{sheets_dir}/layer{LAYER}.csv", "--annotations-dir", annotations,
                  "--out-figure", str(out / "f.png"), "--out-table", str(out / "t.csv"), "--metrics", str(out / "m.json")]) == 0
     assert pd.read_csv(out / "t.csv")["n_features"].eq(4).all()
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"layer": LAYER + 1}, "ERF maps of layer 4, but .*layer3.h5 is layer 3"),
+    ({"sae_fingerprint": "sae000000002"}, "ERF maps of SAE sae000000002, but .* is of SAE sae000000001"),
+])
+def test_sheets_refuse_erf_maps_of_another_layer_or_sae(project: Path, attrs: dict, message: str) -> None:
+    import h5py
+
+    erf = project / f"results/erf/layer{LAYER}/attnlrp.h5"
+    with h5py.File(erf, "a") as handle:
+        handle.attrs.update(attrs)
+    before = tree_hashes(project / "results/annotation")
+    with pytest.raises(CafeError, match=message):
+        sheets(project / "results", project / "images")
+    assert tree_hashes(project / "results/annotation") == before

@@ -127,7 +127,7 @@ def write_inputs(tmp_path: Path, tiny_backbone, tiny_sae) -> dict:
     value = np.take_along_axis(act_map, token[..., None], -1)[..., 0]
     with h5py.File(tmp_path / "features.h5", "w") as h5:
         for name, data in dict(feature=feature, image=image, analysis_row=image, token=token, value=value,
-                               act_map=act_map, max_value=value.max(1)).items():
+                               act_map=act_map, max_value=value.max(1), cls_only=np.zeros(2, bool)).items():
             h5[name] = data
         h5.attrs.update(layer=LAYER, grid=4, n_tokens=17, sae_fingerprint=fingerprint, manifest_hash=file_hash(manifest))
     return dict(features=str(tmp_path / "features.h5"), sae=str(tmp_path / "sae.pt"), manifest=str(manifest),

@@ -70,6 +70,7 @@ def layer_files(world: Path) -> Path:
         h5["feature"] = np.array(list(TOPS))
         h5["image"], h5["token"] = images, np.ones_like(images)
         h5["value"], h5["max_value"] = np.ones(images.shape, np.float32), np.ones(len(TOPS), np.float32)
+        h5["cls_only"] = np.zeros(len(TOPS), bool)
         h5["act_map"] = np.random.default_rng(0).random(images.shape + (1 + GRID * GRID,), dtype=np.float32)
         h5.attrs.update(layer=2, grid=GRID, sae_fingerprint="test")
     for method, maps in _maps(world, images, {0: {"pills", "frown_face"}, 2: {"pills"}}).items():

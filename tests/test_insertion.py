@@ -22,7 +22,8 @@ from cafe.insertion.run import run_insertion
 from cafe.insertion.curves import compose, curves, keep_masks, make_canvas
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
 from cafe.insertion.summary import curve_aucs, per_target
-from cafe.insertion.targets import FeatureFile, activation_scores, erf_scores, read_features, sample_targets, select_targets
+from cafe.insertion.targets import (FEATURE_DATASETS, FeatureFile, activation_scores, erf_scores, read_features,
+                                   sample_targets, select_targets)
 from cafe.io import file_hash
 from cafe.sae import SAEConfig, save_checkpoint
 from cafe.target import FeatureTarget
@@ -43,7 +44,7 @@ def feature_file(backbone: Backbone, sae: torch.nn.Module, images: torch.Tensor,
     token = 1 + act_map[..., 1:].argmax(-1)
     value = np.take_along_axis(act_map, token[..., None], -1)[..., 0]
     return FeatureFile("features.h5", layer, backbone.grid, fingerprint, manifest_hash, np.arange(n_features), image,
-                       token, value, act_map, value.max(axis=1))
+                       token, value, act_map, value.max(axis=1), np.zeros(n_features, bool))
 
 
 def loader(images: torch.Tensor):
@@ -165,7 +166,8 @@ def test_erf_order_recovers_a_planted_nonlocal_feature_faster_than_activation_or
         act_map = target.latents(world.backbone.normalize(world.images))[..., world.feature].numpy()[None]  # (1, 1, T)
     value = act_map[..., world.token]
     ff = FeatureFile("planted.h5", world.layer, world.backbone.grid, "", "", np.array([world.feature]),
-                     np.zeros((1, 1), int), np.full((1, 1), world.token), value, act_map, value.max(axis=1))
+                     np.zeros((1, 1), int), np.full((1, 1), world.token), value, act_map, value.max(axis=1),
+                     np.zeros(1, bool))
     erf = np.zeros((1, 1, world.backbone.grid**2), np.float32)
     erf[..., world.source - 1] = 1.0  # the ERF's peak: patch p (token p = patch p - 1)
     config = InsertionConfig(steps=16, seeds=3, canvases=("mean",))
@@ -197,7 +199,7 @@ def layer_inputs(tmp_path: Path, tiny_backbone, tiny_sae) -> dict[str, Path]:
     ff = feature_file(tiny_backbone, tiny_sae, images, n_features=3, fingerprint=fingerprint, manifest_hash=file_hash(manifest))
     features = tmp_path / "features.h5"
     with h5py.File(features, "w") as h5:
-        for name in ("feature", "image", "token", "value", "act_map", "max_value"):
+        for name in FEATURE_DATASETS:
             h5[name] = getattr(ff, name)
         h5.attrs.update({"layer": LAYER, "grid": ff.grid, "n_tokens": 17, "sae_fingerprint": fingerprint,
                          "manifest_hash": file_hash(manifest)})
@@ -267,7 +269,7 @@ def test_missing_or_misplaced_erf_file_is_a_clear_error(layer_inputs, tmp_path, 
 def test_features_of_another_layer_are_refused(layer_inputs):
     with h5py.File(layer_inputs["features"], "a") as h5:
         h5.attrs["layer"] = LAYER + 1
-    with pytest.raises(CafeError, match="features of layer 3, but insertion runs layer 2"):
+    with pytest.raises(CafeError, match="features of layer 3, but layer 2 was asked for"):
         read_features(layer_inputs["features"], LAYER, 4)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from cafe.errors import CafeError
 from cafe.io import open_h5
 
-FEATURE_DATASETS = ("feature", "image", "token", "value", "act_map", "max_value")
+FEATURE_DATASETS = ("feature", "image", "token", "value", "act_map", "max_value", "cls_only")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class FeatureFile:
     value: np.ndarray  # (N, K)
     act_map: np.ndarray  # (N, K, T)
     max_value: np.ndarray  # (N,)
+    cls_only: np.ndarray  # (N,) fires on CLS tokens only
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ def read_features(path: str | os.PathLike, layer: int, grid: int | None = None) 
     ff = FeatureFile(str(path), int(attrs.get("layer", -1)), int(attrs.get("grid", -1)),
                      str(attrs.get("sae_fingerprint", "")), str(attrs.get("manifest_hash", "")), **data)
     if ff.layer != layer:
-        raise CafeError(f"{path}: features of layer {ff.layer}, but insertion runs layer {layer}")
+        raise CafeError(f"{path}: features of layer {ff.layer}, but layer {layer} was asked for")
     grid = ff.grid if grid is None else grid
     if ff.grid != grid or ff.act_map.shape[-1] != 1 + grid * grid:
         raise CafeError(f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match a {grid}x{grid} grid")
     if not (ff.image.shape == ff.token.shape == ff.value.shape == ff.act_map.shape[:2]
-            and ff.image.shape[0] == len(ff.feature) == len(ff.max_value)):
+            and ff.image.shape[0] == len(ff.feature) == len(ff.max_value) == len(ff.cls_only)):
         raise CafeError(f"{path}: datasets disagree in shape ({ {k: v.shape for k, v in data.items()} })")
     return ff
 
@@ -90,12 +91,13 @@ def activation_scores(ff: FeatureFile, targets: Targets) -> np.ndarray:
     return ff.act_map[targets.row, targets.rank, 1:]
 
 
-def read_erf_maps(path: str | os.PathLike, method: str, ff: FeatureFile) -> np.ndarray:
-    """ERF maps (N, K, grid, grid) of one method, after checking they belong to this method, layer and features file."""
+def read_erf_maps(path: str | os.PathLike, method: str | None, ff: FeatureFile) -> np.ndarray:
+    """ERF maps (N, K, grid, grid) of one method (None: any), after checking they belong to this method, layer and
+    features file."""
     with open_h5(path, ("maps",)) as h5:
         file_method, file_layer = str(h5.attrs.get("method", "")), int(h5.attrs.get("layer", -1))
         shape = h5["maps"].shape
-        if file_method != method:
+        if method is not None and file_method != method:
             raise CafeError(f"{path}: ERF maps of method {file_method!r}, but --method is {method!r}")
         if file_layer != ff.layer:
             raise CafeError(f"{path}: ERF maps of layer {file_layer}, but {ff.path} is layer {ff.layer}")
