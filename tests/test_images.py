@@ -92,10 +92,11 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
         load_images(root, ["a/a_000.png", "a/a_001.png"], 32)
 
 
-def test_image_batches_follow_the_split_in_manifest_order(image_folder: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_batches_follow_the_split_in_manifest_order(image_folder: Path, workers: int) -> None:
     manifest = make_manifest(DataConfig(str(image_folder), 5, 3))
     rows = manifest[manifest["split"] == "analysis"]
-    batches = list(image_batches(image_folder, rows, 32, batch_size=2))
+    batches = list(image_batches(image_folder, rows, 32, batch_size=2, num_workers=workers))
     assert [len(i) for i, _ in batches] == [2, 1]
     assert torch.cat([i for i, _ in batches]).tolist() == rows["index"].tolist()
     assert torch.equal(batches[0][1], load_images(image_folder, rows["path"].tolist()[:2], 32))
