@@ -171,3 +171,26 @@ def test_the_same_weights_and_config_give_the_same_fingerprint(layer_file: Path,
         train(layer_file, tmp_path / f"{run}.pt", tmp_path / f"{run}.json", config, "cpu")
         fingerprints.append(load_sae(tmp_path / f"{run}.pt")[1]["fingerprint"])
     assert fingerprints[0] == fingerprints[1]
+
+
+def test_read_ahead_keeps_the_order_raises_the_readers_error_and_stops_when_closed() -> None:
+    import threading
+
+    from cafe.sae.train import read_ahead
+
+    cpu = torch.device("cpu")
+    assert [int(b) for b in read_ahead((torch.tensor(i) for i in range(10)), cpu, depth=3)] == list(range(10))
+
+    def broken():
+        yield torch.tensor(0)
+        raise OSError("layer3.h5: truncated chunk")
+
+    ahead = read_ahead(broken(), cpu)
+    assert int(next(ahead)) == 0
+    with pytest.raises(OSError, match="truncated chunk"):
+        next(ahead)
+
+    endless = read_ahead((torch.tensor(i) for i in iter(int, 1)), cpu, depth=2)
+    next(endless)
+    endless.close()
+    assert not any(t.name == "sae-read-ahead" and t.is_alive() for t in threading.enumerate())
