@@ -48,6 +48,14 @@ def test_first_run_makes_every_product(study):
     assert (study / "dvc.lock").is_file()
 
 
+def test_dvc_plots_show_insertion_auc_per_method_and_canvas(study):
+    shown = json.loads(run(["dvc", "plots", "show", "--json", "results/tables/insertion_auc.csv"], study).stdout)
+    spec = shown["data"]["results/tables/insertion_auc.csv"][0]["content"]
+    assert spec["transform"] == [{"filter": "datum.kind == 'insertion'"}] and spec["facet"]["column"]["field"] == "canvas"
+    assert spec["spec"]["encoding"]["color"]["field"] == "method"
+    assert {row["method"] for row in spec["data"]["values"]} >= {"attnlrp", "activation", "random"}
+
+
 def test_unchanged_params_rerun_nothing(study):
     before = mtimes(study, "results/**/*")
     result = run(["dvc", "repro"], study)

@@ -63,6 +63,7 @@ def make_workspace(root: Path, params: dict[str, Any] | None = None, dvc: bool =
         run(["git", "init", "-q"], root)
         run(["dvc", "init", "-q"], root)
         run(["dvc", "config", "core.analytics", "false"], root)
+        shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the repo's plot templates, as a clone has
     return root
 
 
