@@ -31,13 +31,34 @@ def sweep(params: dict, gammas: list[float], scratch: Path) -> pd.DataFrame:
     for gamma in gammas:
         erf = {"batch_size": params["erf"]["batch_size"], "attnlrp": {**params["erf"]["attnlrp"], "gamma": gamma}}
         for layer in params["layers"]:
-            common = ["--backbone", json.dumps(params["backbone"]), "--layer", str(layer),
-                      "--features", f"results/features/layer{layer}.h5", "--sae", f"results/sae/layer{layer}.pt",
-                      "--manifest", "results/data/manifest.csv", "--images-root", params["data"]["images"]]
+            common = [
+                "--backbone",
+                json.dumps(params["backbone"]),
+                "--layer",
+                str(layer),
+                "--features",
+                f"results/features/layer{layer}.h5",
+                "--sae",
+                f"results/sae/layer{layer}.pt",
+                "--manifest",
+                "results/data/manifest.csv",
+                "--images-root",
+                params["data"]["images"],
+            ]
             maps, curves = scratch / f"erf_{gamma}_{layer}.h5", scratch / f"curves_{gamma}_{layer}.csv"
             run("erf", "--method", "attnlrp", "--params", json.dumps(erf), *common, "--out", str(maps))
-            run("insertion", "--method", "attnlrp", "--erf", str(maps), "--params", json.dumps(params["insertion"]),
-                *common, "--out", str(curves))
+            run(
+                "insertion",
+                "--method",
+                "attnlrp",
+                "--erf",
+                str(maps),
+                "--params",
+                json.dumps(params["insertion"]),
+                *common,
+                "--out",
+                str(curves),
+            )
             table = auc_table(read_curve_aucs([curves]), params["insertion"]["bootstrap"])
             frames.append(table.assign(gamma=gamma))
             print(table.assign(gamma=gamma).to_string(index=False, header=not frames[:-1]), flush=True)

@@ -116,7 +116,9 @@ def _create(cfg: BackboneConfig) -> nn.Module:
     if pretrained and not _is_path(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(cfg.model)
         if pretrained not in tags:
-            raise CafeError(f"backbone.pretrained: {pretrained!r} is not a tag of {cfg.model} (tags: {tags}) nor a file")
+            raise CafeError(
+                f"backbone.pretrained: {pretrained!r} is not a tag of {cfg.model} (tags: {tags}) nor a file"
+            )
         if not _weights_cached(cfg.model, pretrained) and not _hub_reachable():
             raise CafeError(_offline_message(cfg.model, pretrained, "no network and no cached copy"))
     torch.manual_seed(cfg.seed)
@@ -131,7 +133,7 @@ def _create(cfg: BackboneConfig) -> nn.Module:
 def _offline_message(model: str, tag: str, why: str) -> str:
     return (
         f"backbone: cannot get OpenCLIP weights {model}/{tag} ({why}). On a machine with network run "
-        f"`python -c \"import open_clip; open_clip.create_model({model!r}, pretrained={tag!r})\"` to fill the "
+        f'`python -c "import open_clip; open_clip.create_model({model!r}, pretrained={tag!r})"` to fill the '
         f"Hugging Face cache (copy ~/.cache/huggingface over), or save the checkpoint file and set "
         f"backbone.pretrained to its local path."
     )
@@ -155,20 +157,29 @@ class Backbone:
         self.width = visual.transformer.width
 
     @classmethod
-    def load(cls, cfg: BackboneConfig) -> "Backbone":
+    def load(cls, cfg: BackboneConfig) -> Backbone:
         """Load by OpenCLIP name + tag / local checkpoint / random seed, and move to the configured device."""
         model = _create(cfg)
         pp = open_clip.get_model_preprocess_cfg(model)
-        backbone = cls(model.visual, tuple(pp["mean"]), tuple(pp["std"]), cfg.model, cfg.pretrained or f"random-seed{cfg.seed}")
-        log.info("loaded %s (%s): depth %d, width %d, grid %dx%d", cfg.model, backbone.tag, backbone.depth,
-                 backbone.width, backbone.grid, backbone.grid)
+        backbone = cls(
+            model.visual, tuple(pp["mean"]), tuple(pp["std"]), cfg.model, cfg.pretrained or f"random-seed{cfg.seed}"
+        )
+        log.info(
+            "loaded %s (%s): depth %d, width %d, grid %dx%d",
+            cfg.model,
+            backbone.tag,
+            backbone.depth,
+            backbone.width,
+            backbone.grid,
+            backbone.grid,
+        )
         return backbone.to(resolve_device(cfg.device))
 
     @property
     def device(self) -> torch.device:
         return self.visual.conv1.weight.device
 
-    def to(self, device: torch.device | str) -> "Backbone":
+    def to(self, device: torch.device | str) -> Backbone:
         self.visual.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self

@@ -44,7 +44,9 @@ class DemoBackboneConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise CafeError(f"params: demo.backbone.epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+            raise CafeError(
+                f"params: demo.backbone.epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
         if not 0 < self.holdout < 1:
             raise CafeError(f"params: demo.backbone.holdout must be in (0, 1), got {self.holdout}")
 
@@ -121,8 +123,11 @@ def accuracy(backbone: Backbone, head: nn.Linear, data: ImageSet, index: torch.T
     right = pred == data.targets[index]
     per_class = {name: right[data.targets[index] == c].float().mean().item() for c, name in enumerate(data.classes)}
     compositional = right[torch.isin(data.targets[index], _class_ids(data.classes, COMPOSITIONAL))]
-    return {"accuracy": right.float().mean().item(), "per_class": per_class,
-            "compositional": compositional.float().mean().item() if len(compositional) else None}
+    return {
+        "accuracy": right.float().mean().item(),
+        "per_class": per_class,
+        "compositional": compositional.float().mean().item() if len(compositional) else None,
+    }
 
 
 def _class_ids(classes: tuple[str, ...], names: tuple[str, ...]) -> torch.Tensor:
@@ -167,17 +172,28 @@ def train(model: str, data: ImageSet, config: DemoBackboneConfig) -> Trained:
     seconds = time.perf_counter() - start
     backbone.visual.requires_grad_(False)
     held = accuracy(backbone, head, data, held_idx)
-    metrics = {"holdout": held, "train_accuracy": accuracy(backbone, head, data, train_idx)["accuracy"],
-               "loss": losses, "train_seconds": round(seconds, 1), "n_train": len(train_idx), "n_holdout": len(held_idx)}
+    metrics = {
+        "holdout": held,
+        "train_accuracy": accuracy(backbone, head, data, train_idx)["accuracy"],
+        "loss": losses,
+        "train_seconds": round(seconds, 1),
+        "n_train": len(train_idx),
+        "n_holdout": len(held_idx),
+    }
     log.info("held-out accuracy %.3f (compositional %s) after %.0f s", held["accuracy"], held["compositional"], seconds)
     return Trained(clip, head, data.classes, metrics)
 
 
 def save(path: str | Path, trained: Trained, model: str, config: DemoBackboneConfig) -> None:
     """Write an ordinary OpenCLIP checkpoint (`state_dict`) carrying the head, classes and metrics too."""
-    blob = {"state_dict": trained.clip.state_dict(), "model": model, "config": as_dict(config),
-            "head": {k: v.detach() for k, v in trained.head.state_dict().items()},
-            "classes": list(trained.classes), "metrics": trained.metrics}
+    blob = {
+        "state_dict": trained.clip.state_dict(),
+        "model": model,
+        "config": as_dict(config),
+        "head": {k: v.detach() for k, v in trained.head.state_dict().items()},
+        "classes": list(trained.classes),
+        "metrics": trained.metrics,
+    }
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 

@@ -105,13 +105,16 @@ def _check_match(sae_meta: dict, attrs: dict, sae_path: Path, activations: Path)
     """The SAE must belong to this layer file: same layer, and same backbone and manifest where recorded."""
     for key in ("layer", "backbone", "pretrained", "manifest_hash"):
         if key in sae_meta and sae_meta[key] != attrs[key]:
-            raise CafeError(f"{sae_path}: SAE has {key} {sae_meta[key]!r} but {activations} has {attrs[key]!r}; "
-                            f"re-run the `sae` step for this activation file")
+            raise CafeError(
+                f"{sae_path}: SAE has {key} {sae_meta[key]!r} but {activations} has {attrs[key]!r}; "
+                f"re-run the `sae` step for this activation file"
+            )
 
 
 @torch.no_grad()
-def top_images(sae: MatryoshkaSAE, activations: str | os.PathLike, config: FeaturesConfig,
-               device: torch.device) -> dict[str, np.ndarray]:
+def top_images(
+    sae: MatryoshkaSAE, activations: str | os.PathLike, config: FeaturesConfig, device: torch.device
+) -> dict[str, np.ndarray]:
     """Stream the analysis images once, encoding the first n_features latents; the output datasets."""
     if config.n_features > sae.n_latents:
         raise CafeError(f"params: features.n_features = {config.n_features} exceeds the SAE's {sae.n_latents} latents")
@@ -126,8 +129,13 @@ def top_images(sae: MatryoshkaSAE, activations: str | os.PathLike, config: Featu
     return top.arrays(analysis_image)
 
 
-def find_features(activations: str | os.PathLike, sae_path: str | os.PathLike, out: str | os.PathLike,
-                  config: FeaturesConfig, device: str = "auto") -> None:
+def find_features(
+    activations: str | os.PathLike,
+    sae_path: str | os.PathLike,
+    out: str | os.PathLike,
+    config: FeaturesConfig,
+    device: str = "auto",
+) -> None:
     """Write the features file of one layer."""
     sae, meta = load_sae(sae_path, resolve_device(device))
     with open_layer(activations, sae.d_in) as handle:
@@ -137,18 +145,33 @@ def find_features(activations: str | os.PathLike, sae_path: str | os.PathLike, o
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         for name, array in arrays.items():
             handle.create_dataset(name, data=array)
-        handle.attrs.update({"layer": attrs["layer"], "grid": attrs["grid"], "n_tokens": attrs["n_tokens"],
-                             "top_k": config.top_k, "sae_fingerprint": meta["fingerprint"],
-                             "backbone": attrs["backbone"], "manifest_hash": attrs["manifest_hash"]})
+        handle.attrs.update(
+            {
+                "layer": attrs["layer"],
+                "grid": attrs["grid"],
+                "n_tokens": attrs["n_tokens"],
+                "top_k": config.top_k,
+                "sae_fingerprint": meta["fingerprint"],
+                "backbone": attrs["backbone"],
+                "manifest_hash": attrs["manifest_hash"],
+            }
+        )
     active = arrays["n_active_images"] > 0
-    log.info("layer %d: %d of %d features active on the analysis images, %d CLS-only -> %s", attrs["layer"],
-             active.sum(), config.n_features, arrays["cls_only"].sum(), out)
+    log.info(
+        "layer %d: %d of %d features active on the analysis images, %d CLS-only -> %s",
+        attrs["layer"],
+        active.sum(),
+        config.n_features,
+        arrays["cls_only"].sum(),
+        out,
+    )
 
 
 def run_features(args: argparse.Namespace) -> None:
     """CLI: top activations of one layer's SAE features."""
-    find_features(args.activations, args.sae, args.out, parse_section(FeaturesConfig, args.params, "features"),
-                  args.device)
+    find_features(
+        args.activations, args.sae, args.out, parse_section(FeaturesConfig, args.params, "features"), args.device
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

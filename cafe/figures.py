@@ -20,8 +20,10 @@ from cafe.params import parse_section
 
 log = logging.getLogger(__name__)
 
-REFERENCE_STYLE = {"activation": {"color": "black", "linestyle": "-", "marker": "s"},
-                   "random": {"color": "0.55", "linestyle": "--", "marker": "o"}}
+REFERENCE_STYLE = {
+    "activation": {"color": "black", "linestyle": "-", "marker": "s"},
+    "random": {"color": "0.55", "linestyle": "--", "marker": "o"},
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +44,9 @@ def command(args: argparse.Namespace) -> None:
     aucs = read_curve_aucs([*args.curves, *args.greedy])
     table = auc_table(aucs, config.bootstrap)
     if table.empty:
-        raise CafeError(f"fig3: no recoverable curves in {len(args.curves)} curve file(s); lower insertion.min_activation?")
+        raise CafeError(
+            f"fig3: no recoverable curves in {len(args.curves)} curve file(s); lower insertion.min_activation?"
+        )
     metrics = insertion_metrics(aucs, table, greedy_table(aucs, config.bootstrap))
     for line in metrics["canvas_disagreements"]:
         log.warning("canvases disagree on the method ranking: %s", line)
@@ -64,8 +68,12 @@ def plot_fig3(table: pd.DataFrame, canvases: list[str]) -> Figure:
             ax = axes[i, j]
             panel = table[(table["kind"] == kind) & (table["canvas"] == canvas)]
             for method in methods:
-                _plot_method(ax, panel[panel["method"] == method].sort_values("layer"), method,
-                             REFERENCE_STYLE.get(method, {"color": colors.get(method), "linestyle": "-", "marker": "."}))
+                _plot_method(
+                    ax,
+                    panel[panel["method"] == method].sort_values("layer"),
+                    method,
+                    REFERENCE_STYLE.get(method, {"color": colors.get(method), "linestyle": "-", "marker": "."}),
+                )
             better = "higher" if HIGHER_IS_BETTER[kind] else "lower"
             ax.set_title(f"{kind}, {canvas} canvas", fontsize=10)
             ax.set_ylabel(f"AUC of recovery ({better} = better)" if j == 0 else "")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -58,8 +59,10 @@ def list_images(root: str | os.PathLike) -> pd.DataFrame:
         raise CafeError(f"data.images: {str(root)!r} has no class folders (expected <root>/<class>/<image>)")
     rows = [(path, name) for name in classes for path in _images_in(root, name)]
     if not rows:
-        raise CafeError(f"data.images: no images ({', '.join(IMAGE_EXTENSIONS)}) in the {len(classes)} class "
-                        f"folder(s) of {str(root)!r}")
+        raise CafeError(
+            f"data.images: no images ({', '.join(IMAGE_EXTENSIONS)}) in the {len(classes)} class "
+            f"folder(s) of {str(root)!r}"
+        )
     return pd.DataFrame(sorted(rows), columns=["path", "class"])
 
 
@@ -78,8 +81,10 @@ def make_manifest(config: DataConfig) -> pd.DataFrame:
     images = list_images(config.images)
     wanted = config.n_train + config.n_analysis
     if wanted > len(images):
-        raise CafeError(f"data: n_train + n_analysis = {config.n_train} + {config.n_analysis} = {wanted}, but "
-                        f"{config.images!r} holds only {len(images)} images")
+        raise CafeError(
+            f"data: n_train + n_analysis = {config.n_train} + {config.n_analysis} = {wanted}, but "
+            f"{config.images!r} holds only {len(images)} images"
+        )
     order = np.random.default_rng(config.seed).permutation(len(images))
     picks = {"train": order[: config.n_train], "analysis": order[config.n_train : wanted]}
     parts = [images.iloc[np.sort(rows)].assign(split=split) for split, rows in picks.items()]
@@ -104,18 +109,20 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataF
     return manifest[manifest["split"] == split].reset_index(drop=True)
 
 
-def eval_transform(size: int) -> Callable[[Image.Image], "torch.Tensor"]:
+def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """OpenCLIP's eval transform without normalisation: shorter side to `size` (bicubic), center crop."""
     from torchvision import transforms
 
-    return transforms.Compose([
-        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+        ]
+    )
 
 
-def load_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any]) -> "torch.Tensor":
+def load_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any]) -> torch.Tensor:
     """One image as RGB (3, size, size) in [0, 1]; a file PIL cannot decode is a CafeError naming it."""
     try:
         with Image.open(path) as image:
@@ -124,7 +131,7 @@ def load_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any])
         raise CafeError(f"{path}: cannot read image ({exc}); remove or replace the file") from exc
 
 
-def load_images(root: str | os.PathLike, paths: list[str], size: int) -> "torch.Tensor":
+def load_images(root: str | os.PathLike, paths: list[str], size: int) -> torch.Tensor:
     """Images at `root/path` as one float batch (B, 3, size, size) in [0, 1]."""
     import torch
 
@@ -142,17 +149,28 @@ class ManifestImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, "torch.Tensor"]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         return int(self.indices[i]), load_image(self.root / self.paths[i], self.transform)
 
 
-def image_batches(root: str | os.PathLike, rows: pd.DataFrame, size: int, batch_size: int,
-                  num_workers: int = 0, pin_memory: bool = False) -> "DataLoader":
+def image_batches(
+    root: str | os.PathLike,
+    rows: pd.DataFrame,
+    size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Batches of (manifest indices (B,), images (B, 3, size, size)) in manifest order."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(ManifestImages(root, rows, size), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(
+        ManifestImages(root, rows, size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
 
 
 def run_manifest(args: argparse.Namespace) -> None:
@@ -160,8 +178,13 @@ def run_manifest(args: argparse.Namespace) -> None:
     config = parse_section(DataConfig, args.params, "data")
     manifest = make_manifest(config)
     write_csv(args.out, manifest)
-    log.info("manifest: %d train + %d analysis images of %d classes -> %s", config.n_train, config.n_analysis,
-             manifest["class"].nunique(), args.out)
+    log.info(
+        "manifest: %d train + %d analysis images of %d classes -> %s",
+        config.n_train,
+        config.n_analysis,
+        manifest["class"].nunique(),
+        args.out,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,8 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 
@@ -54,13 +55,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv(path: str | os.PathLike, frame: "pandas.DataFrame") -> None:  # noqa: F821
+def write_csv(path: str | os.PathLike, frame: pandas.DataFrame) -> None:  # noqa: F821
     """Write a pandas frame as CSV atomically, without the index."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
-def save_figure(path: str | os.PathLike, fig: "matplotlib.figure.Figure", dpi: int = 150) -> None:  # noqa: F821
+def save_figure(path: str | os.PathLike, fig: matplotlib.figure.Figure, dpi: int = 150) -> None:  # noqa: F821
     """Save a matplotlib figure atomically as PNG."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
@@ -74,7 +75,9 @@ def open_h5(path: str | os.PathLike, required: tuple[str, ...] = ()) -> h5py.Fil
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise CafeError(f"{path}: not a readable HDF5 file ({exc}); delete it and re-run the step that writes it") from exc
+        raise CafeError(
+            f"{path}: not a readable HDF5 file ({exc}); delete it and re-run the step that writes it"
+        ) from exc
     missing = [name for name in required if name not in handle]
     if missing:
         handle.close()

@@ -22,7 +22,9 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise CafeError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {sorted(fields)}")
+        raise CafeError(
+            f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
@@ -80,8 +82,12 @@ def check_config(config: dict[str, Any]) -> None:
     if features.n_features > n_latents:
         raise CafeError(f"params: features.n_features = {features.n_features} exceeds the SAE's {n_latents} latents")
     if annotation.n_features > features.n_features:
-        raise CafeError("params: annotation.n_features must not exceed features.n_features (sheets need those features)")
+        raise CafeError(
+            "params: annotation.n_features must not exceed features.n_features (sheets need those features)"
+        )
     if annotation.gallery_k > features.top_k:
         raise CafeError("params: annotation.gallery_k must not exceed features.top_k")
     if config["demo"]["enabled"] and config["data"]["images"] != DEMO_IMAGES:
-        raise CafeError(f"params: demo.enabled is true, so data.images must be {DEMO_IMAGES!r} (or set demo.enabled: false)")
+        raise CafeError(
+            f"params: demo.enabled is true, so data.images must be {DEMO_IMAGES!r} (or set demo.enabled: false)"
+        )

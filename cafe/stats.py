@@ -3,8 +3,8 @@ Holm's correction, and agreement of two rankings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,13 @@ def _mean(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1)
 
 
-def bootstrap_ci(values: np.ndarray, resamples: int, statistic: Callable[[np.ndarray], np.ndarray] = _mean,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray,
+    resamples: int,
+    statistic: Callable[[np.ndarray], np.ndarray] = _mean,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of statistic over rows of `values`; statistic maps (B, n, ...) -> (B,)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
@@ -73,8 +78,16 @@ def paired_tests(wide: pd.DataFrame, higher_is_better: bool, alpha: float = 0.05
     for a, b in combinations(wide.columns, 2):
         both = wide[[a, b]].dropna()
         diff = (both[a] - both[b]).to_numpy()
-        rows.append({"a": a, "b": b, "n": len(both), "mean_diff": float(diff.mean()) if len(both) else float("nan"),
-                     "rank_balance": signed_rank_balance(diff), "p": wilcoxon_p(both[a], both[b])})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "n": len(both),
+                "mean_diff": float(diff.mean()) if len(both) else float("nan"),
+                "rank_balance": signed_rank_balance(diff),
+                "p": wilcoxon_p(both[a], both[b]),
+            }
+        )
     out = pd.DataFrame(rows, columns=["a", "b", "n", "mean_diff", "rank_balance", "p"])
     out["p_holm"] = holm(out["p"].to_numpy())
     a_better = (out["rank_balance"] > 0) == higher_is_better
@@ -85,7 +98,12 @@ def paired_tests(wide: pd.DataFrame, higher_is_better: bool, alpha: float = 0.05
 def rank_agreement(first: dict[str, float], second: dict[str, float]) -> dict:
     """Kendall's tau between two scorings of the same methods, and the pairs whose order flips."""
     names = sorted(set(first) & set(second))
-    flipped = [[a, b] for a, b in combinations(names, 2)
-               if np.sign(first[a] - first[b]) * np.sign(second[a] - second[b]) < 0]
-    tau = stats.kendalltau([first[n] for n in names], [second[n] for n in names]).statistic if len(names) > 1 else float("nan")
+    flipped = [
+        [a, b] for a, b in combinations(names, 2) if np.sign(first[a] - first[b]) * np.sign(second[a] - second[b]) < 0
+    ]
+    tau = (
+        stats.kendalltau([first[n] for n in names], [second[n] for n in names]).statistic
+        if len(names) > 1
+        else float("nan")
+    )
     return {"kendall_tau": float(tau), "flipped": flipped}

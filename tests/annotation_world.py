@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_image_folder
 
 from cafe.annotation.config import AnnotationConfig
 from cafe.annotation.fig5 import make_fig5
@@ -18,7 +19,6 @@ from cafe.annotation.ingest import annotate_init
 from cafe.annotation.sheets import make_sheets
 from cafe.images import list_images
 from cafe.io import write_csv
-from conftest import make_image_folder
 
 GRID, TOP_K, N_FEATURES, LAYER = 4, 3, 8, 3
 NON_LOCAL = (1, 4, 6)  # feature 6 fires only at CLS
@@ -70,9 +70,18 @@ def write_layer(results: Path, n_images: int, fingerprint: str = "sae000000001")
 def sheets(results: Path, images: Path, annotations: Path | None = None) -> Path:
     """Run the sheets step on the synthetic layer; returns the sheet path."""
     out = results / "annotation"
-    make_sheets(LAYER, results / f"features/layer{LAYER}.h5", results / f"erf/layer{LAYER}/attnlrp.h5",
-                results / "data/manifest.csv", images, CONFIG, out / f"sheets/layer{LAYER}.csv",
-                out / f"galleries/layer{LAYER}", out / f"index/layer{LAYER}.html", annotations)
+    make_sheets(
+        LAYER,
+        results / f"features/layer{LAYER}.h5",
+        results / f"erf/layer{LAYER}/attnlrp.h5",
+        results / "data/manifest.csv",
+        images,
+        CONFIG,
+        out / f"sheets/layer{LAYER}.csv",
+        out / f"galleries/layer{LAYER}",
+        out / f"index/layer{LAYER}.html",
+        annotations,
+    )
     return out / f"sheets/layer{LAYER}.csv"
 
 
@@ -86,7 +95,11 @@ def build_world(root: Path, images: Path, fingerprint: str = "sae000000001") -> 
 
 def tree_hashes(root: Path) -> dict[str, str]:
     """Content hash of every file under `root` (to prove a failed run changed nothing)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +121,14 @@ def project(world: Path, tmp_path: Path) -> Path:
 def fig5(project: Path) -> pd.DataFrame:
     """Run the Fig 5 step on the project's sheet and human files; returns the counts table."""
     out = project / "results"
-    return make_fig5([out / f"annotation/sheets/layer{LAYER}.csv"], project / "data/annotations", CONFIG,
-                     out / "figures/fig5_nonlocal.png", out / "tables/fig5_nonlocal.csv", out / "metrics/annotation.json")
+    return make_fig5(
+        [out / f"annotation/sheets/layer{LAYER}.csv"],
+        project / "data/annotations",
+        CONFIG,
+        out / "figures/fig5_nonlocal.png",
+        out / "tables/fig5_nonlocal.csv",
+        out / "metrics/annotation.json",
+    )
 
 
 def annotate(project: Path, answers: dict[int, str]) -> Path:

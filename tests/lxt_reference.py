@@ -51,7 +51,7 @@ def explicit_attnlrp(backbone: Backbone, sae: MatryoshkaSAE, blob: dict) -> torc
     cls = visual.class_embedding.expand(len(pixels), 1, -1)
     x = lf.add2(torch.cat([cls, patches], 1), visual.positional_embedding.expand(len(pixels), -1, -1))
     x = lf.layer_norm(x, visual.ln_pre.weight, visual.ln_pre.bias, visual.ln_pre.eps)
-    for block in visual.transformer.resblocks[:blob["layer"]]:
+    for block in visual.transformer.resblocks[: blob["layer"]]:
         x = lf.add2(x, _explicit_attention(lf, block.attn, _ln(lf, block.ln_1, x)))
         h = lf.linear_epsilon(_ln(lf, block.ln_2, x), block.mlp.c_fc.weight, block.mlp.c_fc.bias)
         h = identity(block.mlp.gelu, h)

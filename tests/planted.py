@@ -71,5 +71,5 @@ def planted_world(token: int = 6, source: int = 16) -> Planted:
     images = backbone.mean.view(1, 3, 1, 1).expand(1, 3, 32, 32).clone()
     row, col = divmod(source - 1, backbone.grid)
     patch = backbone.patch_size
-    images[:, :, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 1.0
+    images[:, :, row * patch : (row + 1) * patch, col * patch : (col + 1) * patch] = 1.0
     return Planted(backbone, sae.eval().requires_grad_(False), 2, 0, token, source, images)

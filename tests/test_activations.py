@@ -9,13 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from layer_files import write_layer
 
 from cafe.activations import ActivationsConfig, TokenStream, extract, iter_analysis, layer_path, open_layer
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.images import DataConfig, load_images, make_manifest, read_manifest
 from cafe.io import file_hash, write_csv
-from layer_files import write_layer
 
 
 @pytest.fixture()
@@ -30,18 +30,29 @@ def run(backbone: Backbone, manifest: Path, images: Path, out: Path, layers: lis
     return extract(backbone, manifest, images, layers, out, ActivationsConfig(batch_size=4, **config))
 
 
-def test_one_pass_matches_separate_truncated_forwards(tiny_backbone: Backbone, manifest: Path,
-                                                      image_folder: Path, tmp_path: Path) -> None:
+def test_one_pass_matches_separate_truncated_forwards(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
     paths = run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [3, 1])
     assert paths == [layer_path(tmp_path / "acts", 1), layer_path(tmp_path / "acts", 3)]
     train, analysis = read_manifest(manifest, "train"), read_manifest(manifest, "analysis")
     for layer, path in zip([1, 3], paths):
         with open_layer(path, width=32) as handle:
             with torch.no_grad():
-                want_train = tiny_backbone.forward_to(tiny_backbone.normalize(load_images(
-                    image_folder, train["path"].tolist(), 32)), layer).half().numpy()
-                want_analysis = tiny_backbone.forward_to(tiny_backbone.normalize(load_images(
-                    image_folder, analysis["path"].tolist(), 32)), layer).half().numpy()
+                want_train = (
+                    tiny_backbone.forward_to(
+                        tiny_backbone.normalize(load_images(image_folder, train["path"].tolist(), 32)), layer
+                    )
+                    .half()
+                    .numpy()
+                )
+                want_analysis = (
+                    tiny_backbone.forward_to(
+                        tiny_backbone.normalize(load_images(image_folder, analysis["path"].tolist(), 32)), layer
+                    )
+                    .half()
+                    .numpy()
+                )
             assert handle["train"].dtype == np.float16 and handle["train"].shape == (6 * 17, 32)
             np.testing.assert_allclose(handle["train"][:], want_train.reshape(-1, 32), atol=2e-3)
             np.testing.assert_allclose(handle["analysis"][:], want_analysis, atol=2e-3)
@@ -55,12 +66,15 @@ def test_one_pass_matches_separate_truncated_forwards(tiny_backbone: Backbone, m
             assert attrs["complete"] == 1
 
 
-def test_extraction_runs_no_block_deeper_than_the_deepest_layer(tiny_backbone: Backbone, manifest: Path,
-                                                                image_folder: Path, tmp_path: Path) -> None:
+def test_extraction_runs_no_block_deeper_than_the_deepest_layer(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
     blocks = tiny_backbone.visual.transformer.resblocks
     calls = [0] * len(blocks)
-    hooks = [block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-             for i, block in enumerate(blocks)]
+    hooks = [
+        block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, block in enumerate(blocks)
+    ]
     try:
         run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1, 2])
     finally:
@@ -69,13 +83,17 @@ def test_extraction_runs_no_block_deeper_than_the_deepest_layer(tiny_backbone: B
     assert calls == [3, 3, 0]  # 3 batches of 4 (6 train, 4 analysis images), each block once per batch
 
 
-def test_tokens_per_image_keeps_a_seeded_subsample(tiny_backbone: Backbone, manifest: Path,
-                                                   image_folder: Path, tmp_path: Path) -> None:
+def test_tokens_per_image_keeps_a_seeded_subsample(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
     run(tiny_backbone, manifest, image_folder, tmp_path / "a", [2], tokens_per_image=5)
     run(tiny_backbone, manifest, image_folder, tmp_path / "b", [2], tokens_per_image=5)
     full = run(tiny_backbone, manifest, image_folder, tmp_path / "full", [2])[0]
-    with open_layer(tmp_path / "a" / "layer2.h5") as a, open_layer(tmp_path / "b" / "layer2.h5") as b, \
-            open_layer(full) as f:
+    with (
+        open_layer(tmp_path / "a" / "layer2.h5") as a,
+        open_layer(tmp_path / "b" / "layer2.h5") as b,
+        open_layer(full) as f,
+    ):
         assert a["train"].shape == (30, 32) and a.attrs["tokens_per_image"] == 5
         np.testing.assert_array_equal(a["train_token"][:], b["train_token"][:])
         tokens = a["train_token"][:].reshape(6, 5)
@@ -85,8 +103,9 @@ def test_tokens_per_image_keeps_a_seeded_subsample(tiny_backbone: Backbone, mani
         np.testing.assert_array_equal(a["analysis"][:], f["analysis"][:])
 
 
-def test_failed_extraction_leaves_no_files(tiny_backbone: Backbone, manifest: Path, image_folder: Path,
-                                           tmp_path: Path) -> None:
+def test_failed_extraction_leaves_no_files(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
     broken = image_folder / read_manifest(manifest, "analysis")["path"].iloc[-1]
     broken.write_bytes(b"not a png")
     with pytest.raises(CafeError, match=broken.name):
@@ -94,8 +113,9 @@ def test_failed_extraction_leaves_no_files(tiny_backbone: Backbone, manifest: Pa
     assert list((tmp_path / "acts").iterdir()) == []
 
 
-def test_too_many_tokens_per_image_is_an_error(tiny_backbone: Backbone, manifest: Path, image_folder: Path,
-                                               tmp_path: Path) -> None:
+def test_too_many_tokens_per_image_is_an_error(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
     with pytest.raises(CafeError, match="tokens_per_image = 18"):
         run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1], tokens_per_image=18)
 
@@ -152,8 +172,12 @@ def test_corrupt_truncated_incomplete_or_mismatched_files_are_named(counted_file
     with h5py.File(counted_file, "r") as src, h5py.File(tmp_path / "unfinished.h5", "w") as dst:
         for name in src:
             src.copy(name, dst)
-    cases = {"garbage.h5": "not a readable HDF5", "cut.h5": "not a readable HDF5", "unfinished.h5": "incomplete",
-             "missing.h5": "not found"}
+    cases = {
+        "garbage.h5": "not a readable HDF5",
+        "cut.h5": "not a readable HDF5",
+        "unfinished.h5": "incomplete",
+        "missing.h5": "not found",
+    }
     for name, message in cases.items():
         with pytest.raises(CafeError, match=message) as err:
             TokenStream(tmp_path / name, batch_size=8)

@@ -9,11 +9,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from annotation_world import (  # noqa: F401 (fixtures)
+    CLS_FEATURE,
+    LAYER,
+    N_FEATURES,
+    NON_LOCAL,
+    annotate,
+    fig5,
+    project,
+    sheets,
+    tree_hashes,
+    world,
+    write_layer,
+)
 from PIL import Image
 
-from annotation_world import (  # noqa: F401 (fixtures)
-    CLS_FEATURE, LAYER, N_FEATURES, NON_LOCAL, annotate, fig5, project, sheets, tree_hashes, world, write_layer,
-)
 from cafe.annotation.ingest import annotate_init
 from cafe.annotation.score import agreement, map_scores
 from cafe.cli import main
@@ -76,7 +86,9 @@ def test_simulated_annotator_gets_fig5_counts(project: Path) -> None:
     assert table.loc["human", "status"] == "annotated"
     assert table.loc["automatic", "n_non_local"] == len(NON_LOCAL)
     metrics = json.loads((project / "results/metrics/annotation.json").read_text())
-    assert metrics["overall"] == agreement(np.isin(range(N_FEATURES), [0, *NON_LOCAL]), np.isin(range(N_FEATURES), NON_LOCAL))
+    assert metrics["overall"] == agreement(
+        np.isin(range(N_FEATURES), [0, *NON_LOCAL]), np.isin(range(N_FEATURES), NON_LOCAL)
+    )
     assert metrics["overall"]["precision"] == 1.0 and metrics["overall"]["recall"] == 0.75
     assert (project / "results/figures/fig5_nonlocal.png").stat().st_size > 10_000
 
@@ -105,7 +117,9 @@ def test_layer_without_human_file_is_not_annotated_and_still_scored(project: Pat
 
 def test_regenerating_with_the_same_sae_carries_answers_into_the_sheet(project: Path) -> None:
     annotate(project, {1: "yes", 2: "no"})
-    sheet = pd.read_csv(sheets(project / "results", project / "images", project / "data/annotations"), keep_default_na=False)
+    sheet = pd.read_csv(
+        sheets(project / "results", project / "images", project / "data/annotations"), keep_default_na=False
+    )
     assert list(sheet.loc[sheet["feature"].isin([1, 2]), "non_local"]) == ["yes", "no"]
 
 
@@ -129,24 +143,67 @@ def test_regenerating_after_an_sae_change_marks_answers_stale_and_leaves_data_un
 def test_cli_runs_the_workflow_commands(project: Path, capsys: pytest.CaptureFixture) -> None:
     out, annotations = project / "results", str(project / "data/annotations")
     sheets_dir = str(out / "annotation/sheets")
-    assert main(["sheets", "--params", json.dumps({"n_features": 4, "gallery_k": 2}), "--layer", str(LAYER),
-                 "--features", str(out / f"features/layer{LAYER}.h5"), "--erf", str(out / f"erf/layer{LAYER}/attnlrp.h5"),
-                 "--manifest", str(out / "data/manifest.csv"), "--images-root", str(project / "images"),
-                 "--annotations-dir", annotations, "--out-sheet", f"{sheets_dir}/layer{LAYER}.csv",
-                 "--out-galleries", str(out / f"annotation/galleries/layer{LAYER}"),
-                 "--out-index", str(out / f"annotation/index/layer{LAYER}.html")]) == 0
+    assert (
+        main(
+            [
+                "sheets",
+                "--params",
+                json.dumps({"n_features": 4, "gallery_k": 2}),
+                "--layer",
+                str(LAYER),
+                "--features",
+                str(out / f"features/layer{LAYER}.h5"),
+                "--erf",
+                str(out / f"erf/layer{LAYER}/attnlrp.h5"),
+                "--manifest",
+                str(out / "data/manifest.csv"),
+                "--images-root",
+                str(project / "images"),
+                "--annotations-dir",
+                annotations,
+                "--out-sheet",
+                f"{sheets_dir}/layer{LAYER}.csv",
+                "--out-galleries",
+                str(out / f"annotation/galleries/layer{LAYER}"),
+                "--out-index",
+                str(out / f"annotation/index/layer{LAYER}.html"),
+            ]
+        )
+        == 0
+    )
     init = ["annotate-init", "--layer", str(LAYER), "--sheets-dir", sheets_dir, "--annotations-dir", annotations]
     assert main(init) == 0 and main(init) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["fig5", "--params", "{}", "--sheets", f"{sheets_dir}/layer{LAYER}.csv", "--annotations-dir", annotations,
-                 "--out-figure", str(out / "f.png"), "--out-table", str(out / "t.csv"), "--metrics", str(out / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "fig5",
+                "--params",
+                "{}",
+                "--sheets",
+                f"{sheets_dir}/layer{LAYER}.csv",
+                "--annotations-dir",
+                annotations,
+                "--out-figure",
+                str(out / "f.png"),
+                "--out-table",
+                str(out / "t.csv"),
+                "--metrics",
+                str(out / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out / "t.csv")["n_features"].eq(4).all()
 
 
-@pytest.mark.parametrize("attrs, message", [
-    ({"layer": LAYER + 1}, "ERF maps of layer 4, but .*layer3.h5 is layer 3"),
-    ({"sae_fingerprint": "sae000000002"}, "ERF maps of SAE sae000000002, but .* is of SAE sae000000001"),
-])
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"layer": LAYER + 1}, "ERF maps of layer 4, but .*layer3.h5 is layer 3"),
+        ({"sae_fingerprint": "sae000000002"}, "ERF maps of SAE sae000000002, but .* is of SAE sae000000001"),
+    ],
+)
 def test_sheets_refuse_erf_maps_of_another_layer_or_sae(project: Path, attrs: dict, message: str) -> None:
     import h5py
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from annotation_world import annotate, fig5, project, tree_hashes, world  # noqa: F401 (fixtures)
+
 from cafe.annotation.schema import parse_answer
 from cafe.errors import CafeError
 
@@ -29,10 +29,17 @@ BROKEN_EDITS = {
     "missing column": (lambda t: t.drop(columns="non_local"), [": column 'non_local' is missing"]),
     "bad value": (_set(2, "non_local", "maybe"), [":4: column 'non_local': value 'maybe' is not an answer"]),
     "unknown feature": (_set(5, "feature", "99"), [":7: column 'feature': value '99' is not a feature of the sheet"]),
-    "duplicated feature": (_set(3, "feature", "2"), [":4: column 'feature': value '2' appears more than once",
-                                                     ":5: column 'feature': value '2' appears more than once"]),
-    "stale fingerprint": (_set(0, "sae_fingerprint", "0ld5ae000000"),
-                          [":2: column 'sae_fingerprint': value '0ld5ae000000' is from another SAE"]),
+    "duplicated feature": (
+        _set(3, "feature", "2"),
+        [
+            ":4: column 'feature': value '2' appears more than once",
+            ":5: column 'feature': value '2' appears more than once",
+        ],
+    ),
+    "stale fingerprint": (
+        _set(0, "sae_fingerprint", "0ld5ae000000"),
+        [":2: column 'sae_fingerprint': value '0ld5ae000000' is from another SAE"],
+    ),
     "wrong layer": (_set(1, "layer", "7"), [":3: column 'layer': value '7' is not layer 3"]),
 }
 
@@ -65,7 +72,11 @@ def test_several_bad_cells_are_reported_at_once_and_earlier_outputs_stay(project
         fig5(project)
     assert tree_hashes(project) == before
     message = str(error.value)
-    for text in (":2: column 'non_local': value 'perhaps'", ":6: column 'feature': value 'x'", ":8: column 'non_local': value '2'"):
+    for text in (
+        ":2: column 'non_local': value 'perhaps'",
+        ":6: column 'feature': value 'x'",
+        ":8: column 'non_local': value '2'",
+    ):
         assert f"{human}{text}" in message
 
 
@@ -79,8 +90,21 @@ def test_spreadsheet_quirks_are_accepted_and_blank_lines_still_count(project: Pa
         fig5(project)
 
 
-@pytest.mark.parametrize("text, answer", [("yes", True), ("Y", True), ("true", True), ("1", True), ("NO", False),
-                                          ("n", False), ("False", False), ("0", False), ("", None), ("  ", None)])
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("yes", True),
+        ("Y", True),
+        ("true", True),
+        ("1", True),
+        ("NO", False),
+        ("n", False),
+        ("False", False),
+        ("0", False),
+        ("", None),
+        ("  ", None),
+    ],
+)
 def test_answer_forms(text: str, answer: bool | None) -> None:
     assert parse_answer(text) is answer
 

@@ -82,7 +82,9 @@ def test_absorbed_is_what_the_patches_leave_of_z(tiny_backbone, tiny_sae, images
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
     features = active_features(target, images)
     out = attnlrp(target).explain(images, TOKENS, features)
-    torch.testing.assert_close(out.value, target(tiny_backbone.normalize(images), TOKENS, features), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.value, target(tiny_backbone.normalize(images), TOKENS, features), rtol=1e-5, atol=1e-6
+    )
     torch.testing.assert_close(out.maps.sum((1, 2)) + out.absorbed, out.value, rtol=1e-5, atol=1e-6)
 
 
@@ -90,27 +92,46 @@ def test_targets_in_one_batch_get_the_maps_they_get_alone(tiny_backbone, tiny_sa
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
     features, method = active_features(target, images), attnlrp(target)
     batched = method.attribute(images, TOKENS, features)
-    alone = torch.cat([method.attribute(images[i:i + 1], TOKENS[i:i + 1], features[i:i + 1]) for i in range(len(images))])
+    alone = torch.cat(
+        [method.attribute(images[i : i + 1], TOKENS[i : i + 1], features[i : i + 1]) for i in range(len(images))]
+    )
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lxt") is None or importlib.util.find_spec("zennit") is None,
-                    reason="the reference extra (lxt, zennit) is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("lxt") is None or importlib.util.find_spec("zennit") is None,
+    reason="the reference extra (lxt, zennit) is not installed",
+)
 def test_maps_agree_with_lxt_reference(tiny_backbone, tiny_sae, images, tmp_path):
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
     features, gamma = active_features(target, images), 0.25
-    blob = dict(model="cafe-tiny-vit", visual=tiny_backbone.visual.state_dict(), sae=tiny_sae.state_dict(),
-                sae_shape=(tiny_sae.d_in, tiny_sae.n_latents), layer=LAYER, pixels=tiny_backbone.normalize(images),
-                tokens=TOKENS, features=features, gamma=gamma)
+    blob = dict(
+        model="cafe-tiny-vit",
+        visual=tiny_backbone.visual.state_dict(),
+        sae=tiny_sae.state_dict(),
+        sae_shape=(tiny_sae.d_in, tiny_sae.n_latents),
+        layer=LAYER,
+        pixels=tiny_backbone.normalize(images),
+        tokens=TOKENS,
+        features=features,
+        gamma=gamma,
+    )
     torch.save(blob, tmp_path / "in.pt")
     script = Path(__file__).with_name("lxt_reference.py")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     reference = torch.load(tmp_path / "out.pt")
     settings = {"attnlrp": {}, "cp": {"attention": "cp"}, "cp_gamma": {"attention": "cp", "gamma": {"mlp": gamma}}}
     for name, rules in settings.items():
-        ours, theirs = attnlrp(target, **rules).attribute(images, TOKENS, features).flatten(1), reference[name].flatten(1)
+        ours, theirs = (
+            attnlrp(target, **rules).attribute(images, TOKENS, features).flatten(1),
+            reference[name].flatten(1),
+        )
         for a, b in zip(ours, theirs):
             assert torch.corrcoef(torch.stack([a, b]))[0, 1] > LXT_MIN_CORRELATION, name
             assert (a - b).abs().max() <= LXT_MAX_DIFF * b.abs().max(), name
@@ -122,7 +143,10 @@ def test_computing_an_erf_leaves_every_other_forward_untouched(tiny_backbone, ti
     classes = (nn.MultiheadAttention, nn.GELU, nn.LayerNorm, open_clip.transformer.LayerNorm, nn.Linear)
     forwards = {cls: cls.forward for cls in classes}
     with torch.no_grad():
-        before, tower_before = other.encode_image(images), tiny_backbone.forward_to(tiny_backbone.normalize(images), LAYER)
+        before, tower_before = (
+            other.encode_image(images),
+            tiny_backbone.forward_to(tiny_backbone.normalize(images), LAYER),
+        )
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
     for rules in ({}, {"attention": "cp", "gamma": 0.5}):
         attnlrp(target, **rules).attribute(images, TOKENS, active_features(target, images))

@@ -23,8 +23,10 @@ def pixels(tiny_backbone: Backbone) -> torch.Tensor:
 def hooked_residuals(backbone: Backbone, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every block's output from a full forward of the tower with hooks (the straightforward way)."""
     outputs: list[torch.Tensor] = []
-    handles = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-               for block in backbone.visual.transformer.resblocks]
+    handles = [
+        block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        for block in backbone.visual.transformer.resblocks
+    ]
     try:
         with torch.no_grad():
             final = backbone.visual(pixels)

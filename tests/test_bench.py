@@ -8,9 +8,16 @@ import pytest
 
 from cafe.cli import main
 
-STAGES = ["extraction", "extraction.per_layer", "target.truncated", "target.hooked", "insertion",
-          "insertion.per_step", "reference.autograd",
-          *[f"erf.{m}{suffix}" for m in ("attnlrp", "ig", "kernelshap", "gradient") for suffix in ("", ".one_at_a_time")]]
+STAGES = [
+    "extraction",
+    "extraction.per_layer",
+    "target.truncated",
+    "target.hooked",
+    "insertion",
+    "insertion.per_step",
+    "reference.autograd",
+    *[f"erf.{m}{suffix}" for m in ("attnlrp", "ig", "kernelshap", "gradient") for suffix in ("", ".one_at_a_time")],
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,11 @@ def test_quick_bench_describes_the_machine_and_its_peak(quick_results: dict) -> 
 
 def test_quick_bench_compares_with_baselines_and_fits_depth(quick_results: dict) -> None:
     model = quick_results["models"]["cafe-demo-vit"]
-    assert {c["baseline"] for c in model["comparisons"]} >= {"extraction.per_layer", "target.hooked", "insertion.per_step"}
+    assert {c["baseline"] for c in model["comparisons"]} >= {
+        "extraction.per_layer",
+        "target.hooked",
+        "insertion.per_step",
+    }
     assert all(c["speedup"] > 0 for c in model["comparisons"])
     assert len(model["erf_depth"]["points"]) >= 2 and "seconds_per_target_per_block" in model["erf_depth"]["fit"]
     assert "erf.attnlrp.lxt" in model["stages"] or model["skipped"]["erf.attnlrp.lxt"]

@@ -20,8 +20,11 @@ N = 48  # six scenes per class
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,9 @@ def test_compositional_parts_are_a_patch_apart_and_each_part_alone_is_another_cl
 def test_cli_writes_the_world(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["demo-data", "--params", '{"n_images": 8, "image_size": 32, "seed": 1}', "--out", str(tmp_path)])
+    args = parser.parse_args(
+        ["demo-data", "--params", '{"n_images": 8, "image_size": 32, "seed": 1}', "--out", str(tmp_path)]
+    )
     args.func(args)
     assert Image.open(next((tmp_path / "images").rglob("*.png"))).size == (32, 32)
     assert (tmp_path / "objects.csv").is_file() and (tmp_path / "masks.h5").is_file()

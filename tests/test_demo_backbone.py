@@ -29,8 +29,21 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(images: Path, out: Path, params: dict = PARAMS) -> tuple[dict, dict]:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["train-demo-backbone", "--params", json.dumps(params), "--model", MODEL,
-                              "--images", str(images), "--out", str(out / "demo.pt"), "--metrics", str(out / "demo.json")])
+    args = parser.parse_args(
+        [
+            "train-demo-backbone",
+            "--params",
+            json.dumps(params),
+            "--model",
+            MODEL,
+            "--images",
+            str(images),
+            "--out",
+            str(out / "demo.pt"),
+            "--metrics",
+            str(out / "demo.json"),
+        ]
+    )
     args.func(args)
     return torch.load(out / "demo.pt", weights_only=True), json.loads((out / "demo.json").read_text())
 

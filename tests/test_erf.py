@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_image_folder
+from planted import planted_world
 
 from cafe.erf import METHODS, ErfConfig, make_method
 from cafe.erf.command import command
@@ -21,8 +23,6 @@ from cafe.io import file_hash
 from cafe.params import parse_section
 from cafe.sae import SAEConfig, save_checkpoint
 from cafe.target import FeatureTarget
-from conftest import make_image_folder
-from planted import planted_world
 
 LAYER = 2
 TOKENS = torch.tensor([0, 5, 11])
@@ -68,7 +68,10 @@ def test_integrated_gradients_is_complete_within_tolerance(explained):
 
 def test_kernelshap_is_efficient_and_seeded(world, explained):
     target, images, features = world
-    first, again = explained["kernelshap"], make_method("kernelshap", target, config()).explain(images, TOKENS, features)
+    first, again = (
+        explained["kernelshap"],
+        make_method("kernelshap", target, config()).explain(images, TOKENS, features),
+    )
     torch.testing.assert_close(first.maps, again.maps)
     last = make_method("kernelshap", target, config()).explain(images[-1:], TOKENS[-1:], features[-1:])
     torch.testing.assert_close(last.maps[0], first.maps[-1])  # a target's map does not depend on its batch
@@ -118,7 +121,9 @@ def write_inputs(tmp_path: Path, tiny_backbone, tiny_sae) -> dict:
     root = make_image_folder(tmp_path / "images", {"a": 2, "b": 2})
     paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
     manifest = tmp_path / "manifest.csv"
-    pd.DataFrame({"index": range(4), "split": "analysis", "path": paths, "class": [p[0] for p in paths]}).to_csv(manifest, index=False)
+    pd.DataFrame({"index": range(4), "split": "analysis", "path": paths, "class": [p[0] for p in paths]}).to_csv(
+        manifest, index=False
+    )
     fingerprint = save_checkpoint(tmp_path / "sae.pt", tiny_sae, SAEConfig(), {"layer": LAYER})
     feature, image, token = np.array([3, 7]), np.array([[2, 0], [3, -1]]), np.array([[5, 0], [16, 0]])
     target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
@@ -126,20 +131,40 @@ def write_inputs(tmp_path: Path, tiny_backbone, tiny_sae) -> dict:
     act_map = np.stack([latents[image[n], :, feature[n]] for n in range(2)])
     value = np.take_along_axis(act_map, token[..., None], -1)[..., 0]
     with h5py.File(tmp_path / "features.h5", "w") as h5:
-        for name, data in dict(feature=feature, image=image, analysis_row=image, token=token, value=value,
-                               act_map=act_map, max_value=value.max(1), cls_only=np.zeros(2, bool)).items():
+        for name, data in dict(
+            feature=feature,
+            image=image,
+            analysis_row=image,
+            token=token,
+            value=value,
+            act_map=act_map,
+            max_value=value.max(1),
+            cls_only=np.zeros(2, bool),
+        ).items():
             h5[name] = data
-        h5.attrs.update(layer=LAYER, grid=4, n_tokens=17, sae_fingerprint=fingerprint, manifest_hash=file_hash(manifest))
-    return dict(features=str(tmp_path / "features.h5"), sae=str(tmp_path / "sae.pt"), manifest=str(manifest),
-                images_root=str(root))
+        h5.attrs.update(
+            layer=LAYER, grid=4, n_tokens=17, sae_fingerprint=fingerprint, manifest_hash=file_hash(manifest)
+        )
+    return dict(
+        features=str(tmp_path / "features.h5"),
+        sae=str(tmp_path / "sae.pt"),
+        manifest=str(manifest),
+        images_root=str(root),
+    )
 
 
 @pytest.mark.parametrize("method", ["gradient", "activation"])
 def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, tiny_sae, method):
     inputs = write_inputs(tmp_path, tiny_backbone, tiny_sae)
     out = tmp_path / "erf" / f"{method}.h5"
-    args = argparse.Namespace(method=method, params=json.dumps({"batch_size": 2}), layer=LAYER, out=str(out),
-                              backbone=json.dumps({"model": "cafe-tiny-vit", "seed": 0, "device": "cpu"}), **inputs)
+    args = argparse.Namespace(
+        method=method,
+        params=json.dumps({"batch_size": 2}),
+        layer=LAYER,
+        out=str(out),
+        backbone=json.dumps({"model": "cafe-tiny-vit", "seed": 0, "device": "cpu"}),
+        **inputs,
+    )
     command(args)
     with h5py.File(out) as h5:
         maps, value, absorbed, attrs = h5["maps"][()], h5["target_value"][()], h5["absorbed"][()], dict(h5.attrs)

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from layer_files import write_layer
 
 from cafe import activations, features, images, sae
 from cafe.activations import ActivationsConfig, extract
@@ -19,10 +20,8 @@ from cafe.features import FeaturesConfig, find_features
 from cafe.images import DataConfig, make_manifest
 from cafe.io import write_csv
 from cafe.sae import MatryoshkaSAE, SAEConfig, load_sae, save_checkpoint
-from layer_files import write_layer
 
-DATASETS = {"feature", "image", "analysis_row", "token", "value", "act_map", "max_value", "n_active_images",
-            "cls_only"}
+DATASETS = {"feature", "image", "analysis_row", "token", "value", "act_map", "max_value", "n_active_images", "cls_only"}
 
 
 @pytest.fixture()
@@ -38,8 +37,9 @@ def save_sae(sae: MatryoshkaSAE, path: Path, layer: int, **meta) -> Path:
     return path
 
 
-def test_top_images_match_brute_force(tiny_layer: Path, tiny_sae: MatryoshkaSAE, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_top_images_match_brute_force(
+    tiny_layer: Path, tiny_sae: MatryoshkaSAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("cafe.features.READ_TOKENS", 3 * 17)  # several blocks of 3 images
     sae_path = save_sae(tiny_sae, tmp_path / "sae.pt", 2, backbone="cafe-tiny-vit")
     find_features(tiny_layer, sae_path, tmp_path / "features.h5", FeaturesConfig(n_features=20, top_k=5), "cpu")
@@ -95,16 +95,22 @@ def test_sparse_features_pad_with_minus_one_and_flag_cls_only(tmp_path: Path) ->
     assert got["act_map"][1, 0].tolist() == [0, 0, 0, 1.5, 0] and not got["act_map"][2].any()
 
 
-def test_mismatched_sae_or_too_many_features_is_an_error(tiny_layer: Path, tiny_sae: MatryoshkaSAE,
-                                                         tmp_path: Path) -> None:
+def test_mismatched_sae_or_too_many_features_is_an_error(
+    tiny_layer: Path, tiny_sae: MatryoshkaSAE, tmp_path: Path
+) -> None:
     other_layer = save_sae(tiny_sae, tmp_path / "l3.pt", 3)
     with pytest.raises(CafeError, match="layer 3"):
         find_features(tiny_layer, other_layer, tmp_path / "f.h5", FeaturesConfig(), "cpu")
     with pytest.raises(CafeError, match="features.n_features = 100 exceeds the SAE's 64"):
         find_features(tiny_layer, save_sae(tiny_sae, tmp_path / "l2.pt", 2), tmp_path / "f.h5", FeaturesConfig(), "cpu")
     with pytest.raises(CafeError, match="width 32, but 4"):
-        find_features(tiny_layer, save_sae(basis_sae(), tmp_path / "narrow.pt", 2), tmp_path / "f.h5",
-                      FeaturesConfig(n_features=4), "cpu")
+        find_features(
+            tiny_layer,
+            save_sae(basis_sae(), tmp_path / "narrow.pt", 2),
+            tmp_path / "f.h5",
+            FeaturesConfig(n_features=4),
+            "cpu",
+        )
     assert not (tmp_path / "f.h5").exists()
 
 
@@ -115,17 +121,55 @@ def test_cli_chain_from_image_folder_to_features(image_folder: Path, tmp_path: P
         module.register(sub)
     backbone = json.dumps({"model": "cafe-tiny-vit", "pretrained": None, "seed": 0, "device": "cpu"})
     commands = [
-        ["manifest", "--params", json.dumps({"images": str(image_folder), "n_train": 10, "n_analysis": 6, "seed": 0}),
-         "--out", f"{tmp_path}/manifest.csv"],
-        ["activations", "--params", json.dumps({"batch_size": 4, "tokens_per_image": 8}), "--backbone", backbone,
-         "--manifest", f"{tmp_path}/manifest.csv", "--images-root", str(image_folder), "--layers", "1", "3",
-         "--out-dir", f"{tmp_path}/acts"],
-        ["sae", "--params", json.dumps({"expansion": 2, "steps": 20, "batch_size": 32, "checkpoint_every": 10}),
-         "--activations", f"{tmp_path}/acts/layer3.h5", "--out", f"{tmp_path}/sae/layer3.pt",
-         "--metrics", f"{tmp_path}/sae/layer3.json", "--device", "cpu"],
-        ["features", "--params", json.dumps({"n_features": 8, "top_k": 3}), "--activations",
-         f"{tmp_path}/acts/layer3.h5", "--sae", f"{tmp_path}/sae/layer3.pt", "--out", f"{tmp_path}/features/layer3.h5",
-         "--device", "cpu"],
+        [
+            "manifest",
+            "--params",
+            json.dumps({"images": str(image_folder), "n_train": 10, "n_analysis": 6, "seed": 0}),
+            "--out",
+            f"{tmp_path}/manifest.csv",
+        ],
+        [
+            "activations",
+            "--params",
+            json.dumps({"batch_size": 4, "tokens_per_image": 8}),
+            "--backbone",
+            backbone,
+            "--manifest",
+            f"{tmp_path}/manifest.csv",
+            "--images-root",
+            str(image_folder),
+            "--layers",
+            "1",
+            "3",
+            "--out-dir",
+            f"{tmp_path}/acts",
+        ],
+        [
+            "sae",
+            "--params",
+            json.dumps({"expansion": 2, "steps": 20, "batch_size": 32, "checkpoint_every": 10}),
+            "--activations",
+            f"{tmp_path}/acts/layer3.h5",
+            "--out",
+            f"{tmp_path}/sae/layer3.pt",
+            "--metrics",
+            f"{tmp_path}/sae/layer3.json",
+            "--device",
+            "cpu",
+        ],
+        [
+            "features",
+            "--params",
+            json.dumps({"n_features": 8, "top_k": 3}),
+            "--activations",
+            f"{tmp_path}/acts/layer3.h5",
+            "--sae",
+            f"{tmp_path}/sae/layer3.pt",
+            "--out",
+            f"{tmp_path}/features/layer3.h5",
+            "--device",
+            "cpu",
+        ],
     ]
     for argv in commands:
         args = parser.parse_args(argv)

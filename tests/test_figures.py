@@ -31,8 +31,9 @@ def test_holm_matches_the_step_down_rule_and_skips_nan():
 def test_paired_wilcoxon_finds_the_known_winner_and_no_winner_between_equals():
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 0.6, 40)
-    wide = pd.DataFrame({"good": base + 0.1 + rng.normal(0, 0.02, 40), "bad": base,
-                         "twin": base + rng.normal(0, 0.02, 40)})
+    wide = pd.DataFrame(
+        {"good": base + 0.1 + rng.normal(0, 0.02, 40), "bad": base, "twin": base + rng.normal(0, 0.02, 40)}
+    )
     tests = paired_tests(wide, higher_is_better=True).set_index(["a", "b"])
     assert tests.loc[("good", "bad"), "winner"] == "good" and tests.loc[("good", "bad"), "p_holm"] < 1e-6
     assert tests.loc[("bad", "twin"), "winner"] == "none"
@@ -66,16 +67,29 @@ def test_rank_agreement_names_the_flipped_pairs():
     assert rank_agreement({"a": 3, "b": 2, "c": 1}, {"a": 0.9, "b": 0.1, "c": 0.5})["flipped"] == [["b", "c"]]
 
 
-def curve_rows(layer: int, method: str, canvas: str, kind: str, feature: int, auc: float, seed: int = 0) -> pd.DataFrame:
+def curve_rows(
+    layer: int, method: str, canvas: str, kind: str, feature: int, auc: float, seed: int = 0
+) -> pd.DataFrame:
     """One curve r(f) = f^k (insertion) or 1 - f^(1/k) (deletion) whose exact area is `auc`."""
     fraction = np.linspace(0, 1, STEPS + 1)
-    if kind == "insertion":
-        recovery = fraction ** (1 / auc - 1)
-    else:
-        recovery = 1 - fraction ** (1 / (1 - auc) - 1)
-    return pd.DataFrame({"layer": layer, "method": method, "canvas": canvas, "kind": kind, "feature": feature,
-                         "rank": 0, "image": feature, "token": 1, "seed": seed, "step": np.arange(STEPS + 1),
-                         "fraction": fraction, "z": 2 * recovery, "recovery": recovery})
+    recovery = fraction ** (1 / auc - 1) if kind == "insertion" else 1 - fraction ** (1 / (1 - auc) - 1)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "method": method,
+            "canvas": canvas,
+            "kind": kind,
+            "feature": feature,
+            "rank": 0,
+            "image": feature,
+            "token": 1,
+            "seed": seed,
+            "step": np.arange(STEPS + 1),
+            "fraction": fraction,
+            "z": 2 * recovery,
+            "recovery": recovery,
+        }
+    )
 
 
 TRUE_AUC = {"attnlrp": 0.8, "activation": 0.65, "random": 0.5}
@@ -94,13 +108,23 @@ def write_curves(root: Path) -> tuple[list[str], list[str]]:
                     for kind in ("insertion", "deletion"):
                         for seed in range(2):
                             a = auc + shift + rng.normal(0, 0.02)
-                            frames.append(curve_rows(layer, method, canvas, kind, feature, a if kind == "insertion" else 1 - a, seed))
+                            frames.append(
+                                curve_rows(
+                                    layer, method, canvas, kind, feature, a if kind == "insertion" else 1 - a, seed
+                                )
+                            )
             path = root / f"layer{layer}" / f"{method}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.concat(frames).to_csv(path, index=False)
             curves.append(str(path))
-        ceiling = pd.concat([curve_rows(layer, "greedy", c, k, f, 0.9 if k == "insertion" else 0.1)
-                             for c in ("mean", "blur") for k in ("insertion", "deletion") for f in (0, 1)])
+        ceiling = pd.concat(
+            [
+                curve_rows(layer, "greedy", c, k, f, 0.9 if k == "insertion" else 0.1)
+                for c in ("mean", "blur")
+                for k in ("insertion", "deletion")
+                for f in (0, 1)
+            ]
+        )
         ceiling.to_csv(root / f"layer{layer}" / "greedy.csv", index=False)
         greedy.append(str(root / f"layer{layer}" / "greedy.csv"))
     return curves, greedy
@@ -109,8 +133,26 @@ def write_curves(root: Path) -> tuple[list[str], list[str]]:
 def test_fig3_writes_table_metrics_and_figure_with_known_answers(tmp_path):
     curves, greedy = write_curves(tmp_path / "insertion")
     out = {"table": tmp_path / "auc.csv", "figure": tmp_path / "fig3.png", "metrics": tmp_path / "insertion.json"}
-    assert main(["fig3", "--params", json.dumps({"bootstrap": 200}), "--curves", *curves, "--greedy", *greedy,
-                 "--out-table", str(out["table"]), "--out-figure", str(out["figure"]), "--metrics", str(out["metrics"])]) == 0
+    assert (
+        main(
+            [
+                "fig3",
+                "--params",
+                json.dumps({"bootstrap": 200}),
+                "--curves",
+                *curves,
+                "--greedy",
+                *greedy,
+                "--out-table",
+                str(out["table"]),
+                "--out-figure",
+                str(out["figure"]),
+                "--metrics",
+                str(out["metrics"]),
+            ]
+        )
+        == 0
+    )
     fraction = np.linspace(0, 1, STEPS + 1)
     exact = {m: trapezoid_auc(fraction, fraction ** (1 / a - 1)) for m, a in {**TRUE_AUC, "greedy": 0.9}.items()}
     table = pd.read_csv(out["table"]).set_index(["layer", "method", "canvas", "kind"])
@@ -124,8 +166,10 @@ def test_fig3_writes_table_metrics_and_figure_with_known_answers(tmp_path):
     winners = {(t["scope"], t["canvas"], t["kind"], t["a"], t["b"]): t["winner"] for t in metrics["tests"]}
     assert winners["layer1", "mean", "insertion", "activation", "attnlrp"] == "attnlrp"
     assert winners["layer1", "mean", "deletion", "activation", "attnlrp"] == "attnlrp"
-    assert metrics["canvas_disagreements"] == ["layer2 deletion: blur vs mean flip activation/attnlrp",
-                                               "layer2 insertion: blur vs mean flip activation/attnlrp"]
+    assert metrics["canvas_disagreements"] == [
+        "layer2 deletion: blur vs mean flip activation/attnlrp",
+        "layer2 insertion: blur vs mean flip activation/attnlrp",
+    ]
     assert metrics["overshoot"]["mean"]["insertion"]["random"] == 0.0
     assert out["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -138,8 +182,16 @@ def test_overshoot_is_counted_not_clipped():
 
 
 def test_missing_or_foreign_curves_files_are_named(tmp_path, capsys):
-    args = ["fig3", "--out-table", str(tmp_path / "t.csv"), "--out-figure", str(tmp_path / "f.png"),
-            "--metrics", str(tmp_path / "m.json"), "--curves"]
+    args = [
+        "fig3",
+        "--out-table",
+        str(tmp_path / "t.csv"),
+        "--out-figure",
+        str(tmp_path / "f.png"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--curves",
+    ]
     assert main([*args, str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: curves file not found" in capsys.readouterr().err
     pd.DataFrame({"layer": [1]}).to_csv(tmp_path / "other.csv", index=False)

@@ -62,8 +62,9 @@ def _maps(world: Path, images: np.ndarray, cause_kinds: dict[int, set[str]]) -> 
 def layer_files(world: Path) -> Path:
     """A features file for layer 2 with the targets of TOPS, and two ERF methods' maps."""
     manifest = pd.read_csv(world / "manifest.csv")
-    images = np.array([[manifest.index[manifest["class"] == c][k] for k, c in enumerate(classes)]
-                       for classes in TOPS.values()])
+    images = np.array(
+        [[manifest.index[manifest["class"] == c][k] for k, c in enumerate(classes)] for classes in TOPS.values()]
+    )
     root = world / "results"
     root.mkdir()
     with h5py.File(root / "features.h5", "w") as h5:
@@ -88,11 +89,20 @@ def write_erf(folder: Path, method: str, maps: np.ndarray, layer: int = 2) -> No
 
 def _run(world: Path, root: Path, **override: str) -> Path:
     out = root / "out"
-    argv = {"--layers": "2", "--features": str(root / "features.h5"), "--erf-dir": str(root / "erf"),
-            "--methods": "on_cause on_background", "--manifest": str(world / "manifest.csv"),
-            "--objects": str(world / "objects.csv"), "--masks": str(world / "masks.h5"),
-            "--out-targets": str(out / "layer2.csv"), "--out-table": str(out / "table.csv"),
-            "--out-figure": str(out / "gt.png"), "--metrics": str(out / "gt.json"), **override}
+    argv = {
+        "--layers": "2",
+        "--features": str(root / "features.h5"),
+        "--erf-dir": str(root / "erf"),
+        "--methods": "on_cause on_background",
+        "--manifest": str(world / "manifest.csv"),
+        "--objects": str(world / "objects.csv"),
+        "--masks": str(world / "masks.h5"),
+        "--out-targets": str(out / "layer2.csv"),
+        "--out-table": str(out / "table.csv"),
+        "--out-figure": str(out / "gt.png"),
+        "--metrics": str(out / "gt.json"),
+        **override,
+    }
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["ground-truth"] + [w for k, v in argv.items() for w in (k, *v.split())])
@@ -128,9 +138,9 @@ def test_table_figure_and_metrics_cover_methods_activation_and_chance(world: Pat
 
 def test_patch_counts_as_object_from_a_quarter_of_its_pixels() -> None:
     labels = np.zeros((16, 16), np.uint8)
-    labels[0:4, 0:4] = 1            # 16 of 64 pixels of patch (0, 0): a quarter
-    labels[8:10, 8:16] = 1          # 16 pixels of patch (1, 1), the same share
-    labels[0:2, 8:10] = 2           # a tiny object still keeps its best patch
+    labels[0:4, 0:4] = 1  # 16 of 64 pixels of patch (0, 0): a quarter
+    labels[8:10, 8:16] = 1  # 16 pixels of patch (1, 1), the same share
+    labels[0:2, 8:10] = 2  # a tiny object still keeps its best patch
     masks = object_patches(labels, grid=2, overlap=0.25)
     assert masks[1].tolist() == [[True, False], [False, True]]
     assert masks[2].tolist() == [[False, True], [False, False]]
@@ -150,12 +160,16 @@ def test_manifest_from_another_folder_is_refused(world: Path, layer_files: Path,
         _run(world, layer_files, **{"--manifest": str(tmp_path / "manifest.csv")})
 
 
-@pytest.mark.parametrize("shape, layer, message", [
-    ((3, 3, 4, 4), 2, r"on_cause.h5: maps have shape \(3, 3, 4, 4\)"),
-    ((3, 4, 4, 4), 3, r"on_cause.h5: ERF maps of layer 3, but .*features.h5 is layer 2"),
-])
-def test_erf_maps_of_the_wrong_shape_or_layer_name_the_file(world: Path, layer_files: Path, tmp_path: Path,
-                                                            shape: tuple, layer: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "shape, layer, message",
+    [
+        ((3, 3, 4, 4), 2, r"on_cause.h5: maps have shape \(3, 3, 4, 4\)"),
+        ((3, 4, 4, 4), 3, r"on_cause.h5: ERF maps of layer 3, but .*features.h5 is layer 2"),
+    ],
+)
+def test_erf_maps_of_the_wrong_shape_or_layer_name_the_file(
+    world: Path, layer_files: Path, tmp_path: Path, shape: tuple, layer: int, message: str
+) -> None:
     for method in ("on_cause", "on_background"):
         write_erf(tmp_path / "layer2", method, np.zeros(shape), layer)
     with pytest.raises(CafeError, match=message):

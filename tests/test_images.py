@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 
 from cafe.errors import CafeError
 from cafe.images import DataConfig, image_batches, list_images, load_images, make_manifest, read_manifest, register
-from conftest import make_image_folder
 
 
 def run_cli(argv: list[str]) -> None:
@@ -52,11 +52,14 @@ def test_reader_finds_common_extensions_and_any_class_names(tmp_path: Path) -> N
     assert images["path"].iloc[0] == "Cat 7/Cat 7_000.jpg"
 
 
-@pytest.mark.parametrize("layout, message", [
-    (None, "not found"),
-    ({}, "no class folders"),
-    ({"empty_class": 0}, "no images"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (None, "not found"),
+        ({}, "no class folders"),
+        ({"empty_class": 0}, "no images"),
+    ],
+)
 def test_bad_image_folders_are_named(tmp_path: Path, layout: dict | None, message: str) -> None:
     root = tmp_path / "images"
     if layout is not None:
@@ -79,7 +82,7 @@ def test_load_images_resizes_shorter_side_and_center_crops(tmp_path: Path) -> No
     Image.new("L", (20, 20), 128).save(tmp_path / "gray.png")
     batch = load_images(tmp_path, ["wide.png", "gray.png"], 16)
     assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.float32
-    assert 0 <= batch.min() and batch.max() <= 1
+    assert batch.min() >= 0 and batch.max() <= 1
     assert batch[0, 0].max() < 0.1 and batch[0, 2].min() > 0.9  # blue only: the crop kept the center
     assert torch.allclose(batch[1], torch.full((3, 16, 16), 128 / 255), atol=0.02)  # grayscale became RGB
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
@@ -13,28 +12,43 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from planted import planted_world
 
 from cafe.backbone import Backbone
 from cafe.cli import main
 from cafe.errors import CafeError
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.run import run_insertion
 from cafe.insertion.curves import compose, curves, keep_masks, make_canvas
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
+from cafe.insertion.run import run_insertion
 from cafe.insertion.summary import curve_aucs, per_target
-from cafe.insertion.targets import (FEATURE_DATASETS, FeatureFile, activation_scores, erf_scores, read_features,
-                                   sample_targets, select_targets)
+from cafe.insertion.targets import (
+    FEATURE_DATASETS,
+    FeatureFile,
+    activation_scores,
+    erf_scores,
+    read_features,
+    sample_targets,
+    select_targets,
+)
 from cafe.io import file_hash
 from cafe.sae import SAEConfig, save_checkpoint
 from cafe.target import FeatureTarget
-from planted import planted_world
 
 LAYER = 2
 TINY = {"model": "cafe-tiny-vit", "pretrained": None, "seed": 0, "device": "cpu"}
 
 
-def feature_file(backbone: Backbone, sae: torch.nn.Module, images: torch.Tensor, n_features: int = 6, top_k: int = 2,
-                 layer: int = LAYER, fingerprint: str = "", manifest_hash: str = "") -> FeatureFile:
+def feature_file(
+    backbone: Backbone,
+    sae: torch.nn.Module,
+    images: torch.Tensor,
+    n_features: int = 6,
+    top_k: int = 2,
+    layer: int = LAYER,
+    fingerprint: str = "",
+    manifest_hash: str = "",
+) -> FeatureFile:
     """Top images and activation maps of the first features, computed like the features step does."""
     with torch.no_grad():
         latents = FeatureTarget(backbone, sae, layer).latents(backbone.normalize(images))[..., :n_features]
@@ -43,8 +57,20 @@ def feature_file(backbone: Backbone, sae: torch.nn.Module, images: torch.Tensor,
     act_map = np.stack([latents[image[f], :, f].numpy() for f in range(n_features)])  # (F, K, T)
     token = 1 + act_map[..., 1:].argmax(-1)
     value = np.take_along_axis(act_map, token[..., None], -1)[..., 0]
-    return FeatureFile("features.h5", layer, backbone.grid, fingerprint, manifest_hash, np.arange(n_features), image,
-                       token, value, act_map, value.max(axis=1), np.zeros(n_features, bool))
+    return FeatureFile(
+        "features.h5",
+        layer,
+        backbone.grid,
+        fingerprint,
+        manifest_hash,
+        np.arange(n_features),
+        image,
+        token,
+        value,
+        act_map,
+        value.max(axis=1),
+        np.zeros(n_features, bool),
+    )
 
 
 def loader(images: torch.Tensor):
@@ -92,7 +118,7 @@ def test_batched_curves_equal_one_forward_per_step(tiny_backbone, tiny_sae, imag
             for step, n in enumerate(counts):
                 inserted = np.isin(np.arange(16), orders[c, :n])
                 keep = torch.as_tensor(inserted if kind == "insertion" else ~inserted)[None]
-                pixels = compose(images[c:c + 1], canvas[c:c + 1], keep, tiny_backbone.patch_size)
+                pixels = compose(images[c : c + 1], canvas[c : c + 1], keep, tiny_backbone.patch_size)
                 with torch.no_grad():
                     z = target(tiny_backbone.normalize(pixels), torch.tensor([[3, 7][c]]), torch.tensor([c + 1]))
                 assert curve[c, step] == pytest.approx(z.item(), rel=1e-5, abs=1e-6)
@@ -138,20 +164,26 @@ def test_greedy_subset_lies_inside_the_tested_subset(tiny_backbone, tiny_sae, im
 
 def test_recovery_is_undefined_where_the_canvas_leaves_nothing_to_recover(tiny_backbone, tiny_sae, images):
     ff = feature_file(tiny_backbone, tiny_sae, images)
-    frame = run_insertion("random", InsertionConfig(steps=4, seeds=2, canvases=("mean",)), tiny_backbone, tiny_sae, ff,
-                          loader(images))
+    frame = run_insertion(
+        "random", InsertionConfig(steps=4, seeds=2, canvases=("mean",)), tiny_backbone, tiny_sae, ff, loader(images)
+    )
     ends = frame[frame["step"].isin([0, 4]) & (frame["kind"] == "insertion")]
     gap = ends.pivot_table(index=["feature", "rank", "seed"], columns="step", values="z").diff(axis=1)[4]
     rec = frame.groupby(["feature", "rank", "seed"])["recovery"].apply(lambda r: r.isna().all())
     assert (rec[gap.index] == (gap < 0.1 * ff.max_value[gap.index.get_level_values("feature")])).all()
     curve = frame[(frame["kind"] == "insertion") & frame["recovery"].notna()]
-    assert np.allclose(curve[curve["step"] == 0]["recovery"], 0) and np.allclose(curve[curve["step"] == 4]["recovery"], 1)
+    assert np.allclose(curve[curve["step"] == 0]["recovery"], 0) and np.allclose(
+        curve[curve["step"] == 4]["recovery"], 1
+    )
 
 
 def test_greedy_is_at_least_as_good_as_every_method_on_its_subset(tiny_backbone, tiny_sae, images):
     ff = feature_file(tiny_backbone, tiny_sae, images)
     config = InsertionConfig(steps=4, seeds=2, greedy_targets=3, canvases=("mean",), min_activation=0.0)
-    frames = [run_insertion(m, config, tiny_backbone, tiny_sae, ff, loader(images)) for m in ("random", "activation", "greedy")]
+    frames = [
+        run_insertion(m, config, tiny_backbone, tiny_sae, ff, loader(images))
+        for m in ("random", "activation", "greedy")
+    ]
     aucs = per_target(curve_aucs(pd.concat(frames)))
     wide = aucs.pivot_table(index=["kind", "feature", "rank"], columns="method", values="auc").dropna()
     assert len(wide.loc["insertion"]) == 3
@@ -165,14 +197,27 @@ def test_erf_order_recovers_a_planted_nonlocal_feature_faster_than_activation_or
     with torch.no_grad():
         act_map = target.latents(world.backbone.normalize(world.images))[..., world.feature].numpy()[None]  # (1, 1, T)
     value = act_map[..., world.token]
-    ff = FeatureFile("planted.h5", world.layer, world.backbone.grid, "", "", np.array([world.feature]),
-                     np.zeros((1, 1), int), np.full((1, 1), world.token), value, act_map, value.max(axis=1),
-                     np.zeros(1, bool))
+    ff = FeatureFile(
+        "planted.h5",
+        world.layer,
+        world.backbone.grid,
+        "",
+        "",
+        np.array([world.feature]),
+        np.zeros((1, 1), int),
+        np.full((1, 1), world.token),
+        value,
+        act_map,
+        value.max(axis=1),
+        np.zeros(1, bool),
+    )
     erf = np.zeros((1, 1, world.backbone.grid**2), np.float32)
     erf[..., world.source - 1] = 1.0  # the ERF's peak: patch p (token p = patch p - 1)
     config = InsertionConfig(steps=16, seeds=3, canvases=("mean",))
-    frames = [run_insertion(method, config, world.backbone, world.sae, ff, loader(world.images), maps)
-              for method, maps in (("erf", erf.reshape(1, 1, 4, 4)), ("activation", None))]
+    frames = [
+        run_insertion(method, config, world.backbone, world.sae, ff, loader(world.images), maps)
+        for method, maps in (("erf", erf.reshape(1, 1, 4, 4)), ("activation", None))
+    ]
     auc = per_target(curve_aucs(pd.concat(frames))).set_index(["method", "kind"])["auc"]
     assert auc["erf", "insertion"] > 0.9 and auc["erf", "insertion"] > auc["activation", "insertion"] + 0.2
     assert auc["erf", "deletion"] < 0.1 and auc["erf", "deletion"] < auc["activation", "deletion"] - 0.2
@@ -196,13 +241,22 @@ def layer_inputs(tmp_path: Path, tiny_backbone, tiny_sae) -> dict[str, Path]:
     from cafe.images import load_images
 
     images = load_images(tmp_path / "images", paths, 32)
-    ff = feature_file(tiny_backbone, tiny_sae, images, n_features=3, fingerprint=fingerprint, manifest_hash=file_hash(manifest))
+    ff = feature_file(
+        tiny_backbone, tiny_sae, images, n_features=3, fingerprint=fingerprint, manifest_hash=file_hash(manifest)
+    )
     features = tmp_path / "features.h5"
     with h5py.File(features, "w") as h5:
         for name in FEATURE_DATASETS:
             h5[name] = getattr(ff, name)
-        h5.attrs.update({"layer": LAYER, "grid": ff.grid, "n_tokens": 17, "sae_fingerprint": fingerprint,
-                         "manifest_hash": file_hash(manifest)})
+        h5.attrs.update(
+            {
+                "layer": LAYER,
+                "grid": ff.grid,
+                "n_tokens": 17,
+                "sae_fingerprint": fingerprint,
+                "manifest_hash": file_hash(manifest),
+            }
+        )
     erf = write_erf(tmp_path / "gradient.h5", "gradient", LAYER, ff.act_map[..., 1:].reshape(3, 2, 4, 4))
     return {"images": tmp_path / "images", "manifest": manifest, "sae": sae_path, "features": features, "erf": erf}
 
@@ -215,18 +269,49 @@ def write_erf(path: Path, method: str, layer: int, maps: np.ndarray) -> Path:
 
 
 def cli(inputs: dict[str, Path], out: Path, *extra: str, command: str = "insertion") -> int:
-    return main([command, "--params", json.dumps({"steps": 4, "seeds": 2, "greedy_targets": 1}),
-                 "--backbone", json.dumps(TINY), "--layer", str(LAYER), "--features", str(inputs["features"]),
-                 "--sae", str(inputs["sae"]), "--manifest", str(inputs["manifest"]),
-                 "--images-root", str(inputs["images"]), "--out", str(out), *extra])
+    return main(
+        [
+            command,
+            "--params",
+            json.dumps({"steps": 4, "seeds": 2, "greedy_targets": 1}),
+            "--backbone",
+            json.dumps(TINY),
+            "--layer",
+            str(LAYER),
+            "--features",
+            str(inputs["features"]),
+            "--sae",
+            str(inputs["sae"]),
+            "--manifest",
+            str(inputs["manifest"]),
+            "--images-root",
+            str(inputs["images"]),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_cli_writes_long_curves_for_erf_activation_and_greedy(layer_inputs, tmp_path):
     out = tmp_path / "insertion" / "gradient.csv"
     assert cli(layer_inputs, out, "--method", "gradient", "--erf", str(layer_inputs["erf"])) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["layer", "method", "canvas", "kind", "feature", "rank", "image", "token", "seed",
-                                   "step", "fraction", "z", "recovery"]
+    assert list(frame.columns) == [
+        "layer",
+        "method",
+        "canvas",
+        "kind",
+        "feature",
+        "rank",
+        "image",
+        "token",
+        "seed",
+        "step",
+        "fraction",
+        "z",
+        "recovery",
+    ]
     assert set(frame["canvas"]) == {"mean", "blur"} and set(frame["kind"]) == {"insertion", "deletion"}
     assert frame["fraction"].min() == 0 and frame["fraction"].max() == 1
     assert cli(layer_inputs, tmp_path / "greedy.csv", command="greedy") == 0
@@ -234,12 +319,17 @@ def test_cli_writes_long_curves_for_erf_activation_and_greedy(layer_inputs, tmp_
     assert greedy.groupby(["feature", "rank"]).ngroups == 1 and set(greedy["method"]) == {"greedy"}
 
 
-@pytest.mark.parametrize("method,layer,shape,message", [
-    ("gradient", LAYER + 1, (3, 2, 4, 4), "layer 3"),
-    ("gradient", LAYER, (3, 2, 3, 3), "shape"),
-    ("ig", LAYER, (3, 2, 4, 4), "method 'ig'"),
-])
-def test_erf_file_for_another_layer_method_or_shape_is_named(layer_inputs, tmp_path, capsys, method, layer, shape, message):
+@pytest.mark.parametrize(
+    "method,layer,shape,message",
+    [
+        ("gradient", LAYER + 1, (3, 2, 4, 4), "layer 3"),
+        ("gradient", LAYER, (3, 2, 3, 3), "shape"),
+        ("ig", LAYER, (3, 2, 4, 4), "method 'ig'"),
+    ],
+)
+def test_erf_file_for_another_layer_method_or_shape_is_named(
+    layer_inputs, tmp_path, capsys, method, layer, shape, message
+):
     erf = write_erf(tmp_path / "bad.h5", method, layer, np.zeros(shape))
     assert cli(layer_inputs, tmp_path / "out.csv", "--method", "gradient", "--erf", str(erf)) == 2
     err = capsys.readouterr().err
@@ -256,11 +346,14 @@ def test_erf_file_of_another_sae_is_named(layer_inputs, tmp_path, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--method", "gradient", "--erf", "missing.h5"], "missing.h5: file not found"),
-    (["--method", "gradient"], "--erf is required"),
-    (["--method", "activation", "--erf", "x.h5"], "--erf is not used"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "gradient", "--erf", "missing.h5"], "missing.h5: file not found"),
+        (["--method", "gradient"], "--erf is required"),
+        (["--method", "activation", "--erf", "x.h5"], "--erf is not used"),
+    ],
+)
 def test_missing_or_misplaced_erf_file_is_a_clear_error(layer_inputs, tmp_path, capsys, args, message):
     assert cli(layer_inputs, tmp_path / "out.csv", *args) == 2
     assert message in capsys.readouterr().err

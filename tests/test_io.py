@@ -41,10 +41,9 @@ def test_missing_or_corrupt_hdf5_is_named(tmp_path: Path, content: bytes | None,
 def test_a_no_replace_write_keeps_a_file_created_meanwhile(tmp_path: Path) -> None:
     """annotate-init's guard: a human file that appears during the write is neither replaced nor merged."""
     path = tmp_path / "layer1.csv"
-    with pytest.raises(FileExistsError):
-        with atomic_path(path, replace=False) as tmp:
-            tmp.write_text("the generated sheet")
-            path.write_text("a person's answers")  # another process, between the check and the rename
+    with pytest.raises(FileExistsError), atomic_path(path, replace=False) as tmp:
+        tmp.write_text("the generated sheet")
+        path.write_text("a person's answers")  # another process, between the check and the rename
     assert path.read_text() == "a person's answers" and list(tmp_path.iterdir()) == [path]
     write_text(tmp_path / "new.csv", "sheet", replace=False)
     assert (tmp_path / "new.csv").read_text() == "sheet"

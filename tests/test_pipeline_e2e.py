@@ -13,7 +13,6 @@ import json
 import h5py
 import pandas as pd
 import pytest
-
 from workflow_utils import TINY_PARAMS, make_workspace, mtimes, run, write_params
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +50,9 @@ def test_first_run_makes_every_product(study):
 def test_dvc_plots_show_insertion_auc_per_method_and_canvas(study):
     shown = json.loads(run(["dvc", "plots", "show", "--json", "results/tables/insertion_auc.csv"], study).stdout)
     spec = shown["data"]["results/tables/insertion_auc.csv"][0]["content"]
-    assert spec["transform"] == [{"filter": "datum.kind == 'insertion'"}] and spec["facet"]["column"]["field"] == "canvas"
+    assert (
+        spec["transform"] == [{"filter": "datum.kind == 'insertion'"}] and spec["facet"]["column"]["field"] == "canvas"
+    )
     assert spec["spec"]["encoding"]["color"]["field"] == "method"
     assert {row["method"] for row in spec["data"]["values"]} >= {"attnlrp", "activation", "random"}
 
@@ -76,8 +77,19 @@ def test_sae_param_change_reruns_saes_but_not_activations(study):
 
 
 def test_annotation_edit_reruns_only_fig5(study):
-    run(["cafe", "annotate-init", "--layer", "3", "--sheets-dir", "results/annotation/sheets",
-         "--annotations-dir", "data/annotations"], study)
+    run(
+        [
+            "cafe",
+            "annotate-init",
+            "--layer",
+            "3",
+            "--sheets-dir",
+            "results/annotation/sheets",
+            "--annotations-dir",
+            "data/annotations",
+        ],
+        study,
+    )
     sheet = pd.read_csv(study / "data/annotations/layer3.csv", dtype=str, keep_default_na=False)
     sheet["non_local"] = ["yes" if i % 2 else "no" for i in range(len(sheet))]
     sheet.to_csv(study / "data/annotations/layer3.csv", index=False)

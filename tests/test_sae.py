@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layer_files import write_layer
 
 from cafe.activations import TokenStream
+from cafe.errors import CafeError
 from cafe.sae import SAEConfig, load_sae, train
 from cafe.sae.evaluate import input_stats
-from cafe.errors import CafeError
 from cafe.sae.train import Trainer, partial_path, run_key, summarise
-from layer_files import write_layer
 
 CONFIG = SAEConfig(expansion=8, steps=300, batch_size=256, lr=3e-3, checkpoint_every=100, l1=3e-3, k=4)
 
@@ -62,8 +62,14 @@ def trained(layer_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_training_reduces_loss_and_keeps_unit_decoder_columns(layer_file: Path, tmp_path: Path) -> None:
     stream = TokenStream(layer_file, CONFIG.batch_size, CONFIG.seed)
-    trainer = Trainer(CONFIG, stream, input_stats(stream.sample(4096)), torch.device("cpu"), tmp_path / "x.partial",
-                      run_key(CONFIG, "test"))
+    trainer = Trainer(
+        CONFIG,
+        stream,
+        input_stats(stream.sample(4096)),
+        torch.device("cpu"),
+        tmp_path / "x.partial",
+        run_key(CONFIG, "test"),
+    )
     losses = trainer.run()
     assert len(losses) == 300
     assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:5])
@@ -83,7 +89,7 @@ def test_train_writes_checkpoint_and_metrics(trained: tuple[dict, Path]) -> None
     assert meta["config"]["l1"] == CONFIG.l1 and meta["normalisation"]["input_scale"] == pytest.approx(sae.scale.item())
     assert meta["metrics"] == metrics and len(meta["fingerprint"]) == 12
     x = held_out() * sae.scale
-    assert (x ** 2).sum(1).mean().item() == pytest.approx(16, rel=0.05)  # E||s h||^2 = d_in
+    assert (x**2).sum(1).mean().item() == pytest.approx(16, rel=0.05)  # E||s h||^2 = d_in
     assert not partial_path(out).exists()
 
 
@@ -106,8 +112,10 @@ def test_summary_collects_layers_in_order_and_names_a_bad_file(trained: tuple[di
 def test_first_matryoshka_prefix_alone_reconstructs(trained: tuple[dict, Path]) -> None:
     sae, _ = load_sae(trained[1])
     prefix = CONFIG.prefix_sizes(sae.n_latents)[0]
-    first, last = explained_variance(sae, held_out(), slice(0, prefix)), explained_variance(sae, held_out(),
-                                                                                              slice(-prefix, None))
+    first, last = (
+        explained_variance(sae, held_out(), slice(0, prefix)),
+        explained_variance(sae, held_out(), slice(-prefix, None)),
+    )
     assert prefix == 8
     assert first > 0.2 and first > last + 0.1
 
@@ -133,8 +141,9 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int):
     return real_step
 
 
-def test_interrupted_training_resumes_from_the_saved_step(layer_file: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_training_resumes_from_the_saved_step(
+    layer_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = replace(CONFIG, steps=120, checkpoint_every=50)
     reference = train(layer_file, tmp_path / "ref.pt", tmp_path / "ref.json", config, "cpu")
     real_step = interrupt_at(monkeypatch, 70)
@@ -151,14 +160,17 @@ def test_interrupted_training_resumes_from_the_saved_step(layer_file: Path, tmp_
     assert not partial_path(tmp_path / "s.pt").exists()
 
 
-def test_state_of_another_config_or_damaged_is_not_resumed(layer_file: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_of_another_config_or_damaged_is_not_resumed(
+    layer_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = replace(CONFIG, steps=40, checkpoint_every=20)
     real_step = interrupt_at(monkeypatch, 30)
     with pytest.raises(KeyboardInterrupt):
         train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
     monkeypatch.setattr(Trainer, "train_step", real_step)
-    assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", replace(config, lr=1e-3), "cpu")["resumed_from"] == 0
+    assert (
+        train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", replace(config, lr=1e-3), "cpu")["resumed_from"] == 0
+    )
     partial_path(tmp_path / "s.pt").write_bytes(b"half a file")
     assert train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")["resumed_from"] == 0
 

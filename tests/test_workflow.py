@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from workflow_utils import REPO, TINY_PARAMS, make_workspace, run
 
 
@@ -31,7 +30,18 @@ def test_default_params_plan_every_rule(tmp_path):
     root = make_workspace(tmp_path)
     result = dry_run(root)
     assert result.returncode == 0, result.stderr
-    for rule in ("demo_data", "demo_backbone", "activations", "sae", "features", "erf", "insertion", "fig3", "sheets", "fig5"):
+    for rule in (
+        "demo_data",
+        "demo_backbone",
+        "activations",
+        "sae",
+        "features",
+        "erf",
+        "insertion",
+        "fig3",
+        "sheets",
+        "fig5",
+    ):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"rule {rule} missing from the plan"
 
 

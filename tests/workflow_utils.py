@@ -27,14 +27,35 @@ TINY_PARAMS: dict[str, Any] = {
     "backbone": {"model": "cafe-tiny-vit", "pretrained": "results/backbone/demo.pt", "seed": 0, "device": "cpu"},
     "layers": [1, 3],
     "activations": {"batch_size": 32, "tokens_per_image": None},
-    "sae": {"expansion": 2, "groups": [0.25, 1.0], "activation": "relu", "l1": 0.0004, "k": 4, "lr": 0.001,
-            "steps": 40, "batch_size": 64, "checkpoint_every": 20, "seed": 0},
+    "sae": {
+        "expansion": 2,
+        "groups": [0.25, 1.0],
+        "activation": "relu",
+        "l1": 0.0004,
+        "k": 4,
+        "lr": 0.001,
+        "steps": 40,
+        "batch_size": 64,
+        "checkpoint_every": 20,
+        "seed": 0,
+    },
     "features": {"n_features": 4, "top_k": 2},
-    "erf": {"methods": ["attnlrp", "ig", "kernelshap", "gradient"], "batch_size": 4,
-            "attnlrp": {"epsilon": 1e-6, "gamma": 0.0}, "ig": {"steps": 4}, "kernelshap": {"samples": 16},
-            "gradient": {"times_input": True}},
-    "insertion": {"canvases": ["mean", "blur"], "steps": 4, "seeds": 2, "min_activation": 0.0,
-                  "greedy_targets": 1, "bootstrap": 50},
+    "erf": {
+        "methods": ["attnlrp", "ig", "kernelshap", "gradient"],
+        "batch_size": 4,
+        "attnlrp": {"epsilon": 1e-6, "gamma": 0.0},
+        "ig": {"steps": 4},
+        "kernelshap": {"samples": 16},
+        "gradient": {"times_input": True},
+    },
+    "insertion": {
+        "canvases": ["mean", "blur"],
+        "steps": 4,
+        "seeds": 2,
+        "min_activation": 0.0,
+        "greedy_targets": 1,
+        "bootstrap": 50,
+    },
     "annotation": {"n_features": 4, "gallery_k": 2, "threshold": 0.5},
     "ground_truth": {"patch_overlap": 0.25, "kind_purity": 0.8},
 }
@@ -76,7 +97,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> s
     result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "results" / "logs").rglob("*.log")))
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}\n{logs}")
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}\n{logs}"
+        )
     return result
 
 

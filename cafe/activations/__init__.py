@@ -12,8 +12,18 @@ from cafe.activations.stream import TokenStream
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.params import parse_section
 
-__all__ = ["ActivationsConfig", "LayerInfo", "LayerWriter", "TokenStream", "extract", "iter_analysis",
-           "layer_attrs", "layer_path", "open_layer", "register"]
+__all__ = [
+    "ActivationsConfig",
+    "LayerInfo",
+    "LayerWriter",
+    "TokenStream",
+    "extract",
+    "iter_analysis",
+    "layer_attrs",
+    "layer_path",
+    "open_layer",
+    "register",
+]
 
 
 def run_activations(args: argparse.Namespace) -> None:

@@ -69,24 +69,40 @@ def _check_disk(out_dir: Path, n_bytes: int) -> None:
     free = shutil.disk_usage(out_dir).free
     log.info("activations will take %.2f GB on disk (%.2f GB free in %s)", n_bytes / 1e9, free / 1e9, out_dir)
     if n_bytes > free:
-        raise CafeError(f"activations: the layer files need {n_bytes / 1e9:.1f} GB but {out_dir} has "
-                        f"{free / 1e9:.1f} GB free; lower activations.tokens_per_image, data.n_train or the layers")
+        raise CafeError(
+            f"activations: the layer files need {n_bytes / 1e9:.1f} GB but {out_dir} has "
+            f"{free / 1e9:.1f} GB free; lower activations.tokens_per_image, data.n_train or the layers"
+        )
 
 
 def _to_half(resid: torch.Tensor, layer: int) -> np.ndarray:
     """float16 on the CPU; a value beyond float16's range is an error, not a silent inf."""
     half = resid.to(torch.float16)
     if not torch.isfinite(half).all():
-        raise CafeError(f"activations: layer {layer} has values beyond float16 range "
-                        f"(max |h| = {resid.abs().max().item():.3g}); cannot store them as float16")
+        raise CafeError(
+            f"activations: layer {layer} has values beyond float16 range "
+            f"(max |h| = {resid.abs().max().item():.3g}); cannot store them as float16"
+        )
     return half.cpu().numpy()
 
 
-def _run_split(backbone: Backbone, rows: pd.DataFrame, images_root: Path, layers: list[int],
-               config: ActivationsConfig, write: Callable[[np.ndarray, dict[int, torch.Tensor]], None]) -> None:
+def _run_split(
+    backbone: Backbone,
+    rows: pd.DataFrame,
+    images_root: Path,
+    layers: list[int],
+    config: ActivationsConfig,
+    write: Callable[[np.ndarray, dict[int, torch.Tensor]], None],
+) -> None:
     """Forward every image of one split once; `write(indices, {layer: residual (B, T, D)})` stores them."""
-    loader = image_batches(images_root, rows, backbone.image_size, config.batch_size, config.num_workers,
-                           pin_memory=backbone.device.type == "cuda")
+    loader = image_batches(
+        images_root,
+        rows,
+        backbone.image_size,
+        config.batch_size,
+        config.num_workers,
+        pin_memory=backbone.device.type == "cuda",
+    )
     start, split = time.perf_counter(), rows["split"].iloc[0]
     with torch.inference_mode(), tqdm(total=len(rows), desc=f"activations {split}", unit="img") as bar:
         for indices, images in loader:
@@ -96,14 +112,32 @@ def _run_split(backbone: Backbone, rows: pd.DataFrame, images_root: Path, layers
     log.info("%s: %d images in %.1f s (%.1f images/s)", split, len(rows), seconds, len(rows) / max(seconds, 1e-9))
 
 
-def _open_writers(stack: contextlib.ExitStack, backbone: Backbone, layers: list[int], out_dir: Path,
-                  keep: int, manifest_hash: str, n_train: int, n_analysis: int) -> dict[int, LayerWriter]:
+def _open_writers(
+    stack: contextlib.ExitStack,
+    backbone: Backbone,
+    layers: list[int],
+    out_dir: Path,
+    keep: int,
+    manifest_hash: str,
+    n_train: int,
+    n_analysis: int,
+) -> dict[int, LayerWriter]:
     """One writer per layer on a temporary file that the stack renames into place only on success."""
     writers = {}
     for layer in layers:
         handle = stack.enter_context(h5py.File(stack.enter_context(atomic_path(layer_path(out_dir, layer))), "w"))
-        info = LayerInfo(backbone.name, backbone.tag, layer, backbone.image_size, backbone.patch_size, backbone.grid,
-                         backbone.n_tokens, backbone.width, manifest_hash, keep)
+        info = LayerInfo(
+            backbone.name,
+            backbone.tag,
+            layer,
+            backbone.image_size,
+            backbone.patch_size,
+            backbone.grid,
+            backbone.n_tokens,
+            backbone.width,
+            manifest_hash,
+            keep,
+        )
         writers[layer] = LayerWriter(handle, info, n_train, n_analysis)
     return writers
 
@@ -126,22 +160,31 @@ class _Sink:
             self.writers[layer].add_analysis(images, _to_half(h, layer))
 
 
-def extract(backbone: Backbone, manifest_path: str | os.PathLike, images_root: str | os.PathLike,
-            layers: list[int], out_dir: str | os.PathLike, config: ActivationsConfig) -> list[Path]:
+def extract(
+    backbone: Backbone,
+    manifest_path: str | os.PathLike,
+    images_root: str | os.PathLike,
+    layers: list[int],
+    out_dir: str | os.PathLike,
+    config: ActivationsConfig,
+) -> list[Path]:
     """Write `layer{L}.h5` for every requested layer from one truncated forward pass per batch."""
     layers, out_dir = sorted(set(layers)), Path(out_dir)
     for layer in layers:
         backbone.check_layer(layer)
     train, analysis = read_manifest(manifest_path, "train"), read_manifest(manifest_path, "analysis")
     if train.empty or analysis.empty:
-        raise CafeError(f"{manifest_path}: the manifest needs train and analysis images "
-                        f"(has {len(train)} train, {len(analysis)} analysis)")
+        raise CafeError(
+            f"{manifest_path}: the manifest needs train and analysis images "
+            f"(has {len(train)} train, {len(analysis)} analysis)"
+        )
     keep = _tokens_per_image(config, backbone.n_tokens)
     n_values = len(train) * keep + len(analysis) * backbone.n_tokens
     _check_disk(out_dir, len(layers) * n_values * backbone.width * 2)
     with contextlib.ExitStack() as stack:
-        writers = _open_writers(stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train),
-                                len(analysis))
+        writers = _open_writers(
+            stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis)
+        )
         sink = _Sink(writers, backbone.n_tokens, keep, config.seed)
         _run_split(backbone, train, Path(images_root), layers, config, sink.train)
         _run_split(backbone, analysis, Path(images_root), layers, config, sink.analysis)

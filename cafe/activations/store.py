@@ -60,8 +60,9 @@ class LayerWriter:
         handle.create_dataset("train", (n_train, D), np.float16, chunks=(chunk_rows(n_train, 2 * D), D))
         handle.create_dataset("train_image", (n_train,), np.int64)
         handle.create_dataset("train_token", (n_train,), np.int16)
-        handle.create_dataset("analysis", (n_analysis, T, D), np.float16,
-                              chunks=(chunk_rows(n_analysis, 2 * T * D), T, D))
+        handle.create_dataset(
+            "analysis", (n_analysis, T, D), np.float16, chunks=(chunk_rows(n_analysis, 2 * T * D), T, D)
+        )
         handle.create_dataset("analysis_image", (n_analysis,), np.int64)
         self.filled = {"train": 0, "analysis": 0}
         self.digest = hashlib.sha256()
@@ -107,8 +108,10 @@ def open_layer(path: str | os.PathLike, width: int | None = None) -> h5py.File:
     handle = open_h5(path, DATASETS)
     if int(handle.attrs.get("complete", 0)) != 1:
         handle.close()
-        raise CafeError(f"{path}: activation file is incomplete (no `complete` mark; the writing run was cut "
-                        f"off); delete it and re-run the `activations` step")
+        raise CafeError(
+            f"{path}: activation file is incomplete (no `complete` mark; the writing run was cut "
+            f"off); delete it and re-run the `activations` step"
+        )
     if width is not None and int(handle.attrs["width"]) != width:
         got = int(handle.attrs["width"])
         handle.close()
@@ -128,12 +131,15 @@ def read_rows(dataset: h5py.Dataset, rows: slice | np.ndarray) -> np.ndarray:
         return dataset[rows]
     except (OSError, ValueError) as exc:
         where = f"{rows.start}:{rows.stop}" if isinstance(rows, slice) else f"rows {rows[0]}..{rows[-1]}"
-        raise CafeError(f"{dataset.file.filename}: cannot read {dataset.name}[{where}] ({exc}); "
-                        f"the file is damaged, re-run the `activations` step") from exc
+        raise CafeError(
+            f"{dataset.file.filename}: cannot read {dataset.name}[{where}] ({exc}); "
+            f"the file is damaged, re-run the `activations` step"
+        ) from exc
 
 
-def iter_analysis(path: str | os.PathLike, block_tokens: int, max_tokens: int | None = None,
-                  width: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_analysis(
+    path: str | os.PathLike, block_tokens: int, max_tokens: int | None = None, width: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, float32 (b, T, D)) blocks of consecutive analysis images, about `block_tokens` tokens each.
 
     With `max_tokens`, only that many tokens (rounded up to whole images) are read, as images spread evenly
@@ -150,5 +156,5 @@ def iter_analysis(path: str | os.PathLike, block_tokens: int, max_tokens: int | 
             return
         rows = np.unique(np.linspace(0, len(data) - 1, n_rows).round().astype(np.int64))
         for start in range(0, len(rows), step):
-            block = rows[start:start + step]
+            block = rows[start : start + step]
             yield int(block[0]), read_rows(data, block).astype(np.float32)

@@ -27,8 +27,14 @@ DEFAULT_BUFFER_TOKENS = 1 << 17  # 256 MiB of float16 at ViT-L width
 class TokenStream:
     """Shuffled float32 batches (batch_size, D) of the `train` tokens of one layer file."""
 
-    def __init__(self, path: str | os.PathLike, batch_size: int, seed: int = 0,
-                 buffer_tokens: int = DEFAULT_BUFFER_TOKENS, width: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        batch_size: int,
+        seed: int = 0,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        width: int | None = None,
+    ):
         self.path, self.batch_size, self.seed = Path(path), batch_size, seed
         with open_layer(self.path, width) as handle:
             self.n_tokens, self.width = handle["train"].shape

@@ -46,8 +46,15 @@ def read_inputs(sheet_paths: list[Path], annotations_dir: Path) -> list[tuple[pd
 def _row(layer: int, source: str, status: str, n_features: int, labels: pd.Series) -> dict:
     n_yes = int(labels.sum()) if len(labels) else None
     share = round(n_yes / len(labels), 4) if len(labels) else None
-    return {"layer": layer, "source": source, "status": status, "n_features": n_features,
-            "n_labelled": len(labels), "n_non_local": n_yes, "share": share}
+    return {
+        "layer": layer,
+        "source": source,
+        "status": status,
+        "n_features": n_features,
+        "n_labelled": len(labels),
+        "n_non_local": n_yes,
+        "share": share,
+    }
 
 
 def labels(sheet: pd.DataFrame, human: pd.DataFrame | None, threshold: float) -> tuple[pd.Series, pd.Series]:
@@ -79,8 +86,10 @@ def _agreement_line(overall: dict, threshold: float) -> str:
     if not overall["n"]:
         return f"automatic: score > {threshold}; no human labels yet"
     fmt = {k: "n/a" if overall[k] is None else f"{overall[k]:.2f}" for k in ("kappa", "precision", "recall")}
-    return (f"automatic: score > {threshold}; agreement with people on {overall['n']} features: "
-            f"κ = {fmt['kappa']}, precision {fmt['precision']}, recall {fmt['recall']}")
+    return (
+        f"automatic: score > {threshold}; agreement with people on {overall['n']} features: "
+        f"κ = {fmt['kappa']}, precision {fmt['precision']}, recall {fmt['recall']}"
+    )
 
 
 def plot_fig5(table: pd.DataFrame, metrics: dict) -> Figure:
@@ -93,18 +102,41 @@ def plot_fig5(table: pd.DataFrame, metrics: dict) -> Figure:
     for offset, source in ((-0.2, "human"), (0.2, "automatic")):
         part = table[table["source"] == source].set_index("layer").loc[layers]
         counts = part["n_non_local"].astype("Float64").fillna(0).to_numpy(float)
-        bars = ax.bar(x + offset, counts, 0.38, color=COLOURS[source], label=source, edgecolor="white",
-                      hatch=None if source == "human" else "//")
+        bars = ax.bar(
+            x + offset,
+            counts,
+            0.38,
+            color=COLOURS[source],
+            label=source,
+            edgecolor="white",
+            hatch=None if source == "human" else "//",
+        )
         for bar, row in zip(bars, part.itertuples()):
             missing = row.status == "not annotated"
             top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
-            label = "not annotated" if missing else "no answers yet" if pd.isna(row.n_non_local) else str(row.n_non_local)
+            label = (
+                "not annotated" if missing else "no answers yet" if pd.isna(row.n_non_local) else str(row.n_non_local)
+            )
             missing = missing or pd.isna(row.n_non_local)
-            ax.annotate(label, top, xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
-                        rotation=90 if missing else 0, color="0.35")
+            ax.annotate(
+                label,
+                top,
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90 if missing else 0,
+                color="0.35",
+            )
     human = table[table["source"] == "human"].set_index("layer").loc[layers]
-    ax.set_xticks(x, [f"{layer}\n{r.n_labelled}/{r.n_features} done" if r.status == "partial" else str(layer)
-                      for layer, r in zip(layers, human.itertuples())])
+    ax.set_xticks(
+        x,
+        [
+            f"{layer}\n{r.n_labelled}/{r.n_features} done" if r.status == "partial" else str(layer)
+            for layer, r in zip(layers, human.itertuples())
+        ],
+    )
     ax.set_xlabel("layer")
     sizes = table["n_features"].unique()
     ax.set_ylabel(f"non-local features (of the first {sizes.max()})")
@@ -120,8 +152,14 @@ def plot_fig5(table: pd.DataFrame, metrics: dict) -> Figure:
     return fig
 
 
-def make_fig5(sheets: list[Path], annotations_dir: Path, config: AnnotationConfig, out_figure: Path, out_table: Path,
-              metrics_path: Path) -> pd.DataFrame:
+def make_fig5(
+    sheets: list[Path],
+    annotations_dir: Path,
+    config: AnnotationConfig,
+    out_figure: Path,
+    out_table: Path,
+    metrics_path: Path,
+) -> pd.DataFrame:
     """Validate every human file, then write the figure, the counts table and the agreement metrics."""
     table, metrics = summarise(read_inputs(sheets, annotations_dir), config.threshold)
     figure = plot_fig5(table, metrics)  # drawn before anything is written: a failure leaves the old outputs whole

@@ -82,7 +82,7 @@ class _Panel:
     title: object
 
     @classmethod
-    def build(cls, ax, grid: int) -> "_Panel":
+    def build(cls, ax, grid: int) -> _Panel:
         extent = (-0.5, grid - 0.5, grid - 0.5, -0.5)  # patch (row, col) = data (y, x)
         image = ax.imshow(np.zeros((2, 2, 3), np.uint8), extent=extent, interpolation="nearest")
         act_mark = ax.plot([], [], "o", ms=11, mfc="none", mec="white", mew=2, path_effects=OUTLINE)[0]
@@ -113,15 +113,23 @@ class GalleryFigure:
         for ax in spaced[:, 2::3].flat:
             ax.remove()
         axes = np.delete(spaced, np.s_[2::3], axis=1)
-        self.figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / self.figure.get_figheight(),
-                                    bottom=0.25 / self.figure.get_figheight(), wspace=0.04, hspace=0.3)
+        self.figure.subplots_adjust(
+            left=0.01,
+            right=0.99,
+            top=1 - 0.45 / self.figure.get_figheight(),
+            bottom=0.25 / self.figure.get_figheight(),
+            wspace=0.04,
+            hspace=0.3,
+        )
         slots = [axes[i // cols, 2 * (i % cols) :][:2] for i in range(k)]
         self.pairs = [(_Panel.build(act_ax, grid), _Panel.build(erf_ax, grid)) for act_ax, erf_ax in slots]
         for ax in axes.flat[2 * k :]:
             ax.remove()
         self.title = self.figure.suptitle("", fontsize=10, fontweight="bold")
-        legend = (f"each pair: activation map | ERF ({method});  ○ activation peak  × ERF peak;  "
-                  "out = ERF mass outside the activated patches, d = peak-to-ERF-centre distance")
+        legend = (
+            f"each pair: activation map | ERF ({method});  ○ activation peak  × ERF peak;  "
+            "out = ERF mass outside the activated patches, d = peak-to-ERF-centre distance"
+        )
         self.figure.text(0.5, 0.01, legend, ha="center", va="bottom", fontsize=7, color="0.3")
         self.grid, self.images, self.cmap = grid, images, _overlay_cmap()
 
@@ -147,10 +155,18 @@ class GalleryFigure:
             act_at = (act_rows[slot], act_cols[slot]) if act[slot].max() > 0 else None
             erf_at = (erf_rows[slot], erf_cols[slot])
             at = _token_label(int(targets.token[n, j]), self.grid)
-            act_panel.show(blend(pixels, heat_act[slot], self.cmap), act_at, erf_at,
-                           f"#{j + 1} img {targets.image[n, j]} z={targets.value[n, j]:.3g} {at}")
-            erf_panel.show(blend(pixels, heat_erf[slot], self.cmap), act_at, erf_at,
-                           f"ERF  out {scores.outside[n, j]:.2f}  d {scores.distance[n, j]:.2f}")
+            act_panel.show(
+                blend(pixels, heat_act[slot], self.cmap),
+                act_at,
+                erf_at,
+                f"#{j + 1} img {targets.image[n, j]} z={targets.value[n, j]:.3g} {at}",
+            )
+            erf_panel.show(
+                blend(pixels, heat_erf[slot], self.cmap),
+                act_at,
+                erf_at,
+                f"ERF  out {scores.outside[n, j]:.2f}  d {scores.distance[n, j]:.2f}",
+            )
 
     def save(self, path: Path) -> None:
         """Write the current feature's gallery atomically."""
@@ -169,8 +185,13 @@ def feature_title(targets: LayerTargets, n: int, score: float, threshold: float)
 
 
 def render_galleries(
-    targets: LayerTargets, per_target: MapScores, per_feature: MapScores, images: dict[int, np.ndarray],
-    paths: list[Path], k: int, threshold: float,
+    targets: LayerTargets,
+    per_target: MapScores,
+    per_feature: MapScores,
+    images: dict[int, np.ndarray],
+    paths: list[Path],
+    k: int,
+    threshold: float,
 ) -> None:
     """Write one gallery PNG per feature row of `targets` to `paths`."""
     canvas = GalleryFigure(k, targets.grid, images, targets.method)

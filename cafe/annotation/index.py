@@ -35,7 +35,7 @@ def _section(row: pd.Series, image: str) -> str:
     answer = f" · answered: {html.escape(str(row['non_local']))}" if row["non_local"] else ""
     return (
         f'<section id="f{row["feature"]:04d}" class="{row["suggested"]}"><div>'
-        f'<h2>feature {row["feature"]}: suggests {suggested} (score {row["score"]}){answer}</h2>'
+        f"<h2>feature {row['feature']}: suggests {suggested} (score {row['score']}){answer}</h2>"
         f'<img src="{html.escape(image)}" loading="lazy" alt="gallery of feature {row["feature"]}"></div>'
         f"{_row_table(row)}</section>"
     )
@@ -50,7 +50,9 @@ def write_index(sheet: pd.DataFrame, path: str | Path, galleries: list[Path], me
     fingerprint = str(sheet["sae_fingerprint"].iloc[0])
     links = "".join(f'<a class="{r.suggested}" href="#f{r.feature:04d}">{r.feature}</a>' for r in sheet.itertuples())
     body = "\n".join(_section(row, image) for (_, row), image in zip(sheet.iterrows(), images))
-    write_text(path, f"""<!doctype html>
+    write_text(
+        path,
+        f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Layer {layer}: non-local SAE features</title>
 <style>{STYLE}</style></head><body>
 <h1>Layer {layer}: is each feature non-local?</h1>
@@ -63,4 +65,5 @@ you decide.</p>
 <nav>{links}</nav>
 {body}
 </body></html>
-""")
+""",
+    )

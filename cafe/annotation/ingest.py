@@ -72,8 +72,10 @@ def validate_human(path: Path, sheet: pd.DataFrame, sheet_path: Path) -> pd.Data
 def annotate_init(layer: int, sheets_dir: str | Path, annotations_dir: str | Path) -> Path:
     """Copy the layer's sheet to the human file, refusing to replace answers already there."""
     source, target = Path(sheets_dir) / f"layer{layer}.csv", human_path(annotations_dir, layer)
-    exists = CafeError(f"{target} already exists and holds your answers; it was left as it is. To start again from "
-                       f"the current sheet, move it away first (git keeps the old version), then re-run annotate-init")
+    exists = CafeError(
+        f"{target} already exists and holds your answers; it was left as it is. To start again from "
+        f"the current sheet, move it away first (git keeps the old version), then re-run annotate-init"
+    )
     if target.exists():
         raise exists
     if not source.is_file():

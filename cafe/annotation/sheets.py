@@ -41,8 +41,12 @@ def _first_peaks(targets: LayerTargets) -> dict[str, pd.Series]:
     fires = has & (targets.act[first].reshape(len(has), -1).max(axis=1) > 0)
     act_row, act_col = peak(targets.act[first])
     erf_row, erf_col = peak(evidence(np.nan_to_num(targets.erf[first])))
-    named = {"act_peak_row": (act_row, fires), "act_peak_col": (act_col, fires), "erf_peak_row": (erf_row, has),
-             "erf_peak_col": (erf_col, has)}
+    named = {
+        "act_peak_row": (act_row, fires),
+        "act_peak_col": (act_col, fires),
+        "erf_peak_row": (erf_row, has),
+        "erf_peak_col": (erf_col, has),
+    }
     return {name: pd.Series(value).where(mask).astype("Int64") for name, (value, mask) in named.items()}
 
 
@@ -113,8 +117,16 @@ def carry_answers(sheet: pd.DataFrame, previous: pd.DataFrame | None) -> pd.Data
 
 
 def make_sheets(
-    layer: int, features: Path, erf: Path, manifest: Path, images_root: Path, config: AnnotationConfig,
-    out_sheet: Path, out_galleries: Path, out_index: Path, annotations_dir: Path | None = None,
+    layer: int,
+    features: Path,
+    erf: Path,
+    manifest: Path,
+    images_root: Path,
+    config: AnnotationConfig,
+    out_sheet: Path,
+    out_galleries: Path,
+    out_index: Path,
+    annotations_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Write one layer's galleries, sheet and HTML index; returns the sheet."""
     targets = read_layer(features, erf, layer, config.n_features)
@@ -138,8 +150,18 @@ def make_sheets(
 
 def _run(args: argparse.Namespace) -> None:
     config = parse_section(AnnotationConfig, args.params, "annotation")
-    make_sheets(args.layer, args.features, args.erf, args.manifest, args.images_root, config, args.out_sheet,
-                args.out_galleries, args.out_index, args.annotations_dir)
+    make_sheets(
+        args.layer,
+        args.features,
+        args.erf,
+        args.manifest,
+        args.images_root,
+        config,
+        args.out_sheet,
+        args.out_galleries,
+        args.out_index,
+        args.annotations_dir,
+    )
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:

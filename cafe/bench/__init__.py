@@ -25,10 +25,16 @@ def run_bench(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe bench`."""
-    parser = subparsers.add_parser("bench", help="benchmark every stage against this machine's matmul peak",
-                                   description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
-                        help="demo: cafe-demo-vit; vitl: ViT-L-14 (random weights, nothing downloaded)")
+    parser = subparsers.add_parser(
+        "bench", help="benchmark every stage against this machine's matmul peak", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        choices=list(MODELS),
+        help="demo: cafe-demo-vit; vitl: ViT-L-14 (random weights, nothing downloaded)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (tiny sizes)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (markdown summary beside it)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cafe.backbone import Backbone
 from cafe.bench.flops import Architecture
@@ -31,12 +32,20 @@ class Context:
         """A profile's layer, 0 meaning the last block."""
         return layer or self.backbone.depth
 
-    def record(self, what: str, unit: str, count: float, timing: Timing, flops: float,
-               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def record(
+        self, what: str, unit: str, count: float, timing: Timing, flops: float, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """A stage record from a timing taken elsewhere (a subprocess)."""
         return stage_record(what, unit, count, timing, flops, params)
 
-    def measure(self, what: str, unit: str, count: float, fn: Callable[[], Any], flops: float,
-                params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def measure(
+        self,
+        what: str,
+        unit: str,
+        count: float,
+        fn: Callable[[], Any],
+        flops: float,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Time `fn` with the model's timer and return its record."""
         return self.record(what, unit, count, self.timer.best(fn), flops, params)

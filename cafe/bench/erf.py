@@ -23,9 +23,12 @@ def erf_config(profile: Profile) -> ErfConfig:
     """The default ERF settings (as in params.yaml), with the profile's batch size, fewer IG steps / KernelSHAP
     samples where it sets them. Costs are counted for these rules (epsilon rule, AttnLRP inside attention)."""
     config = ErfConfig()
-    return replace(config, batch_size=profile.erf_batch or config.batch_size,
-                   ig=replace(config.ig, steps=profile.ig_steps or config.ig.steps),
-                   kernelshap=replace(config.kernelshap, samples=profile.kernelshap_samples or config.kernelshap.samples))
+    return replace(
+        config,
+        batch_size=profile.erf_batch or config.batch_size,
+        ig=replace(config.ig, steps=profile.ig_steps or config.ig.steps),
+        kernelshap=replace(config.kernelshap, samples=profile.kernelshap_samples or config.kernelshap.samples),
+    )
 
 
 def captum_default_batch(name: str, config: ErfConfig) -> int:
@@ -37,8 +40,12 @@ def captum_default_batch(name: str, config: ErfConfig) -> int:
 def target_flops(arch: Architecture, layer: int, name: str, config: ErfConfig) -> float:
     """FLOPs of one target: forwards and forward+backward passes through blocks 1..layer (the canvas methods
     also evaluate z at the image and at the canvas)."""
-    forwards, both = {"attnlrp": (0, 1), "gradient": (0, 1), "ig": (2, config.ig.steps),
-                      "kernelshap": (2 + config.kernelshap.samples, 0)}[name]
+    forwards, both = {
+        "attnlrp": (0, 1),
+        "gradient": (0, 1),
+        "ig": (2, config.ig.steps),
+        "kernelshap": (2 + config.kernelshap.samples, 0),
+    }[name]
     return forwards * arch.forward(layer) + both * arch.forward_backward(layer)
 
 
@@ -69,20 +76,34 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
     for name in ERF_METHODS:
         flops = n * target_flops(ctx.arch, layer, name, config)
         params = {"layer": layer, "targets": n, "batch_size": config.batch_size, **method_params(name, config)}
-        records[f"erf.{name}"] = ctx.measure(f"{name}: {n} targets in one batched attribute() call", "targets", n,
-                                             _batched(make_method(name, target, config), inputs), flops, params)
+        records[f"erf.{name}"] = ctx.measure(
+            f"{name}: {n} targets in one batched attribute() call",
+            "targets",
+            n,
+            _batched(make_method(name, target, config), inputs),
+            flops,
+            params,
+        )
         if p.captum:
             single, k = replace(config, batch_size=captum_default_batch(name, config)), p.baseline_targets
             records[f"erf.{name}.one_at_a_time"] = ctx.measure(
-                f"baseline: {name} one target per call, captum's default batching", "targets", k,
-                _one_at_a_time(make_method(name, target, single), [x[:k] for x in inputs]), flops * k / n,
-                {**params, "targets": k, "batch_size": single.batch_size})
+                f"baseline: {name} one target per call, captum's default batching",
+                "targets",
+                k,
+                _one_at_a_time(make_method(name, target, single), [x[:k] for x in inputs]),
+                flops * k / n,
+                {**params, "targets": k, "batch_size": single.batch_size},
+            )
     if p.lxt:  # the rule lxt's ViT recipe uses, for a like-for-like comparison with it
         cp = replace(config, attnlrp=replace(config.attnlrp, attention="cp"))
         records["erf.attnlrp.cp"] = ctx.measure(
-            f"attnlrp with CP-LRP inside attention: {n} targets in one batched attribute() call", "targets", n,
-            _batched(make_method("attnlrp", target, cp), inputs), n * ctx.arch.forward_backward(layer, cp=True),
-            {"layer": layer, "targets": n, "batch_size": config.batch_size, "attention": "cp"})
+            f"attnlrp with CP-LRP inside attention: {n} targets in one batched attribute() call",
+            "targets",
+            n,
+            _batched(make_method("attnlrp", target, cp), inputs),
+            n * ctx.arch.forward_backward(layer, cp=True),
+            {"layer": layer, "targets": n, "batch_size": config.batch_size, "attention": "cp"},
+        )
     return records
 
 
@@ -93,14 +114,27 @@ def erf_depth(ctx: Context) -> dict[str, Any]:
     points = []
     for layer in p.depth_layers:
         method = make_method("attnlrp", FeatureTarget(ctx.backbone, ctx.sae, layer), config)
-        record = ctx.measure(f"attnlrp at layer {layer}: {n} targets", "targets", n, _batched(method, inputs),
-                             n * target_flops(ctx.arch, layer, "attnlrp", config), {"layer": layer, "targets": n})
+        record = ctx.measure(
+            f"attnlrp at layer {layer}: {n} targets",
+            "targets",
+            n,
+            _batched(method, inputs),
+            n * target_flops(ctx.arch, layer, "attnlrp", config),
+            {"layer": layer, "targets": n},
+        )
         points.append({"layer": layer, **record})
     layers = np.array(p.depth_layers, dtype=float)
     per_target = np.array([point["seconds"] / n for point in points])
     slope, intercept = np.polyfit(layers, per_target, 1)
     residual = per_target - (slope * layers + intercept)
     spread = ((per_target - per_target.mean()) ** 2).sum()
-    return {"method": "attnlrp", "targets": n, "points": points,
-            "fit": {"seconds_per_target_per_block": float(slope), "seconds_per_target_at_0": float(intercept),
-                    "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else 1.0}}
+    return {
+        "method": "attnlrp",
+        "targets": n,
+        "points": points,
+        "fit": {
+            "seconds_per_target_per_block": float(slope),
+            "seconds_per_target_at_0": float(intercept),
+            "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else 1.0,
+        },
+    }

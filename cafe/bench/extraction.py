@@ -26,10 +26,19 @@ def extraction(ctx: Context) -> dict[str, dict[str, Any]]:
 
     return {
         "extraction": ctx.measure(
-            "extract(): PNG decode, one truncated forward for all layers, float16 HDF5 writes", "images", images,
-            lambda: run([layers]), ctx.arch.forward(max(layers), images), params),
+            "extract(): PNG decode, one truncated forward for all layers, float16 HDF5 writes",
+            "images",
+            images,
+            lambda: run([layers]),
+            ctx.arch.forward(max(layers), images),
+            params,
+        ),
         "extraction.per_layer": ctx.measure(
-            "baseline: one extract() pass per layer (what a per-layer loop costs)", "images", images,
-            lambda: run([[layer] for layer in layers]), sum(ctx.arch.forward(layer, images) for layer in layers),
-            params),
+            "baseline: one extract() pass per layer (what a per-layer loop costs)",
+            "images",
+            images,
+            lambda: run([[layer] for layer in layers]),
+            sum(ctx.arch.forward(layer, images) for layer in layers),
+            params,
+        ),
     }

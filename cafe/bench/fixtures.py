@@ -55,8 +55,9 @@ def image_folder(root: Path, n_train: int, n_analysis: int, size: int, seed: int
     return manifest, root / "images"
 
 
-def layer_file(out_dir: str | os.PathLike, width: int, n_tokens: int, train_tokens: int, n_analysis: int,
-               seed: int = 0) -> Path:
+def layer_file(
+    out_dir: str | os.PathLike, width: int, n_tokens: int, train_tokens: int, n_analysis: int, seed: int = 0
+) -> Path:
     """A complete activations file of Gaussian tokens: `train_tokens` train rows and `n_analysis` whole images."""
     per_image = min(n_tokens, train_tokens)
     n_train = -(-train_tokens // per_image)

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 from cafe.backbone import Backbone
 
-FLOP_MODEL = ("matmul FLOPs only (2 per multiply-add). Forward per token per block 8D^2 + 4DH + 4TD (= 24D^2 + 4TD "
-              "for H = 4D), plus the patch embedding; backward to the input with frozen weights: 8D^2 + 4DH + 8TD (CP-LRP: 4D^2 + 4DH + 2TD); "
-              "SAE training 10Dm per token.")
+FLOP_MODEL = (
+    "matmul FLOPs only (2 per multiply-add). Forward per token per block 8D^2 + 4DH + 4TD (= 24D^2 + 4TD "
+    "for H = 4D), plus the patch embedding; backward to the input with frozen weights: 8D^2 + 4DH + 8TD "
+    "(CP-LRP: 4D^2 + 4DH + 2TD); "
+    "SAE training 10Dm per token."
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Architecture:
     patch_values: int
 
     @classmethod
-    def of(cls, backbone: Backbone) -> "Architecture":
+    def of(cls, backbone: Backbone) -> Architecture:
         """Read the shape of a loaded tower."""
         mlp_width = backbone.visual.transformer.resblocks[0].mlp.c_fc.out_features
         return cls(backbone.width, mlp_width, backbone.n_tokens, backbone.grid**2, 3 * backbone.patch_size**2)

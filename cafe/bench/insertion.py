@@ -34,8 +34,15 @@ def insertion(ctx: Context) -> dict[str, dict[str, Any]]:
         return lambda: curves(target, images, canvases, orders, counts, np.arange(n), tokens, features, batch_size)
 
     return {
-        "insertion": ctx.measure(f"insertion + deletion curves, {config.batch_size} images per forward", "curves", n,
-                                 run(config.batch_size), flops, {**params, "batch_size": config.batch_size}),
-        "insertion.per_step": ctx.measure("baseline: one forward per insertion step", "curves", n, run(1), flops,
-                                          {**params, "batch_size": 1}),
+        "insertion": ctx.measure(
+            f"insertion + deletion curves, {config.batch_size} images per forward",
+            "curves",
+            n,
+            run(config.batch_size),
+            flops,
+            {**params, "batch_size": config.batch_size},
+        ),
+        "insertion.per_step": ctx.measure(
+            "baseline: one forward per insertion step", "curves", n, run(1), flops, {**params, "batch_size": 1}
+        ),
     }

@@ -27,17 +27,33 @@ def _run_worker(ctx: Context) -> dict[str, Any] | str:
         return "lxt is not installed in this environment (pip install lxt zennit beside cafe to compare)"
     p = ctx.profile
     layer = ctx.layer(p.erf_layer)
-    spec = {"model": p.model, "layer": layer, "targets": p.erf_targets, "expansion": p.sae_expansion,
-            "device": str(ctx.timer.device), "threads": torch.get_num_threads(), "repeats": ctx.timer.repeats,
-            "warmup": ctx.timer.warmup}
-    proc = subprocess.run([sys.executable, "-m", "cafe.bench.lxt_worker", json.dumps(spec)], capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
+    spec = {
+        "model": p.model,
+        "layer": layer,
+        "targets": p.erf_targets,
+        "expansion": p.sae_expansion,
+        "device": str(ctx.timer.device),
+        "threads": torch.get_num_threads(),
+        "repeats": ctx.timer.repeats,
+        "warmup": ctx.timer.warmup,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cafe.bench.lxt_worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     if proc.returncode != 0:
         return f"the lxt worker failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if "error" in result:
         return result["error"]
     flops = p.erf_targets * ctx.arch.forward_backward(layer, cp=True)
-    return ctx.record("lxt: gradient x input under lxt's global ViT patches (CP-LRP in attention), subprocess", "targets",
-                      p.erf_targets, Timing(**result["timing"]), flops,
-                      {"layer": layer, "targets": p.erf_targets, "patched": result["patched"]})
+    return ctx.record(
+        "lxt: gradient x input under lxt's global ViT patches (CP-LRP in attention), subprocess",
+        "targets",
+        p.erf_targets,
+        Timing(**result["timing"]),
+        flops,
+        {"layer": layer, "targets": p.erf_targets, "patched": result["patched"]},
+    )

@@ -31,10 +31,13 @@ def patch_lxt() -> list[str]:
     from torch import nn
 
     patches = import_lxt_patches()
-    patched = {nn.GELU: patches.patch_method(patches.non_linear_forward, nn.GELU, keep_original=True),
-               LayerNorm: patches.patch_method(patches.layer_norm_forward, LayerNorm),
-               nn.MultiheadAttention: patches.patch_method(patches.cp_multi_head_attention_forward,
-                                                           nn.MultiheadAttention, keep_original=True)}
+    patched = {
+        nn.GELU: patches.patch_method(patches.non_linear_forward, nn.GELU, keep_original=True),
+        LayerNorm: patches.patch_method(patches.layer_norm_forward, LayerNorm),
+        nn.MultiheadAttention: patches.patch_method(
+            patches.cp_multi_head_attention_forward, nn.MultiheadAttention, keep_original=True
+        ),
+    }
     return [f"{cls.__module__}.{cls.__name__}" for cls, ok in patched.items() if ok]
 
 
@@ -70,7 +73,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     pixels = backbone.normalize(random_images(spec["targets"], backbone.image_size, device))
     tokens, features = random_targets(spec["targets"], backbone, sae.n_latents)
 
-    timing = Timer(device, spec["repeats"], spec["warmup"]).best(lambda: gradient_x_input(target, pixels, tokens, features))
+    timing = Timer(device, spec["repeats"], spec["warmup"]).best(
+        lambda: gradient_x_input(target, pixels, tokens, features)
+    )
     return {"timing": asdict(timing), "patched": patched}
 
 

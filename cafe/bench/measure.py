@@ -12,9 +12,10 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -104,8 +105,9 @@ class Timer:
         return Timing(min(times), self._peak(), start_memory)
 
 
-def stage_record(what: str, unit: str, count: float, timing: Timing, flops: float,
-                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+def stage_record(
+    what: str, unit: str, count: float, timing: Timing, flops: float, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One row of the results: throughput in `unit`/s and achieved FLOP/s (the suite adds the utilisation once the
     run's matmul peak is known)."""
     return {

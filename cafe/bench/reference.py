@@ -22,12 +22,21 @@ def autograd_reference(ctx: Context) -> dict[str, dict[str, Any]]:
         with torch.enable_grad():
             return torch.autograd.grad(ctx.backbone.forward_to(x, depth).sum(), x)[0]
 
-    return {"reference.autograd": ctx.measure(f"reference: plain autograd forward + backward of all {depth} blocks",
-                                              "images", n, step, ctx.arch.forward_backward(depth, n), {"images": n})}
+    return {
+        "reference.autograd": ctx.measure(
+            f"reference: plain autograd forward + backward of all {depth} blocks",
+            "images",
+            n,
+            step,
+            ctx.arch.forward_backward(depth, n),
+            {"images": n},
+        )
+    }
 
 
-def hooked_value(target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Tensor,
-                 features: torch.Tensor) -> torch.Tensor:
+def hooked_value(
+    target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
     """z as a user would get it without truncation: the whole tower runs, a forward hook keeps block L's output."""
     captured = {}
     block = target.backbone.visual.transformer.resblocks[target.layer - 1]
@@ -52,11 +61,24 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
         def call() -> torch.Tensor:
             with torch.inference_mode():
                 return fn(target, pixels, tokens, features)
+
         return call
 
     return {
-        "target.truncated": ctx.measure(f"z_k(I, t) at layer {layer}: truncated forward (blocks 1..{layer})",
-                                        "targets", n, run(FeatureTarget.__call__), ctx.arch.forward(layer, n), params),
-        "target.hooked": ctx.measure(f"baseline: full-tower forward, hook capturing block {layer}", "targets", n,
-                                     run(hooked_value), ctx.arch.forward(ctx.backbone.depth, n), params),
+        "target.truncated": ctx.measure(
+            f"z_k(I, t) at layer {layer}: truncated forward (blocks 1..{layer})",
+            "targets",
+            n,
+            run(FeatureTarget.__call__),
+            ctx.arch.forward(layer, n),
+            params,
+        ),
+        "target.hooked": ctx.measure(
+            f"baseline: full-tower forward, hook capturing block {layer}",
+            "targets",
+            n,
+            run(hooked_value),
+            ctx.arch.forward(ctx.backbone.depth, n),
+            params,
+        ),
     }

@@ -15,15 +15,28 @@ def _fmt(x: float) -> str:
 
 def stage_rows(results: dict[str, Any]) -> list[list[str]]:
     """One row per measured stage of every model."""
-    return [[model, name, f"{_fmt(r['throughput'])} {r['unit']}/s", _fmt(r["seconds"]), _fmt(r["flop_per_s"] / 1e9),
-             f"{r['utilisation']:.2f}", f"{r['peak_memory_mb']:.0f}"]
-            for model, m in results["models"].items() for name, r in m["stages"].items()]
+    return [
+        [
+            model,
+            name,
+            f"{_fmt(r['throughput'])} {r['unit']}/s",
+            _fmt(r["seconds"]),
+            _fmt(r["flop_per_s"] / 1e9),
+            f"{r['utilisation']:.2f}",
+            f"{r['peak_memory_mb']:.0f}",
+        ]
+        for model, m in results["models"].items()
+        for name, r in m["stages"].items()
+    ]
 
 
 def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
     """One row per side-by-side comparison: how many times faster our stage is than the baseline."""
-    return [[model, c["what"], f"{c['speedup']:.2f}x", f"{c['flop_ratio']:.2f}x"]
-            for model, m in results["models"].items() for c in m["comparisons"]]
+    return [
+        [model, c["what"], f"{c['speedup']:.2f}x", f"{c['flop_ratio']:.2f}x"]
+        for model, m in results["models"].items()
+        for c in m["comparisons"]
+    ]
 
 
 def depth_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -33,8 +46,14 @@ def depth_rows(results: dict[str, Any]) -> list[list[str]]:
         d = m["erf_depth"]
         curve = ", ".join(f"L{p['layer']}: {_fmt(p['seconds'] / d['targets'])}" for p in d["points"])
         fit = d["fit"]
-        rows.append([model, curve, f"{_fmt(fit['seconds_per_target_at_0'])} + {_fmt(fit['seconds_per_target_per_block'])}"
-                     f" L (r2 {fit['r2']:.3f})"])
+        rows.append(
+            [
+                model,
+                curve,
+                f"{_fmt(fit['seconds_per_target_at_0'])} + {_fmt(fit['seconds_per_target_per_block'])}"
+                f" L (r2 {fit['r2']:.3f})",
+            ]
+        )
     return rows
 
 
@@ -50,19 +69,28 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def _header(results: dict[str, Any]) -> str:
     m, peak = results["machine"], results["peak"]
-    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), device {m['device']}; "
-            f"matmul peak {_fmt(peak['flop_per_s'] / 1e9)} GFLOP/s (float32); load {m['load_average_1min']:.1f} at "
-            f"start, {m['load_average_1min_end']:.1f} at end; {results['seconds']:.0f} s"
-            + (" (quick)" if results["quick"] else ""))
+    return (
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), device {m['device']}; "
+        f"matmul peak {_fmt(peak['flop_per_s'] / 1e9)} GFLOP/s (float32); load {m['load_average_1min']:.1f} at "
+        f"start, {m['load_average_1min_end']:.1f} at end; {results['seconds']:.0f} s"
+        + (" (quick)" if results["quick"] else "")
+    )
 
 
 def table(results: dict[str, Any]) -> str:
     """The terminal summary: stages, comparisons, the depth curve and anything skipped."""
-    skipped = [f"{model}: {name} skipped: {why}" for model, m in results["models"].items()
-               for name, why in m["skipped"].items()]
-    parts = [_header(results), _text(STAGE_HEADER, stage_rows(results)),
-             _text(COMPARISON_HEADER, comparison_rows(results)),
-             _text(["model", "AttnLRP s/target over L", "fit"], depth_rows(results)), *skipped]
+    skipped = [
+        f"{model}: {name} skipped: {why}"
+        for model, m in results["models"].items()
+        for name, why in m["skipped"].items()
+    ]
+    parts = [
+        _header(results),
+        _text(STAGE_HEADER, stage_rows(results)),
+        _text(COMPARISON_HEADER, comparison_rows(results)),
+        _text(["model", "AttnLRP s/target over L", "fit"], depth_rows(results)),
+        *skipped,
+    ]
     return "\n\n".join(parts)
 
 
@@ -72,27 +100,47 @@ def goals(results: dict[str, Any]) -> list[str]:
     for model, m in results["models"].items():
         s = m["stages"]
         lrp, ref = s["erf.attnlrp"], s["reference.autograd"]
-        lines.append(f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
-                     f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
-                     f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
-                     f"extraction {s['extraction']['utilisation']:.2f}")
+        lines.append(
+            f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
+            f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
+            f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
+            f"extraction {s['extraction']['utilisation']:.2f}"
+        )
         sae = [r for name, r in s.items() if name.startswith("sae.train")]
-        lines.append("  - SAE training: " + "; ".join(
-            f"{r['params']['file_tokens']:,} tokens on disk: {_fmt(r['throughput'])} tokens/s, utilisation "
-            f"{r['utilisation']:.2f}, peak RSS {r['peak_memory_mb']:.0f} MB" for r in sae))
+        lines.append(
+            "  - SAE training: "
+            + "; ".join(
+                f"{r['params']['file_tokens']:,} tokens on disk: {_fmt(r['throughput'])} tokens/s, utilisation "
+                f"{r['utilisation']:.2f}, peak RSS {r['peak_memory_mb']:.0f} MB"
+                for r in sae
+            )
+        )
     return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The markdown summary kept beside the JSON (benchmarks/results/latest.md)."""
-    skipped = [f"- {model}: `{name}` skipped: {why}" for model, m in results["models"].items()
-               for name, why in m["skipped"].items()]
-    return "\n\n".join([
-        "# cafe bench: latest run", _header(results), "## Goals", "\n".join(goals(results)),
-        "## Stages", _markdown(STAGE_HEADER, stage_rows(results)),
-        "## Side by side (speed-up = our throughput / baseline throughput)",
-        _markdown(COMPARISON_HEADER, comparison_rows(results)),
-        "## ERF cost over depth L (AttnLRP)", _markdown(["model", "s/target over L", "fit"], depth_rows(results)),
-        *(["## Not measured", "\n".join(skipped)] if skipped else []),
-        f"FLOP model: {results['flop_model']}",
-    ]) + "\n"
+    skipped = [
+        f"- {model}: `{name}` skipped: {why}"
+        for model, m in results["models"].items()
+        for name, why in m["skipped"].items()
+    ]
+    return (
+        "\n\n".join(
+            [
+                "# cafe bench: latest run",
+                _header(results),
+                "## Goals",
+                "\n".join(goals(results)),
+                "## Stages",
+                _markdown(STAGE_HEADER, stage_rows(results)),
+                "## Side by side (speed-up = our throughput / baseline throughput)",
+                _markdown(COMPARISON_HEADER, comparison_rows(results)),
+                "## ERF cost over depth L (AttnLRP)",
+                _markdown(["model", "s/target over L", "fit"], depth_rows(results)),
+                *(["## Not measured", "\n".join(skipped)] if skipped else []),
+                f"FLOP model: {results['flop_model']}",
+            ]
+        )
+        + "\n"
+    )

@@ -7,8 +7,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -48,18 +49,28 @@ COMPARISONS = [
     ("z at layer L: truncated forward vs full tower + forward hook", "target.truncated", "target.hooked"),
     ("insertion: batched steps vs one forward per step", "insertion", "insertion.per_step"),
     # attnlrp, gradient: targets batched; ig: steps of several targets per forward; kernelshap: perturbations
-    *[(f"{m}: cafe's batching vs one target per call with captum's defaults", f"erf.{m}", f"erf.{m}.one_at_a_time")
-      for m in ERF_METHODS],
+    *[
+        (f"{m}: cafe's batching vs one target per call with captum's defaults", f"erf.{m}", f"erf.{m}.one_at_a_time")
+        for m in ERF_METHODS
+    ],
     ("CP-LRP (lxt's ViT recipe): cafe's rules vs lxt's global patches", "erf.attnlrp.cp", "erf.attnlrp.lxt"),
 ]
 
 
 def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Speed-up of each of our stages over its baseline (throughput ratio), with the ratio FLOPs alone predict."""
-    return [{"what": what, "ours": ours, "baseline": base,
-             "speedup": stages[ours]["throughput"] / stages[base]["throughput"],
-             "flop_ratio": (stages[base]["flops"] / stages[base]["count"]) / (stages[ours]["flops"] / stages[ours]["count"])}
-            for what, ours, base in COMPARISONS if ours in stages and base in stages]
+    return [
+        {
+            "what": what,
+            "ours": ours,
+            "baseline": base,
+            "speedup": stages[ours]["throughput"] / stages[base]["throughput"],
+            "flop_ratio": (stages[base]["flops"] / stages[base]["count"])
+            / (stages[ours]["flops"] / stages[ours]["count"]),
+        }
+        for what, ours, base in COMPARISONS
+        if ours in stages and base in stages
+    ]
 
 
 def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> dict[str, Any]:
@@ -80,8 +91,16 @@ def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> di
     skipped = {name: r for name, r in results.items() if isinstance(r, str)}
     depth = erf_depth(ctx)
     log.info("%s: ERF depth curve done", p.model)
-    return {"alias": name, "depth": backbone.depth, "width": backbone.width, "tokens": backbone.n_tokens,
-            "stages": stages, "comparisons": comparisons(stages), "erf_depth": depth, "skipped": skipped}
+    return {
+        "alias": name,
+        "depth": backbone.depth,
+        "width": backbone.width,
+        "tokens": backbone.n_tokens,
+        "stages": stages,
+        "comparisons": comparisons(stages),
+        "erf_depth": depth,
+        "skipped": skipped,
+    }
 
 
 def add_utilisation(results: dict[str, Any]) -> None:
@@ -92,25 +111,38 @@ def add_utilisation(results: dict[str, Any]) -> None:
             record["utilisation"] = record["flop_per_s"] / peak
 
 
-def run_suite(models: list[str], quick: bool, out: Path, device: str = "auto",
-              threads: int | None = None) -> dict[str, Any]:
+def run_suite(
+    models: list[str], quick: bool, out: Path, device: str = "auto", threads: int | None = None
+) -> dict[str, Any]:
     """Benchmark `models`, write `out` (JSON) and its markdown twin, print the table; returns the results."""
     if threads:
         torch.set_num_threads(threads)
     timer = Timer(resolve_device(device), warmup=1)
-    machine = {**describe(timer.device), "memory": cpu_memory_kind() if timer.device.type == "cpu"
-               else "torch.cuda.max_memory_allocated during the stage"}
+    machine = {
+        **describe(timer.device),
+        "memory": cpu_memory_kind()
+        if timer.device.type == "cpu"
+        else "torch.cuda.max_memory_allocated during the stage",
+    }
     started, first_peak = time.perf_counter(), matmul_peak(timer, quick)
     log.info("matmul peak %.1f GFLOP/s on %s", first_peak["flop_per_s"] / 1e9, timer.device)
-    results: dict[str, Any] = {"schema": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "quick": quick, "machine": machine,
-                               "flop_model": FLOP_MODEL, "models": {}}
+    results: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": quick,
+        "machine": machine,
+        "flop_model": FLOP_MODEL,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="cafe-bench-") as tmp:
         for name in models:
             results["models"][profile(name, quick).model] = run_model(name, quick, timer.device, Path(tmp) / name)
     last_peak = matmul_peak(timer, quick)  # measured again at the end: a busy start must not flatter the ratios
-    results["peak"] = {**max(first_peak, last_peak, key=lambda peak: peak["flop_per_s"]),
-                       "start_flop_per_s": first_peak["flop_per_s"], "end_flop_per_s": last_peak["flop_per_s"]}
+    results["peak"] = {
+        **max(first_peak, last_peak, key=lambda peak: peak["flop_per_s"]),
+        "start_flop_per_s": first_peak["flop_per_s"],
+        "end_flop_per_s": last_peak["flop_per_s"],
+    }
     add_utilisation(results)
     machine["load_average_1min_end"] = os.getloadavg()[0]
     results["seconds"] = time.perf_counter() - started

@@ -23,9 +23,9 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -38,7 +38,7 @@ from cafe.errors import CafeError
 from cafe.io import atomic_path, current_umask, write_csv
 from cafe.params import parse_section
 
-__all__ = ["CLASSES", "COMPOSITIONAL", "DemoConfig", "generate", "write_demo", "register"]
+__all__ = ["CLASSES", "COMPOSITIONAL", "DemoConfig", "generate", "register", "write_demo"]
 
 log = logging.getLogger(__name__)
 OBJECT_COLUMNS = ["path", "class", "object", "kind", "causal", "x0", "y0", "x1", "y1", "area"]
@@ -87,8 +87,18 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
 
 def _object_rows(path: str, label: str, scene: Scene) -> list[dict]:
     return [
-        {"path": path, "class": label, "object": o.id, "kind": o.kind, "causal": o.causal,
-         "x0": o.bbox[0], "y0": o.bbox[1], "x1": o.bbox[2], "y1": o.bbox[3], "area": o.area}
+        {
+            "path": path,
+            "class": label,
+            "object": o.id,
+            "kind": o.kind,
+            "causal": o.causal,
+            "x0": o.bbox[0],
+            "y0": o.bbox[1],
+            "x1": o.bbox[2],
+            "y1": o.bbox[3],
+            "area": o.area,
+        }
         for o in scene.objects
     ]
 
@@ -96,10 +106,19 @@ def _object_rows(path: str, label: str, scene: Scene) -> list[dict]:
 def _write_masks(path: Path, config: DemoConfig, paths: list[str], labels: list[np.ndarray]) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("path", data=np.array(paths, dtype=object), dtype=h5py.string_dtype())
-        h5.create_dataset("labels", data=np.stack(labels), chunks=(1, config.image_size, config.image_size),
-                          compression="gzip", shuffle=True)
-        h5.attrs.update(image_size=config.image_size, seed=config.seed, classes=json.dumps(CLASSES),
-                        compositional=json.dumps(list(COMPOSITIONAL)))
+        h5.create_dataset(
+            "labels",
+            data=np.stack(labels),
+            chunks=(1, config.image_size, config.image_size),
+            compression="gzip",
+            shuffle=True,
+        )
+        h5.attrs.update(
+            image_size=config.image_size,
+            seed=config.seed,
+            classes=json.dumps(CLASSES),
+            compositional=json.dumps(list(COMPOSITIONAL)),
+        )
 
 
 def write_demo(config: DemoConfig, out: str | Path) -> None:

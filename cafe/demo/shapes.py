@@ -6,9 +6,9 @@ scaled by `unit` = image_size / 64, so the world looks the same at any resolutio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 from matplotlib.path import Path as PolygonPath
@@ -32,7 +32,7 @@ def _grid(h: int, w: int) -> np.ndarray:
 
 def _side(rng: Rng, low: float, high: float, unit: float) -> int:
     """A random length in [low, high] (64 px units), at least 3 pixels."""
-    return max(3, int(round(rng.uniform(low, high) * unit)))
+    return max(3, round(rng.uniform(low, high) * unit))
 
 
 def _vivid(rng: Rng) -> np.ndarray:

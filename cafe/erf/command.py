@@ -53,8 +53,11 @@ class ErfResult:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe erf`."""
-    p = subparsers.add_parser("erf", help="ERF maps of one method for the top activations of one layer",
-                              description="Attribute each top activation z_k(I, t) of a layer to the image patches.")
+    p = subparsers.add_parser(
+        "erf",
+        help="ERF maps of one method for the top activations of one layer",
+        description="Attribute each top activation z_k(I, t) of a layer to the image patches.",
+    )
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--params", default="{}", help="the params.yaml `erf` section as JSON")
     p.add_argument("--backbone", required=True, help="the params.yaml `backbone` section as JSON")
@@ -79,7 +82,9 @@ def command(args: argparse.Namespace) -> None:
     if args.method == "activation":
         result = activation_result(ff)
     else:
-        missing = [f"--{name.replace('_', '-')}" for name in ("sae", "manifest", "images_root") if not getattr(args, name)]
+        missing = [
+            f"--{name.replace('_', '-')}" for name in ("sae", "manifest", "images_root") if not getattr(args, name)
+        ]
         if missing:
             raise CafeError(f"erf: method {args.method!r} needs {', '.join(missing)}")
         load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
@@ -106,7 +111,7 @@ def compute_erf(method: ErfMethod, ff: FeatureFile, load: ImageLoader, batch_siz
     rows, ranks = np.nonzero(ff.image >= 0)
     seconds = 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc=f"erf L{ff.layer} {method.name}", unit="batch"):
-        r, c = rows[start:start + batch_size], ranks[start:start + batch_size]
+        r, c = rows[start : start + batch_size], ranks[start : start + batch_size]
         images = load(ff.image[r, c])
         began = time.perf_counter()
         out = method.explain(images, torch.from_numpy(ff.token[r, c]), torch.from_numpy(ff.feature[r]))
@@ -128,11 +133,16 @@ def activation_result(ff: FeatureFile) -> ErfResult:
 
 def write_erf(path: str, method: str, params: dict, ff: FeatureFile, result: ErfResult) -> None:
     """Write the ERF file atomically."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("maps", data=result.maps, chunks=(1, *result.maps.shape[1:]), compression="gzip")
-            h5.create_dataset("target_value", data=result.target_value)
-            h5.create_dataset("absorbed", data=result.absorbed)
-            h5.attrs.update(method=method, params=json.dumps(params, sort_keys=True), layer=ff.layer, grid=ff.grid,
-                            sae_fingerprint=ff.sae_fingerprint, n_targets=int((ff.image >= 0).sum()),
-                            targets_per_s=float(result.targets_per_s))
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("maps", data=result.maps, chunks=(1, *result.maps.shape[1:]), compression="gzip")
+        h5.create_dataset("target_value", data=result.target_value)
+        h5.create_dataset("absorbed", data=result.absorbed)
+        h5.attrs.update(
+            method=method,
+            params=json.dumps(params, sort_keys=True),
+            layer=ff.layer,
+            grid=ff.grid,
+            sae_fingerprint=ff.sae_fingerprint,
+            n_targets=int((ff.image >= 0).sum()),
+            targets_per_s=float(result.targets_per_s),
+        )

@@ -33,7 +33,9 @@ class AttnLRPConfig:
         if self.epsilon < 0 or min(self.gamma.attention, self.gamma.mlp) < 0:
             raise CafeError(f"params: erf.attnlrp.epsilon and gamma must be >= 0, got {self.epsilon}, {self.gamma}")
         if self.attention not in ATTENTION_RULES:
-            raise CafeError(f"params: erf.attnlrp.attention must be one of {list(ATTENTION_RULES)}, got {self.attention!r}")
+            raise CafeError(
+                f"params: erf.attnlrp.attention must be one of {list(ATTENTION_RULES)}, got {self.attention!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ class ErfConfig:
     gradient: GradientConfig = field(default_factory=GradientConfig)
 
     def __post_init__(self) -> None:
-        for name, value in (("batch_size", self.batch_size), ("ig.steps", self.ig.steps),
-                            ("kernelshap.samples", self.kernelshap.samples)):
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("ig.steps", self.ig.steps),
+            ("kernelshap.samples", self.kernelshap.samples),
+        ):
             if value < 1:
                 raise CafeError(f"params: erf.{name} must be >= 1, got {value}")

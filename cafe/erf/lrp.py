@@ -26,10 +26,17 @@ def check_supported(visual: nn.Module) -> None:
         raise CafeError("erf attnlrp: the patch embedding has a bias; relevance could not be read at the pixels")
     for i, block in enumerate(visual.transformer.resblocks, start=1):
         attn = getattr(block, "attn", None)
-        if not (isinstance(block, ResidualAttentionBlock) and isinstance(attn, nn.MultiheadAttention)
-                and attn.batch_first and attn._qkv_same_embed_dim and attn.bias_k is None):
-            raise CafeError(f"erf attnlrp: block {i} ({type(block).__name__}) is not a standard OpenCLIP "
-                            f"ResidualAttentionBlock with batch-first nn.MultiheadAttention; no LRP rules for it")
+        if not (
+            isinstance(block, ResidualAttentionBlock)
+            and isinstance(attn, nn.MultiheadAttention)
+            and attn.batch_first
+            and attn._qkv_same_embed_dim
+            and attn.bias_k is None
+        ):
+            raise CafeError(
+                f"erf attnlrp: block {i} ({type(block).__name__}) is not a standard OpenCLIP "
+                f"ResidualAttentionBlock with batch-first nn.MultiheadAttention; no LRP rules for it"
+            )
 
 
 def embed(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:

@@ -43,8 +43,9 @@ class _FromCanvas(ErfMethod):
         return Attribution(maps, z, (z - z_canvas) - maps.sum((1, 2)))
 
     @abstractmethod
-    def _canvas_maps(self, pixels: torch.Tensor, canvas: torch.Tensor, tokens: torch.Tensor,
-                     features: torch.Tensor) -> torch.Tensor:
+    def _canvas_maps(
+        self, pixels: torch.Tensor, canvas: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
         """Patch maps (B, grid, grid) whose sum approximates z(pixels) - z(canvas)."""
 
 
@@ -55,8 +56,12 @@ class IntegratedGradients(_FromCanvas):
 
     def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
         attr = CaptumIG(self.target).attribute(
-            pixels, baselines=canvas, additional_forward_args=(tokens, features), n_steps=self.config.ig.steps,
-            internal_batch_size=max(self.config.batch_size, len(pixels)))
+            pixels,
+            baselines=canvas,
+            additional_forward_args=(tokens, features),
+            n_steps=self.config.ig.steps,
+            internal_batch_size=max(self.config.batch_size, len(pixels)),
+        )
         return patch_sum(attr, self.backbone.patch_size)
 
 
@@ -75,8 +80,13 @@ class KernelShap(_FromCanvas):
             with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []):
                 torch.manual_seed(config.seed)
                 attr = explainer.attribute(
-                    pixels[b:b + 1], baselines=canvas[b:b + 1], additional_forward_args=(tokens[b:b + 1], features[b:b + 1]),
-                    feature_mask=mask, n_samples=config.samples, perturbations_per_eval=self.config.batch_size)
+                    pixels[b : b + 1],
+                    baselines=canvas[b : b + 1],
+                    additional_forward_args=(tokens[b : b + 1], features[b : b + 1]),
+                    feature_mask=mask,
+                    n_samples=config.samples,
+                    perturbations_per_eval=self.config.batch_size,
+                )
             maps.append(attr[:, 0, ::patch, ::patch])  # every pixel of a patch carries the patch's value
         return torch.cat(maps)
 

@@ -1,4 +1,5 @@
-"""ERF methods by name: `METHODS[name](target, config)` builds one; all share `attribute(images01, tokens, features)`."""
+"""ERF methods by name: `METHODS[name](target, config)` builds one; all share
+`attribute(images01, tokens, features)`."""
 
 from __future__ import annotations
 

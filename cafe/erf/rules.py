@@ -10,7 +10,7 @@ One backward pass then yields LRP for a whole batch of targets. Nothing here tou
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,16 +125,20 @@ def _gamma_backward(grad, weight, x, bias, y, epsilon: float, gamma: float) -> t
     b_pos = None if bias is None else bias.clamp(min=0)
     b_neg = None if bias is None else bias.clamp(max=0)
     up = y > 0
-    same_sign = torch.where(up, F.linear(x_pos, w_pos, b_pos) + F.linear(x_neg, w_neg),
-                            F.linear(x_pos, w_neg, b_neg) + F.linear(x_neg, w_pos))
+    same_sign = torch.where(
+        up,
+        F.linear(x_pos, w_pos, b_pos) + F.linear(x_neg, w_neg),
+        F.linear(x_pos, w_neg, b_neg) + F.linear(x_neg, w_pos),
+    )
     s = grad * y / stabilize(y + gamma * same_sign, epsilon)
     s_up, s_down = torch.where(up, s, 0), torch.where(up, 0, s)
     extra = torch.where(x > 0, s_up @ w_pos + s_down @ w_neg, s_up @ w_neg + s_down @ w_pos)
     return s @ weight + gamma * extra
 
 
-def linear_rule(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float,
-                gamma: float = 0.0) -> torch.Tensor:
+def linear_rule(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float, gamma: float = 0.0
+) -> torch.Tensor:
     """F.linear under the epsilon (gamma = 0) or gamma rule; the bias absorbs its share of relevance. With
     epsilon = gamma = 0 (LRP-0) the modified gradient is the plain gradient: no rule, no extra memory pass."""
     if epsilon == 0 and gamma == 0:

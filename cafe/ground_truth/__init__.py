@@ -30,7 +30,19 @@ from cafe.params import parse_section
 from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
-TARGET_COLUMNS = ["layer", "feature", "slot", "image", "path", "class", "token", "cause", "parts", "cause_patches", "chance"]
+TARGET_COLUMNS = [
+    "layer",
+    "feature",
+    "slot",
+    "image",
+    "path",
+    "class",
+    "token",
+    "cause",
+    "parts",
+    "cause_patches",
+    "chance",
+]
 SCORE_COLUMNS = ["method", "mass_in", "hit", "weakest_part"]
 
 
@@ -38,8 +50,8 @@ SCORE_COLUMNS = ["method", "mass_in", "hit", "weakest_part"]
 class GroundTruthConfig:
     """How causes become patch masks (params.yaml `ground_truth:`)."""
 
-    patch_overlap: float = 0.25   # a patch is in an object if at least this share of its pixels are
-    kind_purity: float = 0.8      # a kind is a feature's cause if it is planted in this share of its top images
+    patch_overlap: float = 0.25  # a patch is in an object if at least this share of its pixels are
+    kind_purity: float = 0.8  # a kind is a feature's cause if it is planted in this share of its top images
 
     def __post_init__(self) -> None:
         for name in ("patch_overlap", "kind_purity"):
@@ -53,13 +65,21 @@ def _lookup(manifest: pd.DataFrame, world: World, index: int, where: str) -> tup
         raise CafeError(f"{where}: image index {index} is not in the manifest")
     path, label = manifest.at[index, "path"], manifest.at[index, "class"]
     if path not in world.row:
-        raise CafeError(f"{where}: manifest image {index} ({path!r}) is not in the demo masks; ground truth needs "
-                        f"the manifest built from the demo's images folder (data.images: results/demo/images)")
+        raise CafeError(
+            f"{where}: manifest image {index} ({path!r}) is not in the demo masks; ground truth needs "
+            f"the manifest built from the demo's images folder (data.images: results/demo/images)"
+        )
     return path, label
 
 
-def score_layer(layer: int, features: Path, erf_files: dict[str, Path], manifest: pd.DataFrame, world: World,
-                config: GroundTruthConfig) -> pd.DataFrame:
+def score_layer(
+    layer: int,
+    features: Path,
+    erf_files: dict[str, Path],
+    manifest: pd.DataFrame,
+    world: World,
+    config: GroundTruthConfig,
+) -> pd.DataFrame:
     """One row per (target with a known cause, method), for the methods' ERFs and the activation map."""
     ff = read_features(features, layer)
     feature, image, token, grid = ff.feature, ff.image, ff.token, ff.grid
@@ -74,8 +94,18 @@ def score_layer(layer: int, features: Path, erf_files: dict[str, Path], manifest
             parts = cause_regions(world, found[j][0], kinds, grid, config.patch_overlap)
             if not parts:
                 continue
-            target = [layer, int(feature[n]), j, int(image[n, j]), *found[j], int(token[n, j]), "+".join(kinds),
-                      len(parts), int(np.logical_or.reduce(parts).sum()), chance(parts)]
+            target = [
+                layer,
+                int(feature[n]),
+                j,
+                int(image[n, j]),
+                *found[j],
+                int(token[n, j]),
+                "+".join(kinds),
+                len(parts),
+                int(np.logical_or.reduce(parts).sum()),
+                chance(parts),
+            ]
             for method, m in maps.items():
                 scores = score_map(m[n, j], parts)
                 rows.append(target + [method] + [scores[c] for c in SCORE_COLUMNS[1:]])
@@ -87,8 +117,10 @@ def run(args: argparse.Namespace) -> None:
     """Score every layer, then write the per-layer CSVs, the summary table, figure and metrics."""
     config = parse_section(GroundTruthConfig, args.params, "ground_truth")
     if not len(args.layers) == len(args.features) == len(args.out_targets):
-        raise CafeError(f"ground-truth: --layers ({len(args.layers)}), --features ({len(args.features)}) and "
-                        f"--out-targets ({len(args.out_targets)}) must list one entry per layer")
+        raise CafeError(
+            f"ground-truth: --layers ({len(args.layers)}), --features ({len(args.features)}) and "
+            f"--out-targets ({len(args.out_targets)}) must list one entry per layer"
+        )
     world = load_world(args.objects, args.masks)
     manifest = read_manifest(args.manifest).set_index("index")
     frames = []

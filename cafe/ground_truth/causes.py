@@ -6,8 +6,9 @@ planted kinds present in at least `kind_purity` of them (and in at least MIN_TOP
 its cause. A feature that fires on spilled-pills-with-a-frowning-face scenes thus gets both parts as its
 cause; one that fires on pills in any scene (pills alone or with the face) gets the pills; one that fires on
 rings or a background texture gets none and is left out. For a target (feature, image, token) the causal
-region is every planted object of those kinds in that image; a target whose image holds none is left out. Objects map to patches: a patch belongs to an object if at
-least `patch_overlap` of its pixels do, and every object keeps at least the patch it covers most.
+region is every planted object of those kinds in that image; a target whose image holds none is left out.
+Objects map to patches: a patch belongs to an object if at least `patch_overlap` of its pixels do, and every
+object keeps at least the patch it covers most.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def load_world(objects_csv: str | Path, masks_h5: str | Path) -> World:
     row = {path: i for i, path in enumerate(paths)}
     unknown = sorted(set(table["path"]) - set(row))
     if unknown:
-        raise CafeError(f"{objects_csv}: {len(unknown)} path(s) not in {masks_h5}, e.g. {unknown[0]!r}; "
-                        f"the two files come from different `cafe demo-data` runs")
+        raise CafeError(
+            f"{objects_csv}: {len(unknown)} path(s) not in {masks_h5}, e.g. {unknown[0]!r}; "
+            f"the two files come from different `cafe demo-data` runs"
+        )
     causal = table["causal"].map(lambda v: str(v).strip().lower() in ("true", "1"))
     objects: dict[str, list[tuple[int, str]]] = {}
     for path, obj, kind in zip(table["path"][causal], table["object"][causal], table["kind"][causal]):
@@ -74,7 +77,10 @@ def object_patches(labels: np.ndarray, grid: int, overlap: float) -> dict[int, n
     """Per object id, its (grid, grid) patch mask: patches at least `overlap` covered, plus its best patch."""
     size = labels.shape[0]
     if labels.shape[0] != labels.shape[1] or size % grid:
-        raise CafeError(f"masks.h5: label maps of {labels.shape[1]}x{labels.shape[0]} px do not tile into a {grid}x{grid} patch grid")
+        raise CafeError(
+            f"masks.h5: label maps of {labels.shape[1]}x{labels.shape[0]} px "
+            f"do not tile into a {grid}x{grid} patch grid"
+        )
     p = size // grid
     tiles = labels.reshape(grid, p, grid, p).transpose(0, 2, 1, 3).reshape(grid, grid, p * p)
     masks = {}

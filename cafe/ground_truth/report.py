@@ -8,10 +8,15 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-BASELINES = {"activation": dict(color="black", linestyle="--", marker="s"),
-             "chance": dict(color="grey", linestyle=":", marker="")}
-PANELS = (("mass_in", "positive mass on the cause"), ("hit", "pointing game (peak on the cause)"),
-          ("weakest_part", "weakest part share\n(compositional causes)"))
+BASELINES = {
+    "activation": dict(color="black", linestyle="--", marker="s"),
+    "chance": dict(color="grey", linestyle=":", marker=""),
+}
+PANELS = (
+    ("mass_in", "positive mass on the cause"),
+    ("hit", "pointing game (peak on the cause)"),
+    ("weakest_part", "weakest part share\n(compositional causes)"),
+)
 
 
 def summarize(scores: pd.DataFrame) -> pd.DataFrame:
@@ -22,8 +27,11 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
     table["features"] = grouped["feature"].nunique()
     table = table.reset_index()
     per_target = scores.drop_duplicates(["layer", "feature", "slot"])
-    floor = per_target.groupby("layer").agg(mass_in=("chance", "mean"), targets=("chance", "size"),
-                                            features=("feature", "nunique")).reset_index()
+    floor = (
+        per_target.groupby("layer")
+        .agg(mass_in=("chance", "mean"), targets=("chance", "size"), features=("feature", "nunique"))
+        .reset_index()
+    )
     floor["hit"], floor["method"] = floor["mass_in"], "chance"
     columns = ["layer", "method", "targets", "features", "mass_in", "hit", "weakest_part"]
     return pd.concat([table, floor], ignore_index=True)[columns].sort_values(["layer", "method"], ignore_index=True)
@@ -53,9 +61,14 @@ def figure(summary: pd.DataFrame) -> Figure:
 
 def metrics(summary: pd.DataFrame) -> dict:
     """Nested JSON for `dvc metrics`: layer -> method -> mass_in / hit / targets (NaN as null)."""
+
     def clean(value: float) -> float | None:
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
 
-    return {f"layer{layer}": {row.method: {"mass_in": clean(row.mass_in), "hit": clean(row.hit), "targets": int(row.targets)}
-                              for row in rows.itertuples()}
-            for layer, rows in summary.groupby("layer")}
+    return {
+        f"layer{layer}": {
+            row.method: {"mass_in": clean(row.mass_in), "hit": clean(row.hit), "targets": int(row.targets)}
+            for row in rows.itertuples()
+        }
+        for layer, rows in summary.groupby("layer")
+    }

@@ -23,15 +23,21 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe insertion` (one ranking method) and `cafe greedy` (the ceiling on a few targets)."""
-    p = subparsers.add_parser("insertion", help="insertion/deletion curves of one ranking method on one layer",
-                              description="Insert (delete) image patches in a method's order into (from) canvases and "
-                                          "re-measure the SAE feature; random and activation need no ERF file.")
+    p = subparsers.add_parser(
+        "insertion",
+        help="insertion/deletion curves of one ranking method on one layer",
+        description="Insert (delete) image patches in a method's order into (from) canvases and "
+        "re-measure the SAE feature; random and activation need no ERF file.",
+    )
     p.add_argument("--method", required=True, help="an ERF method name (reads --erf), or random / activation")
     p.add_argument("--erf", help="results/erf/layer{L}/{method}.h5 (ERF methods only)")
     _common_arguments(p, "results/insertion/layer{L}/{method}.csv")
     p.set_defaults(func=command)
-    g = subparsers.add_parser("greedy", help="greedy insertion/deletion ceiling on a few targets of one layer",
-                              description="Greedy forward selection of patches (params greedy_targets per layer).")
+    g = subparsers.add_parser(
+        "greedy",
+        help="greedy insertion/deletion ceiling on a few targets of one layer",
+        description="Greedy forward selection of patches (params greedy_targets per layer).",
+    )
     _common_arguments(g, "results/insertion/layer{L}/greedy.csv")
     g.set_defaults(func=command, method="greedy", erf=None)
 
@@ -70,8 +76,10 @@ def check_sae(meta: dict, ff: FeatureFile, path: str) -> None:
     if meta.get("layer", ff.layer) != ff.layer:
         raise CafeError(f"{path}: SAE of layer {meta['layer']}, but {ff.path} is layer {ff.layer}")
     if ff.sae_fingerprint and ff.sae_fingerprint != meta["fingerprint"]:
-        raise CafeError(f"{ff.path}: made with SAE {ff.sae_fingerprint}, but {path} is {meta['fingerprint']}; "
-                        f"re-run the features step")
+        raise CafeError(
+            f"{ff.path}: made with SAE {ff.sae_fingerprint}, but {path} is {meta['fingerprint']}; "
+            f"re-run the features step"
+        )
 
 
 def manifest_loader(manifest: str, root: str, size: int, ff: FeatureFile) -> ImageLoader:

@@ -7,8 +7,21 @@ from dataclasses import dataclass
 from cafe.errors import CafeError
 
 CANVASES = ("mean", "blur")
-COLUMNS = ["layer", "method", "canvas", "kind", "feature", "rank", "image", "token", "seed", "step", "fraction", "z",
-           "recovery"]  # the long curves table, one row per curve step
+COLUMNS = [
+    "layer",
+    "method",
+    "canvas",
+    "kind",
+    "feature",
+    "rank",
+    "image",
+    "token",
+    "seed",
+    "step",
+    "fraction",
+    "z",
+    "recovery",
+]  # the long curves table, one row per curve step
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,9 @@ class InsertionConfig:
     def __post_init__(self) -> None:
         unknown = [c for c in self.canvases if c not in CANVASES]
         if unknown or not self.canvases:
-            raise CafeError(f"params: insertion.canvases must be a non-empty subset of {list(CANVASES)}, got {list(self.canvases)}")
+            raise CafeError(
+                f"params: insertion.canvases must be a non-empty subset of {list(CANVASES)}, got {list(self.canvases)}"
+            )
         for name in ("steps", "seeds", "bootstrap", "batch_size"):
             if getattr(self, name) < 1:
                 raise CafeError(f"params: insertion.{name} must be >= 1, got {getattr(self, name)}")

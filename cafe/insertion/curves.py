@@ -8,7 +8,7 @@ through `FeatureTarget` in batches of `batch_size` images, never one forward per
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,9 +45,17 @@ def compose(images: torch.Tensor, canvases: torch.Tensor, masks: torch.Tensor, p
 
 
 @torch.inference_mode()
-def measure(target: FeatureTarget, images: torch.Tensor, canvases: torch.Tensor, masks: torch.Tensor,
-            image_of: np.ndarray, tokens: np.ndarray, features: np.ndarray, batch_size: int,
-            scalar: Scalar | None = None) -> np.ndarray:
+def measure(
+    target: FeatureTarget,
+    images: torch.Tensor,
+    canvases: torch.Tensor,
+    masks: torch.Tensor,
+    image_of: np.ndarray,
+    tokens: np.ndarray,
+    features: np.ndarray,
+    batch_size: int,
+    scalar: Scalar | None = None,
+) -> np.ndarray:
     """`scalar` (default: z) for every (curve c, masked image m) of masks (C, M, P), batched over all C*M
     images; returns (C, M)."""
     scalar = scalar or target
@@ -56,9 +64,9 @@ def measure(target: FeatureTarget, images: torch.Tensor, canvases: torch.Tensor,
     curve = np.repeat(np.arange(n_curves), n_masks)
     backbone, out = target.backbone, []
     for start in range(0, len(flat), batch_size):
-        rows = curve[start:start + batch_size]
+        rows = curve[start : start + batch_size]
         img = torch.as_tensor(image_of[rows], device=images.device)
-        pixels = compose(images[img], canvases[img], flat[start:start + batch_size], backbone.patch_size)
+        pixels = compose(images[img], canvases[img], flat[start : start + batch_size], backbone.patch_size)
         z = scalar(backbone.normalize(pixels), torch.as_tensor(tokens[rows]), torch.as_tensor(features[rows]))
         out.append(z.float().cpu())
     return torch.cat(out).view(n_curves, n_masks).numpy()
@@ -71,9 +79,17 @@ def split_curves(z: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return insertion, deletion
 
 
-def curves(target: FeatureTarget, images: torch.Tensor, canvases: torch.Tensor, orders: np.ndarray,
-           counts: np.ndarray, image_of: np.ndarray, tokens: np.ndarray, features: np.ndarray,
-           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def curves(
+    target: FeatureTarget,
+    images: torch.Tensor,
+    canvases: torch.Tensor,
+    orders: np.ndarray,
+    counts: np.ndarray,
+    image_of: np.ndarray,
+    tokens: np.ndarray,
+    features: np.ndarray,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Insertion and deletion z curves (C, S+1) for orders (C, P); row c uses image/canvas image_of[c]."""
     z = measure(target, images, canvases, keep_masks(orders, counts), image_of, tokens, features, batch_size)
     return split_curves(z, len(counts) - 1)

@@ -17,7 +17,9 @@ from cafe.insertion.orders import rank_patches
 from cafe.target import FeatureTarget
 
 
-def pre_activation(target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def pre_activation(
+    target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
     """W_e (s*h - b_d) of each row's feature at its token: z before the SAE's nonlinearity, (B,)."""
     resid = target.residual(pixels)
     rows = torch.arange(resid.shape[0], device=resid.device)
@@ -25,8 +27,17 @@ def pre_activation(target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Te
     return pre[rows, features.to(resid.device)]
 
 
-def greedy_order(target: FeatureTarget, image: torch.Tensor, canvas: torch.Tensor, token: int, feature: int,
-                 counts: np.ndarray, kind: str, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+def greedy_order(
+    target: FeatureTarget,
+    image: torch.Tensor,
+    canvas: torch.Tensor,
+    token: int,
+    feature: int,
+    counts: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    batch_size: int,
+) -> np.ndarray:
     """Greedy patch order (P,) for one target; kind 'insertion' maximises, 'deletion' minimises the target."""
     sign = 1.0 if kind == "insertion" else -1.0
     n_patches = int(counts[-1])
@@ -37,8 +48,17 @@ def greedy_order(target: FeatureTarget, image: torch.Tensor, canvas: torch.Tenso
             continue
         if take < len(remaining):
             masks = _candidate_masks(chosen, remaining, n_patches, kind)
-            scores = measure(target, image, canvas, masks[None], np.zeros(1, int), np.array([token]),
-                             np.array([feature]), batch_size, partial(pre_activation, target))[0]
+            scores = measure(
+                target,
+                image,
+                canvas,
+                masks[None],
+                np.zeros(1, int),
+                np.array([token]),
+                np.array([feature]),
+                batch_size,
+                partial(pre_activation, target),
+            )[0]
             best = rank_patches(sign * scores, rng)[:take]
         else:
             best = rng.permutation(len(remaining))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,15 +26,24 @@ TARGETS_PER_CHUNK = 16
 ImageLoader = Callable[[np.ndarray], torch.Tensor]  # manifest indices -> (B, 3, H, W) in [0, 1]
 
 
-def run_insertion(method: str, config: InsertionConfig, backbone: Backbone, sae: torch.nn.Module, ff: FeatureFile,
-                  load: ImageLoader, erf_maps: np.ndarray | None = None) -> pd.DataFrame:
+def run_insertion(
+    method: str,
+    config: InsertionConfig,
+    backbone: Backbone,
+    sae: torch.nn.Module,
+    ff: FeatureFile,
+    load: ImageLoader,
+    erf_maps: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Long-format insertion and deletion curves of `method` on one layer (one row per curve step); ERF methods
     rank patches by `erf_maps` (N, K, grid, grid), the built-in ones need none."""
     targets = select_targets(ff, config.min_activation)
     targets = sample_targets(targets, config.greedy_targets if method == "greedy" else config.max_targets, ff.layer)
     scores = _scores(method, ff, targets, erf_maps)
     targets, scores = _drop_missing(method, targets, scores)
-    log.info("layer %d, %s: %d clearly active targets, canvases %s", ff.layer, method, len(targets), list(config.canvases))
+    log.info(
+        "layer %d, %s: %d clearly active targets, canvases %s", ff.layer, method, len(targets), list(config.canvases)
+    )
     target = FeatureTarget(backbone, sae, ff.layer)
     counts = step_counts(backbone.grid**2, config.steps)
     frames = []
@@ -63,8 +72,15 @@ def _drop_missing(method: str, targets: Targets, scores: np.ndarray) -> tuple[Ta
     return targets.take(ok), scores[ok]
 
 
-def _chunk_frames(method: str, config: InsertionConfig, target: FeatureTarget, targets: Targets, scores: np.ndarray,
-                  counts: np.ndarray, load: ImageLoader) -> list[pd.DataFrame]:
+def _chunk_frames(
+    method: str,
+    config: InsertionConfig,
+    target: FeatureTarget,
+    targets: Targets,
+    scores: np.ndarray,
+    counts: np.ndarray,
+    load: ImageLoader,
+) -> list[pd.DataFrame]:
     """Curves of a chunk of targets on every canvas; the chunk's images are loaded once."""
     unique, image_of = np.unique(targets.image, return_inverse=True)
     images = load(unique).to(target.backbone.device)
@@ -72,32 +88,68 @@ def _chunk_frames(method: str, config: InsertionConfig, target: FeatureTarget, t
     frames = []
     for canvas_kind in config.canvases:
         canvases = make_canvas(canvas_kind, images, target.backbone, config.blur_sigma)
-        for kind, of_target, seed, z, ends in measure(config, target, targets, scores, counts, images, canvases, image_of):
+        for kind, of_target, seed, z, ends in measure(
+            config, target, targets, scores, counts, images, canvases, image_of
+        ):
             t = targets.take(of_target)
-            columns = {"layer": target.layer, "method": method, "canvas": canvas_kind, "feature": t.feature,
-                       "rank": t.rank, "image": t.image, "token": t.token, "seed": seed}
+            columns = {
+                "layer": target.layer,
+                "method": method,
+                "canvas": canvas_kind,
+                "feature": t.feature,
+                "rank": t.rank,
+                "image": t.image,
+                "token": t.token,
+                "seed": seed,
+            }
             frames.append(curve_frame(kind, columns, z, ends, counts / counts[-1], config.min_activation * t.max_value))
     return frames
 
 
-def _ranked_curves(config: InsertionConfig, target: FeatureTarget, targets: Targets, scores: np.ndarray,
-                   counts: np.ndarray, images: torch.Tensor, canvases: torch.Tensor, image_of: np.ndarray) -> list:
+def _ranked_curves(
+    config: InsertionConfig,
+    target: FeatureTarget,
+    targets: Targets,
+    scores: np.ndarray,
+    counts: np.ndarray,
+    images: torch.Tensor,
+    canvases: torch.Tensor,
+    image_of: np.ndarray,
+) -> list:
     """Insertion and deletion curves of the score ranking, one per seed; identical orders are measured once."""
-    orders = np.concatenate([seeded_orders(s, config.seeds, target.layer, f, r)
-                             for s, f, r in zip(scores, targets.feature, targets.rank)])
+    orders = np.concatenate(
+        [seeded_orders(s, config.seeds, target.layer, f, r) for s, f, r in zip(scores, targets.feature, targets.rank)]
+    )
     of_target = np.repeat(np.arange(len(targets)), config.seeds)
     seed = np.tile(np.arange(config.seeds), len(targets))
     unique, inverse = np.unique(np.column_stack([of_target, orders]), axis=0, return_inverse=True)
     t = unique[:, 0]
-    ins, dels = curves(target, images, canvases, unique[:, 1:], counts, image_of[t], targets.token[t],
-                       targets.feature[t], config.batch_size)
+    ins, dels = curves(
+        target,
+        images,
+        canvases,
+        unique[:, 1:],
+        counts,
+        image_of[t],
+        targets.token[t],
+        targets.feature[t],
+        config.batch_size,
+    )
     ins, dels = ins[inverse.ravel()], dels[inverse.ravel()]
     ends = ins[:, [0, -1]]
     return [("insertion", of_target, seed, ins, ends), ("deletion", of_target, seed, dels, ends)]
 
 
-def _greedy_curves(config: InsertionConfig, target: FeatureTarget, targets: Targets, scores: np.ndarray,
-                   counts: np.ndarray, images: torch.Tensor, canvases: torch.Tensor, image_of: np.ndarray) -> list:
+def _greedy_curves(
+    config: InsertionConfig,
+    target: FeatureTarget,
+    targets: Targets,
+    scores: np.ndarray,
+    counts: np.ndarray,
+    images: torch.Tensor,
+    canvases: torch.Tensor,
+    image_of: np.ndarray,
+) -> list:
     """The greedy ceiling: one greedy order per target and kind, measured like any other order (seed 0)."""
     out = []
     for i in range(len(targets)):
@@ -105,16 +157,27 @@ def _greedy_curves(config: InsertionConfig, target: FeatureTarget, targets: Targ
         img, cnv = images[image_of[one]], canvases[image_of[one]]
         for kind in ("insertion", "deletion"):
             rng = target_rng(0, target.layer, int(targets.feature[i]), int(targets.rank[i]))
-            order = greedy_order(target, img, cnv, int(targets.token[i]), int(targets.feature[i]), counts, kind, rng,
-                                 config.batch_size)
-            ins, dels = curves(target, img, cnv, order[None], counts, np.zeros(1, int), targets.token[one],
-                               targets.feature[one], config.batch_size)
+            order = greedy_order(
+                target, img, cnv, int(targets.token[i]), int(targets.feature[i]), counts, kind, rng, config.batch_size
+            )
+            ins, dels = curves(
+                target,
+                img,
+                cnv,
+                order[None],
+                counts,
+                np.zeros(1, int),
+                targets.token[one],
+                targets.feature[one],
+                config.batch_size,
+            )
             out.append((kind, np.array([i]), np.zeros(1, int), ins if kind == "insertion" else dels, ins[:, [0, -1]]))
     return out
 
 
-def curve_frame(kind: str, columns: dict, z: np.ndarray, ends: np.ndarray, fractions: np.ndarray,
-                min_gap: np.ndarray) -> pd.DataFrame:
+def curve_frame(
+    kind: str, columns: dict, z: np.ndarray, ends: np.ndarray, fractions: np.ndarray, min_gap: np.ndarray
+) -> pd.DataFrame:
     """Long rows of curves z (C, S+1) with recovery (z - z_canvas) / (z_orig - z_canvas), ends = (z_canvas, z_orig).
 
     Recovery is NaN where the canvas leaves less than min_gap (min_activation x the feature's max) to recover.
@@ -124,8 +187,16 @@ def curve_frame(kind: str, columns: dict, z: np.ndarray, ends: np.ndarray, fract
     recovery = (z - ends[:, :1]) / np.where(gap > 0, gap, np.nan)[:, None]
     recovery[gap < np.maximum(min_gap, 1e-12)] = np.nan
     repeated = {k: np.repeat(v, m) if isinstance(v, np.ndarray) else v for k, v in columns.items()}
-    frame = pd.DataFrame({**repeated, "kind": kind, "step": np.tile(np.arange(m), n), "fraction": np.tile(fractions, n),
-                          "z": z.ravel().astype(np.float32), "recovery": recovery.ravel().astype(np.float32)})
+    frame = pd.DataFrame(
+        {
+            **repeated,
+            "kind": kind,
+            "step": np.tile(np.arange(m), n),
+            "fraction": np.tile(fractions, n),
+            "z": z.ravel().astype(np.float32),
+            "recovery": recovery.ravel().astype(np.float32),
+        }
+    )
     return frame[COLUMNS]
 
 

@@ -71,8 +71,15 @@ def auc_table(aucs: pd.DataFrame, resamples: int) -> pd.DataFrame:
     rows = []
     for key, g in features.groupby(GROUP):
         lo, hi = bootstrap_ci(g["auc"].to_numpy(), resamples)
-        rows.append({**dict(zip(GROUP, key)), "n_features": len(g), "auc_mean": g["auc"].mean(),
-                     "auc_ci_low": lo, "auc_ci_high": hi})
+        rows.append(
+            {
+                **dict(zip(GROUP, key)),
+                "n_features": len(g),
+                "auc_mean": g["auc"].mean(),
+                "auc_ci_low": lo,
+                "auc_ci_high": hi,
+            }
+        )
     return pd.DataFrame(rows, columns=[*GROUP, "n_features", "auc_mean", "auc_ci_low", "auc_ci_high"])
 
 
@@ -87,12 +94,34 @@ def greedy_table(aucs: pd.DataFrame, resamples: int) -> pd.DataFrame:
             for method in g.columns.drop(["greedy", "random"]):
                 both = g[[method, "random", "greedy"]].dropna().to_numpy()
                 lo, hi = bootstrap_ci(both, resamples, _vs_greedy)
-                rows.append({"layer": layer, "method": method, "canvas": canvas, "kind": kind, "n_targets": len(both),
-                             "auc_mean": both[:, 0].mean(), "random_mean": both[:, 1].mean(),
-                             "greedy_mean": both[:, 2].mean(), "vs_greedy": _vs_greedy(both[None])[0],
-                             "vs_greedy_ci_low": lo, "vs_greedy_ci_high": hi})
-    return pd.DataFrame(rows, columns=[*GROUP, "n_targets", "auc_mean", "random_mean", "greedy_mean", "vs_greedy",
-                                       "vs_greedy_ci_low", "vs_greedy_ci_high"])
+                rows.append(
+                    {
+                        "layer": layer,
+                        "method": method,
+                        "canvas": canvas,
+                        "kind": kind,
+                        "n_targets": len(both),
+                        "auc_mean": both[:, 0].mean(),
+                        "random_mean": both[:, 1].mean(),
+                        "greedy_mean": both[:, 2].mean(),
+                        "vs_greedy": _vs_greedy(both[None])[0],
+                        "vs_greedy_ci_low": lo,
+                        "vs_greedy_ci_high": hi,
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            *GROUP,
+            "n_targets",
+            "auc_mean",
+            "random_mean",
+            "greedy_mean",
+            "vs_greedy",
+            "vs_greedy_ci_low",
+            "vs_greedy_ci_high",
+        ],
+    )
 
 
 def _vs_greedy(samples: np.ndarray) -> np.ndarray:
@@ -111,12 +140,18 @@ def insertion_metrics(aucs: pd.DataFrame, table: pd.DataFrame, greedy: pd.DataFr
         "auc": _layer_means(table, "auc_mean"),
         "vs_greedy": _layer_means(greedy, "vs_greedy"),
         "greedy_subset": greedy.to_dict("records"),
-        "overshoot": _nested(aucs.dropna(subset=["overshoot"]).groupby(["canvas", "kind", "method"])["overshoot"].mean()),
+        "overshoot": _nested(
+            aucs.dropna(subset=["overshoot"]).groupby(["canvas", "kind", "method"])["overshoot"].mean()
+        ),
         "unrecoverable": _nested(aucs.groupby("canvas")["auc"].apply(lambda a: a.isna().mean())),
         "tests": _tests(features),
         "canvas_agreement": agreement,
-        "canvas_disagreements": [f"{a['scope']} {a['kind']}: {' vs '.join(a['canvases'])} flip "
-                                 + ", ".join("/".join(p) for p in a["flipped"]) for a in agreement if a["flipped"]],
+        "canvas_disagreements": [
+            f"{a['scope']} {a['kind']}: {' vs '.join(a['canvases'])} flip "
+            + ", ".join("/".join(p) for p in a["flipped"])
+            for a in agreement
+            if a["flipped"]
+        ],
     }  # what each entry means: docs/methods.md, "Insertion and deletion" (strings here would clutter dvc metrics)
     return _json_safe(metrics)
 
@@ -162,9 +197,15 @@ def _agreement(auc_rows: pd.DataFrame) -> list[dict]:
             means = {c: m.groupby("method")["auc_mean"].mean().to_dict() for c, m in g.groupby("canvas")}
             best_first = {c: sorted(m, key=m.get, reverse=HIGHER_IS_BETTER[kind]) for c, m in means.items()}
             for first, second in combinations(sorted(means), 2):
-                out.append({"scope": scope, "kind": kind, "canvases": [first, second],
-                            "rankings": {first: best_first[first], second: best_first[second]},
-                            **rank_agreement(means[first], means[second])})
+                out.append(
+                    {
+                        "scope": scope,
+                        "kind": kind,
+                        "canvases": [first, second],
+                        "rankings": {first: best_first[first], second: best_first[second]},
+                        **rank_agreement(means[first], means[second]),
+                    }
+                )
     return out
 
 

@@ -46,7 +46,7 @@ class Targets:
     def __len__(self) -> int:
         return len(self.row)
 
-    def take(self, index: np.ndarray | slice) -> "Targets":
+    def take(self, index: np.ndarray | slice) -> Targets:
         """The targets at `index`."""
         return Targets(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
@@ -56,15 +56,25 @@ def read_features(path: str | os.PathLike, layer: int, grid: int | None = None) 
     with open_h5(path, FEATURE_DATASETS) as h5:
         data = {name: h5[name][()] for name in FEATURE_DATASETS}
         attrs = dict(h5.attrs)
-    ff = FeatureFile(str(path), int(attrs.get("layer", -1)), int(attrs.get("grid", -1)),
-                     str(attrs.get("sae_fingerprint", "")), str(attrs.get("manifest_hash", "")), **data)
+    ff = FeatureFile(
+        str(path),
+        int(attrs.get("layer", -1)),
+        int(attrs.get("grid", -1)),
+        str(attrs.get("sae_fingerprint", "")),
+        str(attrs.get("manifest_hash", "")),
+        **data,
+    )
     if ff.layer != layer:
         raise CafeError(f"{path}: features of layer {ff.layer}, but layer {layer} was asked for")
     grid = ff.grid if grid is None else grid
     if ff.grid != grid or ff.act_map.shape[-1] != 1 + grid * grid:
-        raise CafeError(f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match a {grid}x{grid} grid")
-    if not (ff.image.shape == ff.token.shape == ff.value.shape == ff.act_map.shape[:2]
-            and ff.image.shape[0] == len(ff.feature) == len(ff.max_value) == len(ff.cls_only)):
+        raise CafeError(
+            f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match a {grid}x{grid} grid"
+        )
+    if not (
+        ff.image.shape == ff.token.shape == ff.value.shape == ff.act_map.shape[:2]
+        and ff.image.shape[0] == len(ff.feature) == len(ff.max_value) == len(ff.cls_only)
+    ):
         raise CafeError(f"{path}: datasets disagree in shape ({ {k: v.shape for k, v in data.items()} })")
     return ff
 
@@ -73,8 +83,9 @@ def select_targets(ff: FeatureFile, min_activation: float) -> Targets:
     """Targets that exist and are clearly active: value >= min_activation x the feature's max (and > 0)."""
     threshold = min_activation * ff.max_value[:, None]
     row, rank = np.nonzero((ff.image >= 0) & (ff.value > 0) & (ff.value >= threshold))
-    return Targets(row, rank, ff.feature[row], ff.image[row, rank], ff.token[row, rank],
-                   ff.value[row, rank], ff.max_value[row])
+    return Targets(
+        row, rank, ff.feature[row], ff.image[row, rank], ff.token[row, rank], ff.value[row, rank], ff.max_value[row]
+    )
 
 
 def sample_targets(targets: Targets, n: int | None, layer: int) -> Targets:
@@ -103,8 +114,10 @@ def read_erf_maps(path: str | os.PathLike, method: str | None, ff: FeatureFile) 
             raise CafeError(f"{path}: ERF maps of layer {file_layer}, but {ff.path} is layer {ff.layer}")
         file_sae = str(h5.attrs.get("sae_fingerprint", ff.sae_fingerprint))
         if file_sae != ff.sae_fingerprint:
-            raise CafeError(f"{path}: ERF maps of SAE {file_sae}, but {ff.path} is of SAE {ff.sae_fingerprint}; "
-                            f"re-run the `erf` step")
+            raise CafeError(
+                f"{path}: ERF maps of SAE {file_sae}, but {ff.path} is of SAE {ff.sae_fingerprint}; "
+                f"re-run the `erf` step"
+            )
         expected = (*ff.image.shape, ff.grid, ff.grid)
         if shape != expected:
             raise CafeError(f"{path}: maps have shape {shape}, expected {expected} from {ff.path}")

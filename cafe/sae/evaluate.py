@@ -45,8 +45,9 @@ def estimate_threshold(sae: MatryoshkaSAE, batches: Iterable[torch.Tensor]) -> f
 
 
 @torch.no_grad()
-def evaluate(sae: MatryoshkaSAE, activations: str | os.PathLike, device: torch.device,
-             max_tokens: int = EVAL_TOKENS) -> dict[str, float]:
+def evaluate(
+    sae: MatryoshkaSAE, activations: str | os.PathLike, device: torch.device, max_tokens: int = EVAL_TOKENS
+) -> dict[str, float]:
     """Explained variance, mean L0 and dead fraction of the inference encoder on the analysis tokens."""
     n, sse, sum_sq, l0 = 0, 0.0, 0.0, 0.0
     total = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
@@ -61,6 +62,9 @@ def evaluate(sae: MatryoshkaSAE, activations: str | os.PathLike, device: torch.d
         fired |= (z > 0).any(0)
         n += len(h)
     variance = sum_sq - total.pow(2).sum().item() / n
-    return {"explained_variance": 1 - sse / variance, "l0": l0 / n,
-            "dead_fraction": 1 - fired.float().mean().item(), "eval_tokens": n}
-
+    return {
+        "explained_variance": 1 - sse / variance,
+        "l0": l0 / n,
+        "dead_fraction": 1 - fired.float().mean().item(),
+        "eval_tokens": n,
+    }

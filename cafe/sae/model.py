@@ -44,7 +44,9 @@ class SAEConfig:
         if self.activation not in ("relu", "batchtopk"):
             raise CafeError(f"params: sae.activation must be 'relu' or 'batchtopk', not {self.activation!r}")
         if not self.groups or list(self.groups) != sorted(self.groups) or self.groups[-1] != 1.0 or self.groups[0] <= 0:
-            raise CafeError(f"params: sae.groups must rise strictly to 1.0 (fractions of the latents), got {list(self.groups)}")
+            raise CafeError(
+                f"params: sae.groups must rise strictly to 1.0 (fractions of the latents), got {list(self.groups)}"
+            )
         if len(set(self.groups)) != len(self.groups):
             raise CafeError(f"params: sae.groups has repeated prefixes: {list(self.groups)}")
         for name in ("expansion", "k", "steps", "batch_size", "checkpoint_every"):
@@ -122,7 +124,13 @@ def save_checkpoint(path: str | Path, sae: MatryoshkaSAE, config: SAEConfig, met
     from cafe.io import atomic_path
 
     state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
-    meta = {"version": CHECKPOINT_VERSION, "d_in": sae.d_in, "n_latents": sae.n_latents, "config": as_dict(config), **meta}
+    meta = {
+        "version": CHECKPOINT_VERSION,
+        "d_in": sae.d_in,
+        "n_latents": sae.n_latents,
+        "config": as_dict(config),
+        **meta,
+    }
     fp = fingerprint(state, {k: v for k, v in meta.items() if k != "metrics"})  # same weights + config, same fp
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "meta": meta, "fingerprint": fp}, tmp)

@@ -59,8 +59,9 @@ def init_sae(config: SAEConfig, stats: InputStats) -> MatryoshkaSAE:
     return sae
 
 
-def matryoshka_loss(sae: MatryoshkaSAE, h: torch.Tensor, prefixes: list[int], variance: float,
-                    l1: float) -> torch.Tensor:
+def matryoshka_loss(
+    sae: MatryoshkaSAE, h: torch.Tensor, prefixes: list[int], variance: float, l1: float
+) -> torch.Tensor:
     """The training loss of a batch of raw tokens h (B, d_in); see the module docstring."""
     x, z = h * sae.scale, sae.encode_train(h)
     x_hat, start, loss = sae.b_h, 0, h.new_zeros(())
@@ -90,11 +91,17 @@ def run_key(config: SAEConfig, activations_hash: str) -> dict[str, Any]:
     return {"config": settings, "activations_hash": activations_hash, "buffer_tokens": DEFAULT_BUFFER_TOKENS}
 
 
-def save_state(path: Path, sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, step: int, tokens: int,
-               key: dict[str, Any]) -> None:
+def save_state(
+    path: Path, sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, step: int, tokens: int, key: dict[str, Any]
+) -> None:
     """Write the training state atomically."""
-    state = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens,
-             "key": key}
+    state = {
+        "sae": sae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "tokens_seen": tokens,
+        "key": key,
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -114,7 +121,9 @@ def load_state(path: Path, key: dict[str, Any], steps: int) -> dict[str, Any] | 
     return state
 
 
-def read_ahead(batches: Iterator[torch.Tensor], device: torch.device, depth: int = READ_AHEAD) -> Iterator[torch.Tensor]:
+def read_ahead(
+    batches: Iterator[torch.Tensor], device: torch.device, depth: int = READ_AHEAD
+) -> Iterator[torch.Tensor]:
     """`batches` made by a background thread up to `depth` ahead, in order (pinned for an asynchronous copy to a
     GPU); an error in the thread is raised here, and closing the generator stops the thread."""
     done = object()
@@ -136,7 +145,7 @@ def read_ahead(batches: Iterator[torch.Tensor], device: torch.device, depth: int
                 if not put((batch.pin_memory() if device.type == "cuda" else batch, None)):
                     return
             put((done, None))
-        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer, which raises it
+        except BaseException as exc:
             put((None, exc))
 
     thread = threading.Thread(target=produce, name="sae-read-ahead", daemon=True)
@@ -157,8 +166,15 @@ def read_ahead(batches: Iterator[torch.Tensor], device: torch.device, depth: int
 class Trainer:
     """The SAE, its optimizer and the stream; `run` trains up to config.steps, saving state on the way."""
 
-    def __init__(self, config: SAEConfig, stream: TokenStream, stats: InputStats, device: torch.device,
-                 state_path: Path, key: dict[str, Any]):
+    def __init__(
+        self,
+        config: SAEConfig,
+        stream: TokenStream,
+        stats: InputStats,
+        device: torch.device,
+        state_path: Path,
+        key: dict[str, Any],
+    ):
         self.config, self.stream, self.stats, self.device = config, stream, stats, device
         self.state_path, self.key = state_path, key
         self.sae = init_sae(config, stats).to(device)
@@ -211,22 +227,38 @@ class Trainer:
         sae = self.sae.eval().requires_grad_(False)
         if sae.activation == "batchtopk":
             after = self.stream.batches(start=self.config.steps)
-            sae.threshold.fill_(estimate_threshold(sae, (next(after).to(self.device) for _ in range(THRESHOLD_BATCHES))))
+            sae.threshold.fill_(
+                estimate_threshold(sae, (next(after).to(self.device) for _ in range(THRESHOLD_BATCHES)))
+            )
         return sae
 
 
-def train(activations: str | os.PathLike, out: str | os.PathLike, metrics_path: str | os.PathLike,
-          config: SAEConfig, device: str = "auto") -> dict[str, Any]:
+def train(
+    activations: str | os.PathLike,
+    out: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    config: SAEConfig,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Train the SAE of one layer file, write checkpoint + metrics JSON, remove the training state."""
     with open_layer(activations) as handle:
         attrs = layer_attrs(handle)
     stream = TokenStream(activations, config.batch_size, config.seed)
     stats = input_stats(stream.sample(STATS_TOKENS))
-    trainer = Trainer(config, stream, stats, resolve_device(device), partial_path(out),
-                      run_key(config, attrs["content_hash"]))
-    log.info("layer %d: SAE %d -> %d latents (%s), %d steps of %d tokens from %s (%d tokens)", attrs["layer"],
-             trainer.sae.d_in, trainer.sae.n_latents, config.activation, config.steps, config.batch_size,
-             activations, stream.n_tokens)
+    trainer = Trainer(
+        config, stream, stats, resolve_device(device), partial_path(out), run_key(config, attrs["content_hash"])
+    )
+    log.info(
+        "layer %d: SAE %d -> %d latents (%s), %d steps of %d tokens from %s (%d tokens)",
+        attrs["layer"],
+        trainer.sae.d_in,
+        trainer.sae.n_latents,
+        config.activation,
+        config.steps,
+        config.batch_size,
+        activations,
+        stream.n_tokens,
+    )
     start, first_tokens = time.perf_counter(), trainer.tokens_seen
     losses = trainer.run()
     seconds = time.perf_counter() - start
@@ -242,18 +274,31 @@ def train(activations: str | os.PathLike, out: str | os.PathLike, metrics_path: 
         "tokens_per_s": (trainer.tokens_seen - first_tokens) / max(seconds, 1e-9),
     }
     meta = {
-        "layer": attrs["layer"], "backbone": attrs["backbone"], "pretrained": attrs["pretrained"],
-        "manifest_hash": attrs["manifest_hash"], "activations_hash": attrs["content_hash"],
-        "normalisation": {"input_scale": stats.scale, "variance": stats.variance,
-                          "loss": "sum over prefixes of mean ||s h - h_hat||^2 / variance (+ l1 * sum z)"},
+        "layer": attrs["layer"],
+        "backbone": attrs["backbone"],
+        "pretrained": attrs["pretrained"],
+        "manifest_hash": attrs["manifest_hash"],
+        "activations_hash": attrs["content_hash"],
+        "normalisation": {
+            "input_scale": stats.scale,
+            "variance": stats.variance,
+            "loss": "sum over prefixes of mean ||s h - h_hat||^2 / variance (+ l1 * sum z)",
+        },
         "metrics": metrics,
     }
     fingerprint = save_checkpoint(out, sae.cpu(), config, meta)
     write_json(metrics_path, metrics)
     partial_path(out).unlink(missing_ok=True)
-    log.info("layer %d: explained variance %.3f, L0 %.1f, dead %.1f%%, %.0f tokens/s -> %s (%s)", attrs["layer"],
-             metrics["explained_variance"], metrics["l0"], 100 * metrics["dead_fraction"], metrics["tokens_per_s"],
-             out, fingerprint)
+    log.info(
+        "layer %d: explained variance %.3f, L0 %.1f, dead %.1f%%, %.0f tokens/s -> %s (%s)",
+        attrs["layer"],
+        metrics["explained_variance"],
+        metrics["l0"],
+        100 * metrics["dead_fraction"],
+        metrics["tokens_per_s"],
+        out,
+        fingerprint,
+    )
     return metrics
 
 
