@@ -25,6 +25,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def finished_tiny_demo(tmp_path_factory) -> Path:
+    """One `dvc repro` of the tiny demo (a git + DVC repository, every product made), shared by the slow tests of
+    the whole session. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo, tmp_path / ...)`."""
+    from workflow_utils import TINY_PARAMS, make_workspace, run
+
+    root = make_workspace(tmp_path_factory.mktemp("finished") / "study", TINY_PARAMS, dvc=True)
+    run(["dvc", "repro"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone() -> Backbone:
     """cafe-tiny-vit: 32x32 images, 8x8 patches (4x4 grid, 17 tokens), width 32, 3 blocks, random seeded weights."""
     return Backbone.load(BackboneConfig("cafe-tiny-vit", seed=0, device="cpu"))

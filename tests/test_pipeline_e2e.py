@@ -13,7 +13,7 @@ import json
 import h5py
 import pandas as pd
 import pytest
-from workflow_utils import TINY_PARAMS, make_workspace, mtimes, run, write_params
+from workflow_utils import TINY_PARAMS, copy_workspace, mtimes, run, write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +30,8 @@ PRODUCTS = (
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = make_workspace(tmp_path_factory.mktemp("study"), TINY_PARAMS, dvc=True)
-    run(["dvc", "repro"], root)
-    return root
+def study(tmp_path_factory, finished_tiny_demo):
+    return copy_workspace(finished_tiny_demo, tmp_path_factory.mktemp("study") / "study")
 
 
 def test_first_run_makes_every_product(study):

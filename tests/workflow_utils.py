@@ -103,6 +103,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> s
     return result
 
 
+def copy_workspace(source: Path, target: Path) -> Path:
+    """A copy of a finished workspace (results, .snakemake metadata, git and DVC state; files and their mtimes
+    kept), so slow tests can share one tiny-demo run and each change its own copy."""
+    shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy2)
+    return target
+
+
 def mtimes(root: Path, pattern: str) -> dict[str, int]:
     """Modification times (ns) of files matching a glob under root."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.glob(pattern)) if p.is_file()}
