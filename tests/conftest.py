@@ -30,7 +30,7 @@ def finished_tiny_demo(tmp_path_factory) -> Path:
     the whole session. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo, tmp_path / ...)`."""
     from workflow_utils import TINY_PARAMS, make_workspace, run
 
-    root = make_workspace(tmp_path_factory.mktemp("finished") / "study", TINY_PARAMS, dvc=True)
+    root = make_workspace(tmp_path_factory.mktemp("finished"), TINY_PARAMS, dvc=True)
     run(["dvc", "repro"], root)
     return root
 
