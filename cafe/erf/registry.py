@@ -6,7 +6,8 @@ from __future__ import annotations
 from cafe.erf.attnlrp import AttnLRP
 from cafe.erf.base import ErfMethod
 from cafe.erf.config import ErfConfig
-from cafe.erf.methods import Activation, Gradient, IntegratedGradients, KernelShap
+from cafe.erf.kernelshap import KernelShap
+from cafe.erf.methods import Activation, Gradient, IntegratedGradients
 from cafe.errors import CafeError
 from cafe.target import FeatureTarget
 
