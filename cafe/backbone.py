@@ -18,6 +18,7 @@ import open_clip
 import torch
 from torch import nn
 
+from cafe.compute import full_precision
 from cafe.errors import CafeError
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,10 @@ class Backbone:
         return (images.to(self.device) - self.mean) / self.std
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels -> token sequence entering block 1 (patch embedding, CLS, positions, ln_pre)."""
-        return self.visual._embeds(pixels)
+        """Normalised pixels -> token sequence entering block 1 (patch embedding, CLS, positions, ln_pre), in
+        float32 even under bf16 autocast, so that the residual stream stays float32 (cafe.compute)."""
+        with full_precision(pixels.device):
+            return self.visual._embeds(pixels.float())
 
     def check_layer(self, layer: int) -> None:
         if not 1 <= layer <= self.depth:

@@ -67,6 +67,7 @@ def check_config(config: dict[str, Any]) -> None:
     """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
     from cafe.annotation.config import AnnotationConfig
     from cafe.backbone import tower_shape
+    from cafe.compute import ComputeConfig
     from cafe.features import FeaturesConfig
     from cafe.sae.model import SAEConfig
 
@@ -78,6 +79,7 @@ def check_config(config: dict[str, Any]) -> None:
     sae = parse_section(SAEConfig, config["sae"], "sae")
     features = parse_section(FeaturesConfig, config["features"], "features")
     annotation = parse_section(AnnotationConfig, config["annotation"], "annotation")
+    parse_section(ComputeConfig, config.get("compute"), "compute")
     n_latents = sae.expansion * shape.width
     if features.n_features > n_latents:
         raise CafeError(f"params: features.n_features = {features.n_features} exceeds the SAE's {n_latents} latents")

@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.compute import add_precision_argument, precision_scope
 from cafe.errors import CafeError
 from cafe.images import load_images, read_manifest
 from cafe.insertion.config import InsertionConfig
@@ -51,6 +52,7 @@ def _common_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--manifest", required=True, help="results/data/manifest.csv")
     p.add_argument("--images-root", required=True, help="root the manifest's paths are relative to")
     p.add_argument("--out", required=True, help=out)
+    add_precision_argument(p)
 
 
 def command(args: argparse.Namespace) -> None:
@@ -67,7 +69,9 @@ def command(args: argparse.Namespace) -> None:
     backbone = Backbone.load(backbone_cfg)
     sae, meta = load_sae(args.sae, backbone.device)
     check_sae(meta, ff, args.sae)
-    write_csv(args.out, run_insertion(args.method, config, backbone, sae, ff, load, erf_maps))
+    with precision_scope(args.precision, backbone.device):  # every forward of the curves (cafe.compute)
+        frame = run_insertion(args.method, config, backbone, sae, ff, load, erf_maps)
+    write_csv(args.out, frame)
     log.info("wrote %s", args.out)
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from cafe.activations import TokenStream, layer_attrs, open_layer
 from cafe.activations.stream import DEFAULT_BUFFER_TOKENS
 from cafe.backbone import resolve_device
+from cafe.compute import add_precision_argument, precision_scope
 from cafe.errors import CafeError
 from cafe.io import atomic_path, write_json
 from cafe.params import as_dict, parse_section
@@ -174,8 +175,10 @@ class Trainer:
         device: torch.device,
         state_path: Path,
         key: dict[str, Any],
+        precision: str = "fp32",
     ):
         self.config, self.stream, self.stats, self.device = config, stream, stats, device
+        self.precision = precision
         self.state_path, self.key = state_path, key
         self.sae = init_sae(config, stats).to(device)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr)
@@ -190,8 +193,11 @@ class Trainer:
             log.info("resuming from step %d of %d (%s)", self.step, config.steps, state_path)
 
     def train_step(self, h: torch.Tensor) -> torch.Tensor:
-        """One Adam step on a batch of raw tokens; returns the loss, left on the device (reading it would wait)."""
-        loss = matryoshka_loss(self.sae, h, self.prefixes, self.stats.variance, self.config.l1)
+        """One Adam step on a batch of raw tokens; returns the loss, left on the device (reading it would wait).
+        The forward and loss run in the trainer's precision (bf16: autocast); weights, gradients and Adam's
+        state stay float32 (master weights), and the backward runs outside autocast, as torch recommends."""
+        with precision_scope(self.precision, self.device):
+            loss = matryoshka_loss(self.sae, h, self.prefixes, self.stats.variance, self.config.l1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         remove_parallel_gradient(self.sae)
@@ -239,15 +245,16 @@ def train(
     metrics_path: str | os.PathLike,
     config: SAEConfig,
     device: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Train the SAE of one layer file, write checkpoint + metrics JSON, remove the training state."""
+    """Train the SAE of one layer file (forward in `precision`, cafe.compute), write checkpoint + metrics JSON
+    (metrics always in float32), remove the training state."""
     with open_layer(activations) as handle:
         attrs = layer_attrs(handle)
     stream = TokenStream(activations, config.batch_size, config.seed)
     stats = input_stats(stream.sample(STATS_TOKENS))
-    trainer = Trainer(
-        config, stream, stats, resolve_device(device), partial_path(out), run_key(config, attrs["content_hash"])
-    )
+    key = {**run_key(config, attrs["content_hash"]), "precision": precision}
+    trainer = Trainer(config, stream, stats, resolve_device(device), partial_path(out), key, precision)
     log.info(
         "layer %d: SAE %d -> %d latents (%s), %d steps of %d tokens from %s (%d tokens)",
         attrs["layer"],
@@ -279,6 +286,7 @@ def train(
         "pretrained": attrs["pretrained"],
         "manifest_hash": attrs["manifest_hash"],
         "activations_hash": attrs["content_hash"],
+        "precision": precision,
         "normalisation": {
             "input_scale": stats.scale,
             "variance": stats.variance,
@@ -304,7 +312,8 @@ def train(
 
 def run_sae(args: argparse.Namespace) -> None:
     """CLI: train one layer's SAE."""
-    train(args.activations, args.out, args.metrics, parse_section(SAEConfig, args.params, "sae"), args.device)
+    config = parse_section(SAEConfig, args.params, "sae")
+    train(args.activations, args.out, args.metrics, config, args.device, args.precision)
 
 
 SUMMARY_KEYS = ("explained_variance", "l0", "dead_fraction", "tokens_per_s", "steps")
@@ -335,4 +344,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="SAE checkpoint to write (layer{L}.pt)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    add_precision_argument(parser)
     parser.set_defaults(func=run_sae)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from cafe.compute import ComputeConfig
 from cafe.errors import CafeError
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
+from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, parse_section, validate_config
 
 try:
     validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
@@ -41,6 +42,12 @@ def image_inputs():
     """The demo's images come from a rule; a user's folder (ImageNet) is read through params, so that
     `snakemake -n` plans the whole DAG on machines that do not hold it."""
     return [DEMO_IMAGES] if DEMO else []
+
+
+def precision_for(step):
+    """The precision of one step (compute.precision, or its compute.steps override): each rule gets only its own,
+    so changing one step's precision reruns only that step's jobs."""
+    return parse_section(ComputeConfig, config.get("compute"), "compute").for_step(step)
 
 
 def erf_params(method):
