@@ -14,7 +14,7 @@ from cafe.bench.fixtures import random_images, random_targets
 from cafe.bench.flops import Architecture
 from cafe.bench.profiles import Profile
 from cafe.erf import ErfConfig, ErfMethod, make_method
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 ERF_METHODS = ("attnlrp", "ig", "kernelshap", "gradient")
 

@@ -3,12 +3,11 @@
 Every method has the same shape (captum-like): `METHODS[name](target, config).attribute(images01, tokens,
 features) -> maps (B, grid, grid)`, on a `FeatureTarget` (backbone + SAE + layer); only blocks 1..L run.
 `attnlrp` (the paper's method; `rules` + `lrp`), `ig`, `kernelshap`, `gradient` and the `activation` baseline
-(`methods`); `command` is `cafe erf`, which writes results/erf/layer{L}/{method}.h5.
+(`methods`); `command` is `cafe erf`, which writes the ERF contract (`cafe.io.erf_maps`).
 """
 
 from cafe.erf.base import Attribution, ErfMethod
-from cafe.erf.command import register
 from cafe.erf.config import ErfConfig
 from cafe.erf.registry import METHODS, make_method
 
-__all__ = ["METHODS", "Attribution", "ErfConfig", "ErfMethod", "make_method", "register"]
+__all__ = ["METHODS", "Attribution", "ErfConfig", "ErfMethod", "make_method"]

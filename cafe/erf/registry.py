@@ -8,7 +8,7 @@ from cafe.erf.base import ErfMethod
 from cafe.erf.config import ErfConfig
 from cafe.erf.methods import Activation, Gradient, IntegratedGradients, KernelShap
 from cafe.errors import CafeError
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 METHODS: dict[str, type[ErfMethod]] = {
     cls.name: cls for cls in (AttnLRP, IntegratedGradients, KernelShap, Gradient, Activation)

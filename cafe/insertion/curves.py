@@ -15,8 +15,8 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from cafe.backbone import Backbone
+from cafe.feature_target import FeatureTarget
 from cafe.insertion.orders import positions
-from cafe.target import FeatureTarget
 
 Scalar = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pixels, tokens, features) -> (B,)
 

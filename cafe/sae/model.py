@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cafe.config import as_dict, parse_section
 from cafe.errors import CafeError
-from cafe.params import as_dict, parse_section
+from cafe.io.features import FeatureFile
 
 CHECKPOINT_VERSION = 1
 
@@ -152,3 +153,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[Matr
     sae.load_state_dict(state)
     meta = {**meta, "fingerprint": blob["fingerprint"]}
     return sae.to(device).eval().requires_grad_(False), meta
+
+
+def check_sae(meta: dict, ff: FeatureFile, path: str) -> None:
+    """The SAE must be the one the features were found with."""
+    if meta.get("layer", ff.layer) != ff.layer:
+        raise CafeError(f"{path}: SAE of layer {meta['layer']}, but {ff.path} is layer {ff.layer}")
+    if ff.sae_fingerprint and ff.sae_fingerprint != meta["fingerprint"]:
+        raise CafeError(
+            f"{ff.path}: made with SAE {ff.sae_fingerprint}, but {path} is {meta['fingerprint']}; "
+            f"re-run the features step"
+        )

@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from cafe.errors import CafeError
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES
+from cafe.params import validate_config
 
 try:
     validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
