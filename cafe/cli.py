@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sheets": ("cafe.annotation.sheets", "annotation sheet, galleries and HTML index of one layer"),
     "annotate-init": ("cafe.annotation.ingest", "start a human annotation file from a sheet (never overwrites)"),
     "fig5": ("cafe.annotation.fig5", "validate human annotations and draw Fig 5"),
+    "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

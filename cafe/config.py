@@ -22,21 +22,26 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise CafeError(
-            f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {sorted(fields)}"
+            f"params: unknown key(s) {', '.join(_key(section, k) for k in unknown)}; known: {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = parse_section(hint, value, f"{section}.{name}")
+            value = parse_section(hint, value, _key(section, name))
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             value = tuple(value)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise CafeError(f"params: {section}: {exc}") from exc
+        raise CafeError(f"params: {section or 'top level'}: {exc}") from exc
+
+
+def _key(section: str, name: str) -> str:
+    """The dotted name of a key in a section ("" is the top level)."""
+    return f"{section}.{name}" if section else name
 
 
 def as_dict(config: Any) -> dict[str, Any]:

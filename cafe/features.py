@@ -31,8 +31,8 @@ READ_TOKENS = 1 << 13  # analysis tokens read and encoded at a time
 class FeaturesConfig:
     """Which features and how many top images each (params.yaml `features:`)."""
 
-    n_features: int = 100
-    top_k: int = 6
+    n_features: int = 32  # the first N features of each SAE (the paper: 100)
+    top_k: int = 4  # top activations (distinct images) per feature
 
     def __post_init__(self) -> None:
         for name in ("n_features", "top_k"):

@@ -18,8 +18,9 @@ from cafe.backbone import Backbone
 from cafe.cli import main
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.curves import compose, curves, keep_masks, make_canvas
+from cafe.insertion.curves import compose, curves, keep_masks
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
 from cafe.insertion.run import layer_curves
 from cafe.insertion.selection import activation_scores, erf_scores, sample_targets, select_targets

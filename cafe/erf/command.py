@@ -51,9 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_erf(args: argparse.Namespace) -> None:
     """Check the inputs, compute the maps (activation: read them off the features file), write the HDF5 file."""
     config = parse_section(ErfConfig, args.params, "erf")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise CafeError(f"params: erf.methods has unknown method(s) {unknown}; known: {sorted(METHODS)}")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
     shape = tower_shape(backbone_cfg.model)
     ff = read_features(args.features, args.layer, shape.grid)

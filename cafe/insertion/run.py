@@ -13,8 +13,9 @@ from tqdm import tqdm
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import COLUMNS, InsertionConfig
-from cafe.insertion.curves import curves, make_canvas
+from cafe.insertion.curves import curves
 from cafe.insertion.greedy import greedy_order
 from cafe.insertion.orders import seeded_orders, step_counts, target_rng
 from cafe.insertion.selection import Targets, activation_scores, erf_scores, sample_targets, select_targets

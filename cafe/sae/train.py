@@ -62,7 +62,7 @@ def matryoshka_loss(
         x_hat = x_hat + z[:, start:end] @ sae.W_d[:, start:end].T
         loss = loss + (x - x_hat).pow(2).sum(1).mean() / variance
         start = end
-    if sae.activation == "relu":
+    if sae.nonlinearity.l1_penalty:
         loss = loss + l1 * z.sum(1).mean()
     return loss
 
@@ -135,7 +135,7 @@ class Trainer:
     def finish(self) -> MatryoshkaSAE:
         """Set the BatchTopK threshold from the batches after training; the frozen SAE."""
         sae = self.sae.eval().requires_grad_(False)
-        if sae.activation == "batchtopk":
+        if sae.nonlinearity.learns_threshold:
             after = self.stream.batches(start=self.config.steps)
             sae.threshold.fill_(
                 estimate_threshold(sae, (next(after).to(self.device) for _ in range(THRESHOLD_BATCHES)))
