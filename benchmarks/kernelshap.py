@@ -24,8 +24,8 @@ from cafe.bench.fixtures import load_tower, random_images, random_sae, random_ta
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.erf import ErfConfig, make_method
+from cafe.feature_target import FeatureTarget
 from cafe.io import write_json
-from cafe.target import FeatureTarget
 
 # model alias: (OpenCLIP name, layer, targets, coalitions per target, SAE expansion)
 SETTINGS = {

@@ -7,15 +7,16 @@ import torch
 from layer_files import write_layer
 
 import cafe.erf.lrp as lrp
-from cafe.activations import TokenStream
 from cafe.compute import PRECISIONS, ComputeConfig, precision_scope
+from cafe.config import parse_section
 from cafe.erf import ErfConfig, make_method
 from cafe.errors import CafeError
-from cafe.params import parse_section
+from cafe.feature_target import FeatureTarget
 from cafe.sae import SAEConfig
 from cafe.sae.evaluate import input_stats
-from cafe.sae.train import Trainer, run_key
-from cafe.target import FeatureTarget
+from cafe.sae.feed import TokenStream
+from cafe.sae.resume import run_key
+from cafe.sae.train import Trainer
 
 MATMUL_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 

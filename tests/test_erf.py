@@ -15,14 +15,14 @@ import torch
 from conftest import make_image_folder
 from planted import planted_world
 
+from cafe.config import parse_section
 from cafe.erf import METHODS, ErfConfig, make_method
-from cafe.erf.command import command
+from cafe.erf.command import run_erf
 from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
 from cafe.images import load_images
 from cafe.io import file_hash
-from cafe.params import parse_section
 from cafe.sae import SAEConfig, save_checkpoint
-from cafe.target import FeatureTarget
 
 LAYER = 2
 TOKENS = torch.tensor([0, 5, 11])
@@ -163,14 +163,16 @@ def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, 
         layer=LAYER,
         out=str(out),
         backbone=json.dumps({"model": "cafe-tiny-vit", "seed": 0, "device": "cpu"}),
+        precision="bf16",
         **inputs,
     )
-    command(args)
+    run_erf(args)
     with h5py.File(out) as h5:
         maps, value, absorbed, attrs = h5["maps"][()], h5["target_value"][()], h5["absorbed"][()], dict(h5.attrs)
     assert maps.shape == (2, 2, 4, 4) and np.isnan(maps[1, 1]).all() and np.isfinite(maps[[0, 0, 1], [0, 1, 0]]).all()
     assert attrs["method"] == method and attrs["layer"] == LAYER and attrs["n_targets"] == 3
     assert json.loads(attrs["params"])["batch_size"] == 2 and attrs["targets_per_s"] > 0
+    assert json.loads(attrs["params"]).get("precision") == ("bf16" if method != "activation" else None)
     with h5py.File(inputs["features"]) as h5:
         stored = h5["value"][()]
     np.testing.assert_allclose(value[[0, 0, 1], [0, 1, 0]], stored[[0, 0, 1], [0, 1, 0]], rtol=1e-4, atol=1e-5)
@@ -180,4 +182,4 @@ def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, 
 def test_erf_command_refuses_an_unknown_method_in_params(tmp_path):
     args = argparse.Namespace(method="gradient", params=json.dumps({"methods": ["attnlrp", "shap"]}))
     with pytest.raises(CafeError, match="erf.methods has unknown method"):
-        command(args)
+        run_erf(args)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from captum.attr import KernelShap as CaptumKernelShap
 
+from cafe.config import parse_section
 from cafe.erf import ErfConfig, make_method
 from cafe.erf.kernelshap import ENDPOINT_WEIGHT, draw_coalitions, kernel_weights, solve_surrogates
-from cafe.params import parse_section
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 LAYER = 2
 TOKENS = torch.tensor([0, 5, 11])

@@ -25,19 +25,20 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from cafe.activations import LayerInfo, LayerWriter
 from cafe.backbone import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.compute import PRECISIONS, precision_scope
 from cafe.erf import ErfConfig, make_method
-from cafe.insertion.curves import curves, make_canvas
+from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
+from cafe.insertion.curves import curves
 from cafe.insertion.orders import rank_patches, step_counts
 from cafe.io import write_json, write_text
+from cafe.io.activations import LayerInfo, LayerWriter
 from cafe.sae import SAEConfig, train
 from cafe.stats import bootstrap_ci, trapezoid_auc
-from cafe.target import FeatureTarget
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,10 @@ class Setting:
 
 
 SETTINGS = {
-    "demo": Setting("cafe-demo-vit", 4, 32, 8, 8, 64, 16, 400, 0),
+    "demo": Setting("cafe-demo-vit", 4, 32, 8, 8, 64, 16, 200, 0),
     "vitl": Setting("ViT-L-14", 6, 4, 2, 4, 24, 0, 0, 4),
 }
+SAE_STEPS = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
 CPU_MODES = ("fp32", "bf16")  # tf32 changes nothing on a CPU (its flags act on CUDA matmuls only)
 
 
@@ -196,7 +198,7 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
         writer.add_train(np.arange(n), np.tile(np.arange(t), (n, 1)), resid[:n])
         writer.add_analysis(np.arange(n, n + 32), resid[n:])
         writer.finish()
-    config = SAEConfig(expansion=setting.expansion, steps=400, batch_size=512, checkpoint_every=1000)
+    config = SAEConfig(expansion=setting.expansion, steps=SAE_STEPS, batch_size=256, checkpoint_every=SAE_STEPS)
     out = {}
     for mode in setting.modes:
         metrics = train(path, workdir / f"{mode}.pt", workdir / f"{mode}.json", config, str(backbone.device), mode)

@@ -21,7 +21,7 @@ import torch
 from captum.attr import KernelShap as CaptumKernelShap
 
 from cafe.erf.methods import CanvasMethod
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 ENDPOINT_WEIGHT = 1e6  # captum's KernelShap.inf_weight
 

@@ -8,10 +8,11 @@ from snakemake.exceptions import WorkflowError
 
 from cafe.compute import ComputeConfig
 from cafe.errors import CafeError
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, parse_section, validate_config
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, parse_section
+from cafe.params import validate_config
 
-try:
-    validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
+try:  # every value with its default filled in, so a rule's params change when a default does
+    config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -47,10 +48,10 @@ def image_inputs():
 def precision_for(step):
     """The precision of one step (compute.precision, or its compute.steps override): each rule gets only its own,
     so changing one step's precision reruns only that step's jobs."""
-    return parse_section(ComputeConfig, config.get("compute"), "compute").for_step(step)
+    return parse_section(ComputeConfig, config["compute"], "compute").for_step(step)
 
 
 def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
-    return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+    return as_json({"batch_size": section["batch_size"], method: section.get(method, {})})
