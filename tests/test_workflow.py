@@ -84,7 +84,7 @@ def test_paper_config_uses_vit_l14_laion_weights():
         ("erf.methods", ["attnlrp", "occlusion"], "occlusion"),
         ("insertion.canvases", ["grey"], "grey"),
         ("features.n_features", 10_000, "features.n_features"),
-        ("compute.precision", "fp16", "fp16"),
+        ("compute", {"precision": "fp16"}, "fp16"),
     ],
 )
 def test_bad_params_stop_with_a_message_naming_the_key(tmp_path, path, value, message):
@@ -109,9 +109,8 @@ def test_a_steps_precision_override_reaches_only_that_steps_jobs(tmp_path):
     root = make_workspace(tmp_path, with_change("compute", {"precision": "fp32", "steps": {"erf": "bf16"}}))
     result = dry_run(root, "--printshellcmds")
     assert result.returncode == 0, result.stderr
-    commands = [line for line in result.stdout.splitlines() if line.lstrip().startswith("cafe ")]
     modes: dict[str, set[str]] = {}
-    for line in commands:
-        modes.setdefault(line.split()[1], set()).update(re.findall(r"--precision (\w+)", line))
+    for command in re.findall(r"^Shell command: cafe (\S+)(.*)$", result.stdout, re.M):
+        modes.setdefault(command[0], set()).update(re.findall(r"--precision (\w+)", command[1]))
     assert modes["erf"] == {"bf16"}
     assert modes["activations"] == modes["sae"] == modes["insertion"] == modes["greedy"] == {"fp32"}
