@@ -193,7 +193,7 @@ class Backbone:
         """Normalised pixels -> token sequence entering block 1 (patch embedding, CLS, positions, ln_pre), in
         float32 even under bf16 autocast, so that the residual stream stays float32 (cafe.compute)."""
         with full_precision(pixels.device):
-            return self.visual._embeds(pixels.float())
+            return self.visual._embeds(pixels.to(self.visual.conv1.weight.dtype))
 
     def check_layer(self, layer: int) -> None:
         if not 1 <= layer <= self.depth:

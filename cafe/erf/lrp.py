@@ -44,7 +44,7 @@ def embed(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """Patch embedding (linear, no bias), CLS and positional embeddings, ln_pre: tokens entering block 1, in float32
     under any autocast (the residual stream and the relevance reaching the pixels stay float32; cafe.compute)."""
     with full_precision(pixels.device):
-        x = visual.conv1(pixels.float()).flatten(2).transpose(1, 2)
+        x = visual.conv1(pixels.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         return layer_norm_rule(visual.ln_pre, x)
