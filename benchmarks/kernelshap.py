@@ -35,9 +35,10 @@ SETTINGS = {
 OUT = Path("benchmarks/results/kernelshap.json")
 
 
-def compare(alias: str, device: torch.device, timer: Timer) -> dict:
-    """Seconds of both solvers on the same targets; the batched solver's speed-up."""
-    model, layer, n, samples, expansion = SETTINGS[alias]
+def compare(alias: str, device: torch.device, timer: Timer, layer: int | None = None) -> dict:
+    """Seconds of both solvers on the same targets (at `layer` if given); the batched solver's speed-up."""
+    model, default_layer, n, samples, expansion = SETTINGS[alias]
+    layer = layer or default_layer
     backbone = load_tower(model, device)
     sae = random_sae(backbone.width, expansion, device)
     target = FeatureTarget(backbone, sae, layer)
@@ -73,11 +74,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--layer", type=int, help="override each model's layer (a cheaper check)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = resolve_device(args.device)
     timer = Timer(device, repeats=2, warmup=0, budget_s=10.0)
-    results = {"machine": describe(device), "models": {a: compare(a, device, timer) for a in args.models}}
+    results = {"machine": describe(device), "models": {a: compare(a, device, timer, args.layer) for a in args.models}}
     write_json(args.out, results)
     print(json.dumps({a: r["speedup"] for a, r in results["models"].items()}, indent=1))
 
