@@ -11,8 +11,8 @@ GPUs (Snakemake assigns no device ids) each get their own instead of all landing
 - With every GPU busy it waits (saying so in the log) up to `CAFE_GPU_WAIT` seconds (default 24 h), then
   stops with an error. `snakemake --resources gpu=N` (N = the node's GPUs) keeps it from waiting at all.
 
-The lock folder is `CAFE_GPU_LOCK_DIR`, by default `cafe-gpu-locks` in the system's temporary folder: every
-cafe process of the node, whoever runs it, must see the same one (it is made world-writable, with the sticky bit).
+The lock folder is `CAFE_GPU_LOCK_DIR`, by default /tmp/cafe-gpu-locks: every cafe process of the node, whoever
+runs it, must see the same one (it is made world-writable, with the sticky bit, like /tmp).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import fcntl
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "CAFE_GPU_LOCK_DIR"
 WAIT_ENV = "CAFE_GPU_WAIT"
+DEFAULT_LOCK_DIR = "/tmp/cafe-gpu-locks"
 DEFAULT_WAIT_S = 24 * 3600.0
 POLL_S = 2.0
 _DEVICE_FILE = re.compile(r"nvidia(\d+)")
@@ -64,8 +64,9 @@ def gpu_count(dev: Path = Path("/dev")) -> int:
 
 
 def lock_dir() -> Path:
-    """Where the per-GPU lock files live: `$CAFE_GPU_LOCK_DIR`, else `<tmp>/cafe-gpu-locks`."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "cafe-gpu-locks")
+    """Where the per-GPU lock files live: `$CAFE_GPU_LOCK_DIR`, else /tmp/cafe-gpu-locks (not under `$TMPDIR`,
+    which a scheduler may set per job: then jobs would not see each other's locks)."""
+    return Path(os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
 
 
 def wait_seconds() -> float:
