@@ -94,7 +94,7 @@ def write_params(root: Path, params: dict[str, Any]) -> None:
 
 
 def run(
-    cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200, extra_env: dict[str, str] | None = None
+    cmd: list[str], cwd: Path, check: bool = True, timeout: int = 3000, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command in the workspace; on failure show its output (and the logs of failed rules)."""
     result = subprocess.run(
