@@ -32,6 +32,8 @@ rule insertion:
         precision=precision_for("insertion"),
     log:
         "results/logs/insertion/layer{layer}_{method}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe insertion --method {wildcards.method} --params {params.cfg:q} --backbone {params.backbone:q} "
         "--layer {wildcards.layer} --features {input.features} --sae {input.sae} --manifest {input.manifest} "
@@ -54,6 +56,8 @@ rule greedy:
         precision=precision_for("insertion"),
     log:
         "results/logs/insertion/layer{layer}_greedy.log",
+    resources:
+        gpu=1,
     shell:
         "cafe greedy --params {params.cfg:q} --backbone {params.backbone:q} --layer {wildcards.layer} "
         "--features {input.features} --sae {input.sae} --manifest {input.manifest} "

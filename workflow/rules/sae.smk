@@ -13,6 +13,8 @@ rule sae:
     log:
         "results/logs/sae/layer{layer}.log",
     threads: 1
+    resources:
+        gpu=1,
     shell:
         "cafe sae --params {params.cfg:q} --activations {input} --out {output.checkpoint} "
         "--metrics {output.metrics} --precision {params.precision} > {log} 2>&1"
