@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +42,24 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             os.replace(tmp_path, path)
         else:
             os.link(tmp_path, path)
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc, path.parent):
+            raise
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise CafeError(f"{path}: no space left on device while writing it ({exc}); {kept}. Free space, re-run") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a write failed for lack of space: OSError ENOSPC/EDQUOT, h5py's wording of it, or torch.save's
+    bare "file write failed" on a file system that is (nearly) full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "errno = 28" in text:
+        return True
+    return "file write failed" in text and shutil.disk_usage(folder).free < 1 << 26
 
 
 def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:

@@ -10,6 +10,8 @@ along each column is removed before the Adam step, and the columns renormalised 
 L1 of its decoded contributions. Every `checkpoint_every` steps the training state is saved beside the output
 (`<out>.partial`); a new run with the same config and activation file resumes from it. The token stream is a
 pure function of (file, seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+A NaN/Inf loss or weight stops training with the step and the cause (non-finite activations, or divergence),
+before any state or checkpoint of it is written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -206,21 +209,49 @@ class Trainer:
         batches = self.stream.batches(start=self.step)
         if self.device.type == "cuda":  # on the CPU the reader would only take cores from training (1.7x slower)
             batches = read_ahead(batches, self.device)
+        inputs_ok: list[torch.Tensor] = []  # per step: were the batch's activations all finite (read with the loss)
         with tqdm(total=self.config.steps, initial=self.step, desc="sae", unit="step") as bar, closing(batches):
             while self.step < self.config.steps:
                 h = next(batches).to(self.device, non_blocking=True)
+                inputs_ok.append(torch.isfinite(h).all())
                 pending.append(self.train_step(h))
                 self.step, self.tokens_seen = self.step + 1, self.tokens_seen + len(h)
                 bar.update(1)
                 checkpoint = self.step % self.config.checkpoint_every == 0 and self.step < self.config.steps
                 if checkpoint or self.step % LOSS_READ_EVERY == 0 or self.step == self.config.steps:
-                    losses.extend(torch.stack(pending).tolist())
+                    losses.extend(self.read_back(pending, inputs_ok))
                     pending.clear()
+                    inputs_ok.clear()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if checkpoint:
+                    self.check_weights()
                     save_state(self.state_path, self.sae, self.optimizer, self.step, self.tokens_seen, self.key)
                     log.info("step %d: loss %.4f, state saved to %s", self.step, losses[-1], self.state_path)
         return losses
+
+    def read_back(self, pending: list[torch.Tensor], inputs_ok: list[torch.Tensor]) -> list[float]:
+        """The losses of the last steps; a non-finite one is a CafeError with its step and cause."""
+        losses, ok = torch.stack(pending).tolist(), torch.stack(inputs_ok).tolist()
+        first = self.step - len(losses) + 1
+        for i, (loss, finite_input) in enumerate(zip(losses, ok)):
+            if not math.isfinite(loss):
+                cause = (
+                    "the activation batch holds NaN/Inf values: the activation file is damaged, delete it and "
+                    "re-run the `activations` step"
+                    if not finite_input
+                    else f"training diverged: lower sae.lr (now {self.config.lr})"
+                )
+                raise CafeError(f"sae: loss is {loss} at step {first + i}; {cause}. No checkpoint was written")
+        return losses
+
+    def check_weights(self) -> None:
+        """Stop, before saving, if any weight is NaN/Inf (an update after the last loss read can make them so)."""
+        bad = [name for name, p in self.sae.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise CafeError(
+                f"sae: weights {bad} are NaN/Inf after step {self.step}; training diverged: lower sae.lr "
+                f"(now {self.config.lr}). No checkpoint was written"
+            )
 
     def finish(self) -> MatryoshkaSAE:
         """Set the BatchTopK threshold from the batches after training; the frozen SAE."""
@@ -244,7 +275,13 @@ def train(
     with open_layer(activations) as handle:
         attrs = layer_attrs(handle)
     stream = TokenStream(activations, config.batch_size, config.seed)
-    stats = input_stats(stream.sample(STATS_TOKENS))
+    sample = stream.sample(STATS_TOKENS)
+    if not torch.isfinite(sample).all():
+        raise CafeError(
+            f"{activations}: {int((~torch.isfinite(sample)).sum())} NaN/Inf values among {sample.numel()} sampled "
+            f"activation values; the file is damaged: delete it and re-run the `activations` step"
+        )
+    stats = input_stats(sample)
     trainer = Trainer(
         config, stream, stats, resolve_device(device), partial_path(out), run_key(config, attrs["content_hash"])
     )
@@ -262,6 +299,7 @@ def train(
     start, first_tokens = time.perf_counter(), trainer.tokens_seen
     losses = trainer.run()
     seconds = time.perf_counter() - start
+    trainer.check_weights()
     sae = trainer.finish()
     tail = losses[-LOSS_WINDOW:]
     metrics = {
