@@ -46,7 +46,9 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
         if not disk_full(exc, path.parent):
             raise
         kept = "the previous file is kept" if path.exists() else "nothing was written"
-        raise CafeError(f"{path}: no space left on device while writing it ({exc}); {kept}. Free space, re-run") from exc
+        raise CafeError(
+            f"{path}: no space left on device while writing it ({exc}); {kept}; free space, re-run"
+        ) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 

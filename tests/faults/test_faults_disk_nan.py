@@ -138,4 +138,3 @@ def test_diverging_sae_stops_with_step_and_cause(tokens_file: Path, tmp_path: Pa
     if partial_path(out).exists():
         state = torch.load(partial_path(out), weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["sae"].values())
-
