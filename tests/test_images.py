@@ -150,6 +150,10 @@ def _odd_image(kind: str, path: Path) -> Path:
     return path.with_suffix(".png")
 
 
+@pytest.mark.fault(
+    "odd but valid images (CMYK, grayscale, 16-bit, RGBA, palette, EXIF-rotated, 8 px)",
+    "pass the check and load as the same gray levels as a plain 8-bit RGB file",
+)
 @pytest.mark.parametrize("kind", ["cmyk", "gray", "gray16", "rgba", "palette", "exif_rotated", "tiny"])
 def test_odd_but_valid_images_pass_the_check_and_keep_their_gray_levels(tmp_path: Path, kind: str) -> None:
     path = _odd_image(kind, tmp_path / kind)
@@ -181,6 +185,10 @@ def _broken_folder(root: Path) -> dict[str, str]:
     return {"a/a_001.JPEG": "empty file", "a/a_002.JPEG": "truncated", "b/b_003.JPEG": "", "b/b_004.JPEG": ""}
 
 
+@pytest.mark.fault(
+    "broken images among those drawn (zero bytes, truncated JPEG, a text file named .JPEG, a truncated PNG)",
+    "the manifest step, before any extraction, lists every one with a count in one error (data.bad_images: error)",
+)
 def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path) -> None:
     broken = _broken_folder(tmp_path / "images")
     params = json.dumps({"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6})
@@ -193,6 +201,10 @@ def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path) -> 
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "skipped_images.csv").exists()
 
 
+@pytest.mark.fault(
+    "the same broken images with data.bad_images: skip",
+    "left out of the manifest, listed in skipped_images.csv beside it (and counted in the activation files)",
+)
 def test_skip_leaves_broken_images_out_and_lists_them_beside_the_manifest(tmp_path: Path) -> None:
     broken = _broken_folder(tmp_path / "images")
     params = {"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6, "bad_images": "skip"}

@@ -13,7 +13,7 @@ rule sae:
         "results/logs/sae/layer{layer}.log",
     threads: 1
     shell:
-        "cafe sae --params {params.cfg:q} --activations {input} --out {output.checkpoint} "
+        "cafe sae --params {params.cfg:q} --layer {wildcards.layer} --activations {input} --out {output.checkpoint} "
         "--metrics {output.metrics} > {log} 2>&1"
 
 
