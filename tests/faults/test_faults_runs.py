@@ -185,6 +185,7 @@ def test_kill_9_then_rerun_as_printed_gives_the_uninterrupted_results(
     for product in products:
         same_content(root / product, finished_tiny_demo / product)
     assert unreadable(root) == []
+    assert list((root / "results").rglob("*.tmp")) == []  # the killed writers' temporaries went with the rerun
 
 
 # ---------------------------------------------------------------------------------------------- two runs at once
