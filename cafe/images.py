@@ -1,24 +1,12 @@
-"""Images in: an ImageFolder reader (`<root>/<class>/<image>`), the seeded train/analysis manifest, and image
-loading with OpenCLIP's eval transform (resize the shorter side, center crop, RGB, [0, 1]).
-
-manifest.csv columns: `index` (row id, what every later file calls an image), `split` (train | analysis),
-`path` (relative to the root, posix), `class` (the class folder's name).
-
-Every drawn image is checked before any extraction starts (`check_images`: header, size, and the end marker of
-JPEG/PNG files, in worker processes), so a broken file in a million is reported with all the others at once,
-not an hour into extraction. `data.bad_images: error` (default) stops with the list; `skip` leaves them out of
-the manifest and lists them in skipped_images.csv beside it (columns `path`, `class`, `reason`), which the
-activation files count.
-"""
+"""Images in: an ImageFolder lister (`<root>/<class>/<image>`), a cheap check of image files (`image_problem`,
+`check_images`: header, size and the end marker of JPEG/PNG files, in worker processes), and image loading with
+OpenCLIP's eval transform (resize the shorter side, center crop, RGB, [0, 1]), by path or by manifest index."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,41 +15,18 @@ import pandas as pd
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.io import write_csv
-from cafe.params import DEMO_IMAGES, parse_section
+from cafe.io import file_hash
+from cafe.io.features import FeatureFile
+from cafe.io.manifest import read_manifest
 
 if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
     import torch
     from torch.utils.data import DataLoader
 
-log = logging.getLogger(__name__)
-
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-MANIFEST_COLUMNS = ("index", "split", "path", "class")
-SKIPPED_COLUMNS = ("path", "class", "reason")
-SPLITS = ("train", "analysis")
-BAD_IMAGES = ("error", "skip")
+ImageLoader = Callable[[np.ndarray], "torch.Tensor"]  # manifest indices -> (B, 3, H, W) in [0, 1]
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # where a truncated file ends without them
 TAIL_BYTES = 4096  # the end marker is looked for this far from the end (valid files may carry trailing bytes)
-SHOWN_BAD = 20  # broken files listed in the error message (all of them go to the log)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which images the pipeline sees (params.yaml `data:`)."""
-
-    images: str = DEMO_IMAGES
-    n_train: int = 1600
-    n_analysis: int = 240
-    seed: int = 0
-    bad_images: str = "error"  # error: stop and list every broken image; skip: leave them out, listed
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_analysis"):
-            if getattr(self, name) < 1:
-                raise CafeError(f"params: data.{name} must be >= 1, got {getattr(self, name)}")
-        if self.bad_images not in BAD_IMAGES:
-            raise CafeError(f"params: data.bad_images must be one of {BAD_IMAGES}, got {self.bad_images!r}")
 
 
 def list_images(root: str | os.PathLike) -> pd.DataFrame:
@@ -89,23 +54,6 @@ def _images_in(root: Path, name: str) -> list[str]:
         rel = Path(folder).relative_to(root)
         found += [(rel / f).as_posix() for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return found
-
-
-def make_manifest(config: DataConfig) -> pd.DataFrame:
-    """A seeded, disjoint draw of n_train + n_analysis images; rows of each split in path order."""
-    images = list_images(config.images)
-    wanted = config.n_train + config.n_analysis
-    if wanted > len(images):
-        raise CafeError(
-            f"data: n_train + n_analysis = {config.n_train} + {config.n_analysis} = {wanted}, but "
-            f"{config.images!r} holds only {len(images)} images"
-        )
-    order = np.random.default_rng(config.seed).permutation(len(images))
-    picks = {"train": order[: config.n_train], "analysis": order[config.n_train : wanted]}
-    parts = [images.iloc[np.sort(rows)].assign(split=split) for split, rows in picks.items()]
-    manifest = pd.concat(parts, ignore_index=True)
-    manifest.insert(0, "index", np.arange(len(manifest)))
-    return manifest[list(MANIFEST_COLUMNS)]
 
 
 def image_problem(path: str | os.PathLike) -> str | None:
@@ -145,46 +93,7 @@ def check_images(root: str | os.PathLike, rows: pd.DataFrame, workers: int = 1) 
     else:
         reasons = [image_problem(p) for p in paths]
     bad = rows.assign(reason=reasons).dropna(subset=["reason"])
-    return bad[list(SKIPPED_COLUMNS)].reset_index(drop=True)
-
-
-def bad_images_error(root: str | os.PathLike, bad: pd.DataFrame, checked: int) -> CafeError:
-    """One error for every broken image: the count, the first SHOWN_BAD by name, and the two ways out."""
-    shown = "\n".join(f"  {Path(root) / p}: {r}" for p, r in zip(bad["path"][:SHOWN_BAD], bad["reason"][:SHOWN_BAD]))
-    more = f"\n  ... and {len(bad) - SHOWN_BAD} more (all in the log)" if len(bad) > SHOWN_BAD else ""
-    return CafeError(
-        f"data.images: {len(bad)} of {checked} images cannot be read:\n{shown}{more}\n"
-        f"remove or replace them, or set data.bad_images: skip to leave them out (listed in skipped_images.csv)"
-    )
-
-
-def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Check every drawn image; returns (manifest without broken images, renumbered; the broken ones). Under
-    bad_images = error any broken image is a CafeError listing them all."""
-    bad = check_images(config.images, manifest, workers)
-    for path, reason in zip(bad["path"], bad["reason"]):
-        log.warning("bad image %s: %s", path, reason)
-    if len(bad) and config.bad_images == "error":
-        raise bad_images_error(config.images, bad, len(manifest))
-    kept = manifest[~manifest["path"].isin(bad["path"])].reset_index(drop=True)
-    kept["index"] = np.arange(len(kept))
-    return kept, bad
-
-
-def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
-    """Read a manifest (optionally one split), checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise CafeError(f"{path}: manifest not found (has the `manifest` step run?)")
-    manifest = pd.read_csv(path, dtype={"path": str, "class": str, "split": str})
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise CafeError(f"{path}: manifest lacks column(s) {missing}; re-run the `manifest` step")
-    if split is None:
-        return manifest
-    if split not in SPLITS:
-        raise CafeError(f"{path}: unknown split {split!r} (splits: {SPLITS})")
-    return manifest[manifest["split"] == split].reset_index(drop=True)
+    return bad[["path", "class", "reason"]].reset_index(drop=True)
 
 
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -261,44 +170,13 @@ def image_batches(
     )
 
 
-def run_manifest(args: argparse.Namespace) -> None:
-    """CLI: write the manifest CSV."""
-    config = parse_section(DataConfig, args.params, "data")
-    manifest, bad = screen_manifest(make_manifest(config), config, args.workers)
-    missing = [split for split in SPLITS if not (manifest["split"] == split).any()]
+def manifest_loader(manifest: str, root: str, size: int, ff: FeatureFile) -> ImageLoader:
+    """A function from manifest indices to images (B, 3, size, size) in [0, 1]; checks the features' indices exist."""
+    if ff.manifest_hash and ff.manifest_hash != file_hash(manifest):
+        raise CafeError(f"{ff.path}: found on another manifest than {manifest}; re-run the features step")
+    frame = read_manifest(manifest)
+    paths = dict(zip(frame["index"].tolist(), frame["path"]))
+    missing = sorted(set(np.unique(ff.image[ff.image >= 0]).tolist()) - set(paths))
     if missing:
-        raise CafeError(f"data.images: every {' and '.join(missing)} image was skipped as unreadable")
-    write_csv(skipped_path(args.out, args.skipped), bad)
-    write_csv(args.out, manifest)
-    counts = manifest["split"].value_counts()
-    log.info(
-        "manifest: %d train + %d analysis images of %d classes (%d unreadable skipped) -> %s",
-        counts.get("train", 0),
-        counts.get("analysis", 0),
-        manifest["class"].nunique(),
-        len(bad),
-        args.out,
-    )
-
-
-def skipped_path(manifest: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
-    """Where the skipped-image list of a manifest lives: beside it, unless given."""
-    return Path(given) if given else Path(manifest).with_name("skipped_images.csv")
-
-
-def read_skipped(path: str | os.PathLike) -> pd.DataFrame:
-    """The skipped-image list written by the manifest step (a missing file is an error naming it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CafeError(f"{path}: skipped-image list not found; re-run the `manifest` step")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cafe manifest`."""
-    parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
-    parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
-    parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
-    parser.add_argument("--skipped", type=Path, help="skipped-image list to write (default: beside --out)")
-    parser.add_argument("--workers", type=int, default=1, help="processes that check the images")
-    parser.set_defaults(func=run_manifest)
+        raise CafeError(f"{ff.path}: image indices {missing[:5]} are not in {manifest}; the manifest changed since")
+    return lambda indices: load_images(root, [paths[i] for i in indices.tolist()], size)

@@ -14,18 +14,9 @@ from conftest import make_image_folder
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.images import (
-    DataConfig,
-    check_images,
-    image_batches,
-    image_problem,
-    list_images,
-    load_images,
-    make_manifest,
-    read_manifest,
-    read_skipped,
-    register,
-)
+from cafe.images import check_images, image_batches, image_problem, list_images, load_images
+from cafe.io.manifest import read_manifest, read_skipped
+from cafe.manifest import DataConfig, make_manifest, register
 
 
 def run_cli(argv: list[str]) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cafe.errors import CafeError
-from cafe.io import atomic_path, open_h5, temp_prefix, write_text
+from cafe.io import atomic_path, open_h5, write_text
+from cafe.io.atomic import temp_prefix
 
 
 def test_an_interrupted_write_leaves_neither_a_half_file_nor_a_temporary(tmp_path: Path) -> None:

@@ -11,11 +11,13 @@ import pytest
 import torch
 from layer_files import write_layer
 
-from cafe.activations import TokenStream
 from cafe.errors import CafeError
 from cafe.sae import SAEConfig, load_sae, train
+from cafe.sae.command import summarise
 from cafe.sae.evaluate import input_stats
-from cafe.sae.train import Trainer, partial_path, run_key, summarise
+from cafe.sae.feed import TokenStream
+from cafe.sae.resume import partial_path, run_key
+from cafe.sae.train import Trainer
 
 CONFIG = SAEConfig(expansion=8, steps=300, batch_size=256, lr=3e-3, checkpoint_every=100, l1=3e-3, k=4)
 
@@ -154,6 +156,7 @@ def test_interrupted_training_resumes_from_the_saved_step(
     resumed = train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
     assert resumed["resumed_from"] == 50 and reference["resumed_from"] == 0
     assert resumed["steps"] == reference["steps"] == 120 and resumed["tokens_seen"] == reference["tokens_seen"]
+    assert resumed["loss"] == reference["loss"]  # the final loss window spans the resume
     (sae, _), (ref, _) = load_sae(tmp_path / "s.pt"), load_sae(tmp_path / "ref.pt")
     for name, value in ref.state_dict().items():
         torch.testing.assert_close(sae.state_dict()[name], value, msg=name)
@@ -188,7 +191,7 @@ def test_the_same_weights_and_config_give_the_same_fingerprint(layer_file: Path,
 def test_read_ahead_keeps_the_order_raises_the_readers_error_and_stops_when_closed() -> None:
     import threading
 
-    from cafe.sae.train import read_ahead
+    from cafe.sae.feed import read_ahead
 
     cpu = torch.device("cpu")
     assert [int(b) for b in read_ahead((torch.tensor(i) for i in range(10)), cpu, depth=3)] == list(range(10))

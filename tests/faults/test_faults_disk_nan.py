@@ -12,14 +12,17 @@ import pytest
 import torch
 from layer_files import write_layer
 
-from cafe.activations import ActivationsConfig, LayerWriter, TokenStream, extract, layer_path
+from cafe.activations import ActivationsConfig, extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
-from cafe.images import DataConfig, make_manifest
 from cafe.io import file_hash, write_csv
+from cafe.io.activations import LayerWriter, layer_path
+from cafe.manifest import DataConfig, make_manifest
 from cafe.sae import model as sae_model
+from cafe.sae.feed import TokenStream
 from cafe.sae.model import SAEConfig, load_sae
-from cafe.sae.train import partial_path, train
+from cafe.sae.resume import partial_path
+from cafe.sae.train import train
 
 SAE = SAEConfig(expansion=2, steps=40, batch_size=64, lr=1e-3, checkpoint_every=20, l1=1e-3, k=4)
 

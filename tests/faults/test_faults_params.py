@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from workflow_utils import REPO, TINY_PARAMS
 
 from cafe.errors import CafeError
-from cafe.params import validate_config
+from cafe.params import load_schema, validate_config
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "params.schema.yaml"
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+SCHEMA = load_schema(SCHEMA_PATH)
 WRONG_TYPE = {"integer": "7x", "number": "fast", "boolean": "yes", "string": 5, "array": "x", "object": 3}
 
 

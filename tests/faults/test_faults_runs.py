@@ -25,7 +25,7 @@ from cafe import cli
 
 pytestmark = pytest.mark.e2e
 
-TIMING_KEYS = ("per_s", "seconds")  # values that measure speed, not results
+NOT_RESULTS = ("per_s", "seconds", "resumed_from")  # speed, and the record of a resume: not results
 
 
 # ---------------------------------------------------------------------------------------------- file checks
@@ -67,7 +67,7 @@ def same_content(a: Path, b: Path) -> None:
                 np.testing.assert_allclose(
                     x[name][()], y[name][()], rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=f"{a}:{name}"
                 )
-            keep = lambda attrs: {k: str(v) for k, v in attrs.items() if not any(t in k for t in TIMING_KEYS)}  # noqa: E731
+            keep = lambda attrs: {k: str(v) for k, v in attrs.items() if not any(t in k for t in NOT_RESULTS)}  # noqa: E731
             assert keep(x.attrs) == keep(y.attrs), a
     elif a.suffix == ".pt":
         x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
@@ -76,7 +76,7 @@ def same_content(a: Path, b: Path) -> None:
     elif a.suffix == ".csv":
         pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), rtol=1e-5, obj=str(a))
     elif a.suffix == ".json":
-        strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in TIMING_KEYS)}  # noqa: E731
+        strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in NOT_RESULTS)}  # noqa: E731
         assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text())), a
 
 
@@ -173,6 +173,8 @@ def test_kill_9_then_rerun_as_printed_gives_the_uninterrupted_results(
     products, ready = KILL_CASES[step]
     for product in products:
         (root / product).unlink()
+    for log in (root / "results" / "logs").rglob("*.log"):  # the finished run's: a new one means the job started
+        log.unlink()
     cmd = ["snakemake", "--cores", "1", *products]
     proc = start(root, cmd)
     wait_until(proc, ready(root), f"{step} was under way")
@@ -201,7 +203,7 @@ def test_a_second_run_in_the_same_checkout_is_refused(
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     products = KILL_CASES["Fig 5"][0]
-    for product in products:
+    for product in [*products, "results/logs/fig5.log"]:  # a new log means the first run's job started
         (root / product).unlink()
     proc = start(root, ["snakemake", "--cores", "1", "fig5"] if first == "snakemake" else ["dvc", "repro", "fig5"])
     wait_until(proc, lambda: (root / "results/logs/fig5.log").is_file(), "the first run's job started")
