@@ -385,8 +385,7 @@ def test_annotation_file_for_another_sae_is_refused(
 
 @pytest.mark.fault(
     "a broken annotation edit (a value that is no answer) run through `snakemake` and through `dvc repro`",
-    "the file/row/column/value message on the console (not only in results/logs/fig5.log); the person's file "
-    "untouched",
+    "the file/row/column/value message on the console (not only in results/logs/fig5.log); the person's file untouched",
 )
 @pytest.mark.parametrize(
     "runner", [["snakemake", "--cores", "1", "fig5"], ["dvc", "repro", "fig5"]], ids=["snakemake", "dvc"]
