@@ -207,7 +207,11 @@ def test_a_second_run_in_the_same_checkout_is_refused(
         (root / product).unlink()
     proc = start(root, ["snakemake", "--cores", "1", "fig5"] if first == "snakemake" else ["dvc", "repro", "fig5"])
     wait_until(proc, lambda: (root / "results/logs/fig5.log").is_file(), "the first run's job started")
-    second = run(["snakemake", "--cores", "1", "fig5"], root, check=False)
+    os.killpg(proc.pid, signal.SIGSTOP)  # the first run holds still (its lock taken) while the second starts
+    try:
+        second = run(["snakemake", "--cores", "1", "fig5"], root, check=False)
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
     assert proc.wait(timeout=600) == 0, (root / "run.out").read_text()[-3000:]
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
     broken = unreadable(root)
