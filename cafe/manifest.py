@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) ->
 def run_manifest(args: argparse.Namespace) -> None:
     """CLI: write the manifest CSV and, beside it, the list of unreadable images left out."""
     config = parse_section(DataConfig, args.params, "data")
-    manifest, bad = screen_manifest(make_manifest(config), config, args.workers)
+    workers = min(args.workers, len(os.sched_getaffinity(0)))  # a scheduler's job may hold fewer CPUs
+    manifest, bad = screen_manifest(make_manifest(config), config, workers)
     write_skipped(args.skipped or skipped_path(args.out), bad)
     write_manifest(args.out, manifest)
     counts = manifest["split"].value_counts()
