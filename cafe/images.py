@@ -1,10 +1,12 @@
-"""Images in: an ImageFolder lister (`<root>/<class>/<image>`) and image loading with OpenCLIP's eval transform
-(resize the shorter side, center crop, RGB, [0, 1]), by path or by manifest index."""
+"""Images in: an ImageFolder lister (`<root>/<class>/<image>`), a cheap check of image files (`image_problem`,
+`check_images`: header, size and the end marker of JPEG/PNG files, in worker processes), and image loading with
+OpenCLIP's eval transform (resize the shorter side, center crop, RGB, [0, 1]), by path or by manifest index."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 ImageLoader = Callable[[np.ndarray], "torch.Tensor"]  # manifest indices -> (B, 3, H, W) in [0, 1]
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # where a truncated file ends without them
+TAIL_BYTES = 4096  # the end marker is looked for this far from the end (valid files may carry trailing bytes)
 
 
 def list_images(root: str | os.PathLike) -> pd.DataFrame:
@@ -52,6 +56,46 @@ def _images_in(root: Path, name: str) -> list[str]:
     return found
 
 
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why an image file would stop extraction, or None. Cheap: the header and the file's last bytes; a file
+    whose end marker is missing is decoded (at reduced scale) to tell trailing bytes from truncation."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as image:
+            if min(image.size) < 1:
+                return f"image of size {image.size[0]}x{image.size[1]}"
+            marker = END_MARKERS.get(image.format)
+            if marker is None or marker in _tail(path):
+                return None
+            image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; enough to reach the end of the data
+            image.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
+        return f"{exc}".strip() or type(exc).__name__
+    return None
+
+
+def _tail(path: Path) -> bytes:
+    """The file's last TAIL_BYTES bytes (trailing NUL padding removed)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - TAIL_BYTES))
+        return handle.read().rstrip(b"\0")
+
+
+def check_images(root: str | os.PathLike, rows: pd.DataFrame, workers: int = 1) -> pd.DataFrame:
+    """The rows (columns `path`, `class`) whose image would not load, with a `reason` column; checked in
+    `workers` processes (a million files take minutes on one core)."""
+    paths = [Path(root) / p for p in rows["path"]]
+    if workers > 1 and len(paths) > workers:
+        with ProcessPoolExecutor(workers) as pool:
+            reasons = list(pool.map(image_problem, paths, chunksize=max(1, min(256, len(paths) // (4 * workers)))))
+    else:
+        reasons = [image_problem(p) for p in paths]
+    bad = rows.assign(reason=reasons).dropna(subset=["reason"])
+    return bad[["path", "class", "reason"]].reset_index(drop=True)
+
+
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """OpenCLIP's eval transform without normalisation: shorter side to `size` (bicubic), center crop."""
     from torchvision import transforms
@@ -65,11 +109,21 @@ def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     )
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB 8 bit; 16/32-bit integer grays are scaled down (PIL's convert would clip them at 255: all white).
+    EXIF orientation is not applied, as in OpenCLIP's and torchvision's preprocessing."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNGs, TIFFs)
+        gray = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or gray.max() <= 65535 else gray.max()
+        image = Image.fromarray(np.clip(np.round(gray * 255.0 / top), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any]) -> torch.Tensor:
     """One image as RGB (3, size, size) in [0, 1]; a file PIL cannot decode is a CafeError naming it."""
     try:
         with Image.open(path) as image:
-            return transform(image.convert("RGB"))
+            return transform(to_rgb(image))
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise all three for broken files
         raise CafeError(f"{path}: cannot read image ({exc}); remove or replace the file") from exc
 

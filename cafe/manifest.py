@@ -1,10 +1,17 @@
 """`cafe manifest`: a seeded, disjoint train/analysis draw from an ImageFolder, written as the manifest
-contract (`cafe.io.manifest`)."""
+contract (`cafe.io.manifest`).
+
+Every drawn image is checked before any extraction starts (`cafe.images.check_images`), so a broken file in a
+million is reported with all the others at once, not an hour into extraction. `data.bad_images: error` (default)
+stops with the list and a count; `skip` leaves them out of the manifest (renumbered) and lists them in
+skipped_images.csv beside it, which the activation files count.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +20,13 @@ import pandas as pd
 
 from cafe.config import DEMO_IMAGES, parse_section
 from cafe.errors import CafeError
-from cafe.images import list_images
-from cafe.io.manifest import MANIFEST_COLUMNS, write_manifest
+from cafe.images import check_images, list_images
+from cafe.io.manifest import MANIFEST_COLUMNS, SPLITS, skipped_path, write_manifest, write_skipped
 
 log = logging.getLogger(__name__)
+
+BAD_IMAGES = ("error", "skip")
+SHOWN_BAD = 20  # broken files listed in the error message (all of them go to the log)
 
 
 @dataclass(frozen=True)
@@ -27,11 +37,14 @@ class DataConfig:
     n_train: int = 1600
     n_analysis: int = 240
     seed: int = 0
+    bad_images: str = "error"  # error: stop and list every broken image; skip: leave them out, listed
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_analysis"):
             if getattr(self, name) < 1:
                 raise CafeError(f"params: data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bad_images not in BAD_IMAGES:
+            raise CafeError(f"params: data.bad_images must be one of {BAD_IMAGES}, got {self.bad_images!r}")
 
 
 def make_manifest(config: DataConfig) -> pd.DataFrame:
@@ -51,16 +64,46 @@ def make_manifest(config: DataConfig) -> pd.DataFrame:
     return manifest[list(MANIFEST_COLUMNS)]
 
 
+def bad_images_error(root: str, bad: pd.DataFrame, checked: int) -> CafeError:
+    """One error for every broken image: the count, the first SHOWN_BAD by name, and the two ways out."""
+    shown = "\n".join(f"  {Path(root) / p}: {r}" for p, r in zip(bad["path"][:SHOWN_BAD], bad["reason"][:SHOWN_BAD]))
+    more = f"\n  ... and {len(bad) - SHOWN_BAD} more (all in the log)" if len(bad) > SHOWN_BAD else ""
+    return CafeError(
+        f"data.images: {len(bad)} of {checked} images cannot be read:\n{shown}{more}\n"
+        f"remove or replace them, or set data.bad_images: skip to leave them out (listed in skipped_images.csv)"
+    )
+
+
+def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check every drawn image; returns (manifest without broken images, renumbered; the broken ones). Under
+    bad_images = error any broken image is a CafeError listing them all."""
+    bad = check_images(config.images, manifest, workers)
+    for path, reason in zip(bad["path"], bad["reason"]):
+        log.warning("bad image %s: %s", path, reason)
+    if len(bad) and config.bad_images == "error":
+        raise bad_images_error(config.images, bad, len(manifest))
+    kept = manifest[~manifest["path"].isin(bad["path"])].reset_index(drop=True)
+    kept["index"] = np.arange(len(kept))
+    missing = [split for split in SPLITS if not (kept["split"] == split).any()]
+    if missing:
+        raise CafeError(f"data.images: every {' and '.join(missing)} image was skipped as unreadable")
+    return kept, bad
+
+
 def run_manifest(args: argparse.Namespace) -> None:
-    """CLI: write the manifest CSV."""
+    """CLI: write the manifest CSV and, beside it, the list of unreadable images left out."""
     config = parse_section(DataConfig, args.params, "data")
-    manifest = make_manifest(config)
+    workers = min(args.workers, len(os.sched_getaffinity(0)))  # a scheduler's job may hold fewer CPUs
+    manifest, bad = screen_manifest(make_manifest(config), config, workers)
+    write_skipped(args.skipped or skipped_path(args.out), bad)
     write_manifest(args.out, manifest)
+    counts = manifest["split"].value_counts()
     log.info(
-        "manifest: %d train + %d analysis images of %d classes -> %s",
-        config.n_train,
-        config.n_analysis,
+        "manifest: %d train + %d analysis images of %d classes (%d unreadable skipped) -> %s",
+        counts.get("train", 0),
+        counts.get("analysis", 0),
         manifest["class"].nunique(),
+        len(bad),
         args.out,
     )
 
@@ -70,4 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
     parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
     parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
+    parser.add_argument("--skipped", type=Path, help="skipped-image list to write (default: beside --out)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that check the images")
     parser.set_defaults(func=run_manifest)

@@ -28,7 +28,7 @@ from cafe.features import FeaturesConfig
 from cafe.ground_truth import GroundTruthConfig
 from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
-from cafe.manifest import DataConfig
+from cafe.manifest import BAD_IMAGES, DataConfig
 from cafe.sae.model import SAEConfig
 from cafe.sae.nonlinearity import ACTIVATIONS
 
@@ -98,6 +98,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
             "sae_activation": {"enum": list(ACTIVATIONS)},
             "precision": {"enum": list(PRECISIONS)},
             "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
+            "bad_images": {"enum": list(BAD_IMAGES)},
         }
     )
     return schema

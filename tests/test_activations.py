@@ -201,3 +201,17 @@ def test_a_capped_analysis_read_spreads_over_all_images_and_a_full_read_keeps_or
     assert [first for first, _ in capped] == [int(values[0]) for _, values in capped]
     full = np.concatenate([block[:, 0, 0] for _, block in iter_analysis(path, block_tokens=20)])
     np.testing.assert_array_equal(full, np.arange(40))
+
+
+def test_skipped_images_are_counted_in_every_layer_file(manifest: Path, image_folder: Path, tmp_path: Path) -> None:
+    from cafe import cli
+
+    skipped = tmp_path / "skipped_images.csv"
+    skipped.write_text("path,class,reason\na/x.JPEG,a,empty file (0 bytes)\nb/y.JPEG,b,truncated\n")
+    backbone = '{"model": "cafe-tiny-vit", "seed": 0, "device": "cpu"}'
+    argv = ["activations", "--params", '{"batch_size": 4}', "--backbone", backbone, "--manifest", str(manifest)]
+    argv += ["--skipped", str(skipped), "--images-root", str(image_folder), "--layers", "1", "3"]
+    assert cli.main([*argv, "--out-dir", str(tmp_path / "acts")]) == 0
+    for layer in (1, 3):
+        with open_layer(layer_path(tmp_path / "acts", layer)) as handle:
+            assert handle.attrs["skipped_images"] == 2

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,8 +14,8 @@ from conftest import make_image_folder
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.images import image_batches, list_images, load_images
-from cafe.io.manifest import read_manifest
+from cafe.images import check_images, image_batches, image_problem, list_images, load_images
+from cafe.io.manifest import read_manifest, read_skipped
 from cafe.manifest import DataConfig, make_manifest, register
 
 
@@ -111,3 +112,108 @@ def test_manifest_missing_columns_is_an_error(tmp_path: Path) -> None:
     pd.DataFrame({"path": ["a.png"]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(CafeError, match="lacks column"):
         read_manifest(tmp_path / "m.csv")
+
+
+def _gradient(size: tuple[int, int] = (40, 24)) -> np.ndarray:
+    """A left-to-right gray ramp 0..255 of (height, width) = size[::-1]."""
+    return np.tile(np.linspace(0, 255, size[0]).astype(np.uint8), (size[1], 1))
+
+
+def _odd_image(kind: str, path: Path) -> Path:
+    """One valid but unusual image file: the modes and sizes ImageNet and users' folders hold."""
+    ramp = _gradient()
+    if kind == "cmyk":
+        Image.fromarray(np.stack([ramp] * 3, -1)).convert("CMYK").save(path.with_suffix(".jpg"), quality=95)
+        return path.with_suffix(".jpg")
+    if kind == "exif_rotated":
+        image, exif = Image.fromarray(np.stack([ramp] * 3, -1)), Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+        image.save(path.with_suffix(".jpg"), exif=exif, quality=95)
+        return path.with_suffix(".jpg")
+    images = {
+        "gray": Image.fromarray(ramp),
+        "gray16": Image.fromarray(ramp.astype(np.uint16) * 257),
+        "rgba": Image.fromarray(np.stack([ramp] * 3 + [np.full_like(ramp, 255)], -1)),
+        "palette": Image.fromarray(np.stack([ramp] * 3, -1)).convert("P", palette=Image.Palette.ADAPTIVE),
+        "tiny": Image.fromarray(np.stack([ramp[:8, :8]] * 3, -1)),
+    }
+    images[kind].save(path.with_suffix(".png"))
+    return path.with_suffix(".png")
+
+
+@pytest.mark.fault(
+    "odd but valid images (CMYK, grayscale, 16-bit, RGBA, palette, EXIF-rotated, 8 px)",
+    "pass the check and load as the same gray levels as a plain 8-bit RGB file",
+)
+@pytest.mark.parametrize("kind", ["cmyk", "gray", "gray16", "rgba", "palette", "exif_rotated", "tiny"])
+def test_odd_but_valid_images_pass_the_check_and_keep_their_gray_levels(tmp_path: Path, kind: str) -> None:
+    path = _odd_image(kind, tmp_path / kind)
+    assert image_problem(path) is None
+    image = load_images(tmp_path, [path.name], 16)[0]
+    assert image.shape == (3, 16, 16)
+    if kind != "tiny":  # the same gray ramp as from a plain 8-bit RGB file, whatever the mode it was stored in
+        Image.fromarray(np.stack([_gradient()] * 3, -1)).save(tmp_path / "reference.png")
+        reference = load_images(tmp_path, ["reference.png"], 16)[0]
+        assert (image - reference).abs().max() < 0.06, kind
+
+
+def test_jpeg_with_trailing_bytes_after_its_end_is_not_broken(tmp_path: Path) -> None:
+    path = _odd_image("cmyk", tmp_path / "x")
+    path.write_bytes(path.read_bytes() + b"camera padding" * 400)
+    assert image_problem(path) is None
+
+
+def _broken_folder(root: Path) -> dict[str, str]:
+    """An ImageFolder of JPEGs with four broken files; returns {path: what is wrong}."""
+    make_image_folder(root, {"a": 10, "b": 10}, ext=".JPEG")
+    whole = (root / "a" / "a_000.JPEG").read_bytes()
+    broken = {"a/a_001.JPEG": "", "a/a_002.JPEG": whole[: len(whole) // 2], "b/b_003.JPEG": "not an image"}
+    for name, content in broken.items():
+        (root / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    png = root / "b" / "b_004.JPEG"  # a PNG named .JPEG, cut in half
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png, format="PNG")
+    png.write_bytes(png.read_bytes()[:1500])
+    return {"a/a_001.JPEG": "empty file", "a/a_002.JPEG": "truncated", "b/b_003.JPEG": "", "b/b_004.JPEG": ""}
+
+
+@pytest.mark.fault(
+    "broken images among those drawn (zero bytes, truncated JPEG, a text file named .JPEG, a truncated PNG)",
+    "the manifest step, before any extraction, lists every one with a count in one error (data.bad_images: error)",
+)
+def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path) -> None:
+    broken = _broken_folder(tmp_path / "images")
+    params = json.dumps({"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6})
+    with pytest.raises(CafeError) as err:
+        run_cli(["manifest", "--params", params, "--out", str(tmp_path / "m.csv"), "--workers", "2"])
+    message = str(err.value)
+    assert "4 of 20 images cannot be read" in message and "bad_images: skip" in message
+    for name, why in broken.items():
+        assert name in message and why in message
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "skipped_images.csv").exists()
+
+
+@pytest.mark.fault(
+    "the same broken images with data.bad_images: skip",
+    "left out of the manifest, listed in skipped_images.csv beside it (and counted in the activation files)",
+)
+def test_skip_leaves_broken_images_out_and_lists_them_beside_the_manifest(tmp_path: Path) -> None:
+    broken = _broken_folder(tmp_path / "images")
+    params = {"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6, "bad_images": "skip"}
+    run_cli(["manifest", "--params", json.dumps(params), "--out", str(tmp_path / "m.csv")])
+    manifest, skipped = read_manifest(tmp_path / "m.csv"), read_skipped(tmp_path / "skipped_images.csv")
+    assert sorted(skipped["path"]) == sorted(broken) and list(skipped.columns) == ["path", "class", "reason"]
+    assert len(manifest) == 16 and not manifest["path"].isin(list(broken)).any()
+    assert manifest["index"].tolist() == list(range(16))
+
+
+def test_checking_in_worker_processes_finds_the_same_files(tmp_path: Path) -> None:
+    _broken_folder(tmp_path / "images")
+    rows = list_images(tmp_path / "images")
+    serial, parallel = check_images(tmp_path / "images", rows, 1), check_images(tmp_path / "images", rows, 3)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert len(serial) == 4
+
+
+def test_bad_images_setting_is_checked() -> None:
+    with pytest.raises(CafeError, match="data.bad_images must be one of"):
+        DataConfig(bad_images="ignore")

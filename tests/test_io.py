@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from cafe.errors import CafeError
 from cafe.io import atomic_path, open_h5, write_text
+from cafe.io.atomic import temp_prefix
 
 
 def test_an_interrupted_write_leaves_neither_a_half_file_nor_a_temporary(tmp_path: Path) -> None:
@@ -47,3 +50,19 @@ def test_a_no_replace_write_keeps_a_file_created_meanwhile(tmp_path: Path) -> No
     assert path.read_text() == "a person's answers" and list(tmp_path.iterdir()) == [path]
     write_text(tmp_path / "new.csv", "sheet", replace=False)
     assert (tmp_path / "new.csv").read_text() == "sheet"
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "layer1.h5"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f"{temp_prefix(target)}{int(dead.stdout)}.abc.tmp"
+        running = tmp_path / f"{temp_prefix(target)}{alive.pid}.def.tmp"
+        other = tmp_path / f"{temp_prefix(tmp_path / 'layer3.h5')}{int(dead.stdout)}.ghi.tmp"
+        for path in (stale, running, other):
+            path.write_bytes(b"half")
+        write_text(target, "whole")
+        assert not stale.exists() and running.exists() and other.exists()
+    finally:
+        alive.kill()

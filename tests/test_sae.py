@@ -156,6 +156,7 @@ def test_interrupted_training_resumes_from_the_saved_step(
     resumed = train(layer_file, tmp_path / "s.pt", tmp_path / "s.json", config, "cpu")
     assert resumed["resumed_from"] == 50 and reference["resumed_from"] == 0
     assert resumed["steps"] == reference["steps"] == 120 and resumed["tokens_seen"] == reference["tokens_seen"]
+    assert resumed["loss"] == reference["loss"]  # the final loss window spans the resume
     (sae, _), (ref, _) = load_sae(tmp_path / "s.pt"), load_sae(tmp_path / "ref.pt")
     for name, value in ref.state_dict().items():
         torch.testing.assert_close(sae.state_dict()[name], value, msg=name)

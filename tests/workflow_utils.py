@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow")
+WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles")
 
 # The smallest demo that still exercises every rule: 2 layers of a 3-block 32px tower, all four ERF methods.
 TINY_PARAMS: dict[str, Any] = {

@@ -4,19 +4,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from cafe.activations.extract import ActivationsConfig, extract
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.compute import add_precision_argument
 from cafe.config import parse_section
+from cafe.io.manifest import read_skipped
+
+log = logging.getLogger(__name__)
 
 
 def run_activations(args: argparse.Namespace) -> None:
     """CLI: load the backbone and write one activation file per requested layer."""
     config = parse_section(ActivationsConfig, args.params, "activations")
     backbone = Backbone.load(parse_section(BackboneConfig, args.backbone, "backbone"))
-    extract(backbone, args.manifest, args.images_root, args.layers, args.out_dir, config, args.precision)
+    skipped = len(read_skipped(args.skipped)) if args.skipped else 0
+    if skipped:
+        log.warning("%d unreadable images were left out of the manifest (listed in %s)", skipped, args.skipped)
+    extract(backbone, args.manifest, args.images_root, args.layers, args.out_dir, config, args.precision, skipped)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--params", required=True, help="params.yaml `activations:` section as JSON")
     parser.add_argument("--backbone", required=True, help="params.yaml `backbone:` section as JSON")
     parser.add_argument("--manifest", required=True, type=Path, help="manifest CSV (from `cafe manifest`)")
+    parser.add_argument("--skipped", type=Path, help="skipped-image list of the manifest (counted in the files)")
     parser.add_argument("--images-root", required=True, type=Path, help="the ImageFolder root the manifest indexes")
     parser.add_argument("--layers", required=True, type=int, nargs="+", help="blocks to record (1-based)")
     parser.add_argument("--out-dir", required=True, type=Path, help="writes <out-dir>/layer{L}.h5")

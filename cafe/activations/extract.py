@@ -122,6 +122,7 @@ def _open_writers(
     manifest_hash: str,
     n_train: int,
     n_analysis: int,
+    skipped: int = 0,
 ) -> dict[int, LayerWriter]:
     """One writer per layer on a temporary file that the stack renames into place only on success."""
     writers = {}
@@ -138,6 +139,7 @@ def _open_writers(
             backbone.width,
             manifest_hash,
             keep,
+            skipped,
         )
         writers[layer] = LayerWriter(handle, info, n_train, n_analysis)
     return writers
@@ -169,8 +171,10 @@ def extract(
     out_dir: str | os.PathLike,
     config: ActivationsConfig,
     precision: str = "fp32",
+    skipped: int = 0,
 ) -> list[Path]:
-    """Write `layer{L}.h5` for every requested layer from one truncated forward pass per batch (in `precision`)."""
+    """Write `layer{L}.h5` for every requested layer from one truncated forward pass per batch (in `precision`);
+    `skipped` (unreadable images the manifest step left out) is recorded in each file's attributes."""
     layers, out_dir = sorted(set(layers)), Path(out_dir)
     for layer in layers:
         backbone.check_layer(layer)
@@ -185,7 +189,7 @@ def extract(
     _check_disk(out_dir, len(layers) * n_values * backbone.width * 2)
     with contextlib.ExitStack() as stack:
         writers = _open_writers(
-            stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis)
+            stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis), skipped
         )
         sink = _Sink(writers, backbone.n_tokens, keep, config.seed)
         _run_split(backbone, train, Path(images_root), layers, config, sink.train, precision)

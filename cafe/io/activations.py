@@ -8,7 +8,8 @@
     analysis_image  (n_analysis,) int64          manifest index of each analysis row
 
 Attributes: backbone, pretrained, layer, image_size, patch_size, grid, n_tokens, width, manifest_hash,
-tokens_per_image, content_hash (sha256 of the token bytes as written), and `complete` = 1, written last.
+tokens_per_image, skipped_images (unreadable images the manifest step left out), content_hash (sha256 of the
+token bytes as written), and `complete` = 1, written last.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class LayerInfo:
     width: int
     manifest_hash: str
     tokens_per_image: int
+    skipped_images: int = 0
 
 
 def layer_path(out_dir: str | os.PathLike, layer: int) -> Path:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +34,8 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     unlike a rename, fails atomically when the name exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; results are for collaborators to read
@@ -40,8 +45,52 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             os.replace(tmp_path, path)
         else:
             os.link(tmp_path, path)
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc, path.parent):
+            raise
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise CafeError(
+            f"{path}: no space left on device while writing it ({exc}); {kept}; free space, re-run"
+        ) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of the names of `path`'s temporary files on this host (the writer's pid follows)."""
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of `path` left by writers on this host that no longer run (a `kill -9` leaves them;
+    at paper scale each can be tens of GB). Live writers' files, and other hosts', are left alone."""
+    prefix = temp_prefix(path)
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of that id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a write failed for lack of space: OSError ENOSPC/EDQUOT, h5py's wording of it, or torch.save's
+    bare "file write failed" on a file system that is (nearly) full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "errno = 28" in text:
+        return True
+    return "file write failed" in text and shutil.disk_usage(folder).free < 1 << 26
 
 
 def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:

@@ -4,6 +4,9 @@ index  row id: what every later file calls an image
 split  train | analysis
 path   relative to the image root, posix
 class  the class folder's name
+
+Beside it, `skipped_images.csv` lists the unreadable images the manifest step left out (`data.bad_images: skip`):
+path, class, reason; empty (header only) when none were.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from cafe.errors import CafeError
 from cafe.io.atomic import write_csv
 
 MANIFEST_COLUMNS = ("index", "split", "path", "class")
+SKIPPED_COLUMNS = ("path", "class", "reason")
 SPLITS = ("train", "analysis")
 
 
@@ -39,3 +43,21 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataF
     if split not in SPLITS:
         raise CafeError(f"{path}: unknown split {split!r} (splits: {SPLITS})")
     return manifest[manifest["split"] == split].reset_index(drop=True)
+
+
+def skipped_path(manifest: str | os.PathLike) -> Path:
+    """Where the skipped-image list of a manifest lives: beside it."""
+    return Path(manifest).with_name("skipped_images.csv")
+
+
+def write_skipped(path: str | os.PathLike, skipped: pd.DataFrame) -> None:
+    """Write the skipped-image list atomically."""
+    write_csv(path, skipped[list(SKIPPED_COLUMNS)])
+
+
+def read_skipped(path: str | os.PathLike) -> pd.DataFrame:
+    """The skipped-image list written by the manifest step (a missing file is an error naming it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CafeError(f"{path}: skipped-image list not found; re-run the `manifest` step")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

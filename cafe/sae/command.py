@@ -10,12 +10,21 @@ from cafe.compute import add_precision_argument
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io import write_json
+from cafe.io.activations import open_layer
 from cafe.sae.model import SAEConfig
 from cafe.sae.train import train
 
 
 def run_sae(args: argparse.Namespace) -> None:
-    """CLI: train one layer's SAE."""
+    """CLI: train one layer's SAE (on an activation file of the layer asked for, if --layer is given)."""
+    if args.layer is not None:
+        with open_layer(args.activations) as handle:
+            found = int(handle.attrs["layer"])
+        if found != args.layer:
+            raise CafeError(
+                f"{args.activations}: activations of layer {found}, but the SAE of layer {args.layer} was asked for "
+                f"(a file copied from another layer?); re-run the `activations` step"
+            )
     config = parse_section(SAEConfig, args.params, "sae")
     train(args.activations, args.out, args.metrics, config, args.device, args.precision)
 
@@ -54,4 +63,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
     add_precision_argument(parser)
+    parser.add_argument("--layer", type=int, help="the layer the activation file must hold (checked)")
     parser.set_defaults(func=run_sae)

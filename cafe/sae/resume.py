@@ -30,15 +30,23 @@ def run_key(config: SAEConfig, activations_hash: str) -> dict[str, Any]:
 
 
 def save_state(
-    path: Path, sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, step: int, tokens: int, key: dict[str, Any]
+    path: Path,
+    sae: MatryoshkaSAE,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    tokens: int,
+    key: dict[str, Any],
+    losses: list[float] | None = None,
 ) -> None:
-    """Write the training state atomically."""
+    """Write the training state atomically; `losses` (the last steps') let a resumed run report the same final loss
+    as an uninterrupted one."""
     state = {
         "sae": sae.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "tokens_seen": tokens,
         "key": key,
+        "losses": list(losses or []),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

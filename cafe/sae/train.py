@@ -10,11 +10,14 @@ along each column is removed before the Adam step, and the columns renormalised 
 L1 of its decoded contributions. Every `checkpoint_every` steps the training state is saved beside the output
 (`<out>.partial`); a new run with the same config and activation file resumes from it. The token stream is a
 pure function of (file, seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+A NaN/Inf loss or weight stops training with the step and the cause (non-finite activations, or divergence),
+before any state or checkpoint of it is written.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from contextlib import closing
@@ -26,6 +29,7 @@ from tqdm import tqdm
 
 from cafe.backbone import resolve_device
 from cafe.compute import precision_scope
+from cafe.errors import CafeError
 from cafe.io import write_json
 from cafe.io.activations import layer_attrs, open_layer
 from cafe.sae.evaluate import EVAL_TOKENS, InputStats, estimate_threshold, evaluate, input_stats
@@ -94,12 +98,14 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr)
         self.prefixes = config.prefix_sizes(self.sae.n_latents)
         self.step, self.tokens_seen, self.resumed_from = 0, 0, 0
+        self.earlier_losses: list[float] = []  # the last steps' losses before a resume
         state = load_state(state_path, key, config.steps)
         if state is not None:
             self.sae.load_state_dict(state["sae"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = self.resumed_from = state["step"]
             self.tokens_seen = state["tokens_seen"]
+            self.earlier_losses = list(state.get("losses", []))
             log.info("resuming from step %d of %d (%s)", self.step, config.steps, state_path)
 
     def train_step(self, h: torch.Tensor) -> torch.Tensor:
@@ -116,27 +122,64 @@ class Trainer:
         return loss.detach()
 
     def run(self) -> list[float]:
-        """Train to config.steps from the current step; returns this run's per-step losses."""
-        losses: list[float] = []
+        """Train to config.steps from the current step; returns the per-step losses (those before a resume that the
+        state kept included)."""
+        losses: list[float] = list(self.earlier_losses)
         pending: list[torch.Tensor] = []  # losses not yet read back from the device
         batches = self.stream.batches(start=self.step)
         if self.device.type == "cuda":  # on the CPU the reader would only take cores from training (1.7x slower)
             batches = read_ahead(batches, self.device)
+        inputs_ok: list[torch.Tensor] = []  # per step: were the batch's activations all finite (read with the loss)
         with tqdm(total=self.config.steps, initial=self.step, desc="sae", unit="step") as bar, closing(batches):
             while self.step < self.config.steps:
                 h = next(batches).to(self.device, non_blocking=True)
+                inputs_ok.append(torch.isfinite(h).all())
                 pending.append(self.train_step(h))
                 self.step, self.tokens_seen = self.step + 1, self.tokens_seen + len(h)
                 bar.update(1)
                 checkpoint = self.step % self.config.checkpoint_every == 0 and self.step < self.config.steps
                 if checkpoint or self.step % LOSS_READ_EVERY == 0 or self.step == self.config.steps:
-                    losses.extend(torch.stack(pending).tolist())
+                    losses.extend(self.read_back(pending, inputs_ok))
                     pending.clear()
+                    inputs_ok.clear()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if checkpoint:
-                    save_state(self.state_path, self.sae, self.optimizer, self.step, self.tokens_seen, self.key)
+                    self.check_weights()
+                    save_state(
+                        self.state_path,
+                        self.sae,
+                        self.optimizer,
+                        self.step,
+                        self.tokens_seen,
+                        self.key,
+                        losses[-LOSS_WINDOW:],
+                    )
                     log.info("step %d: loss %.4f, state saved to %s", self.step, losses[-1], self.state_path)
         return losses
+
+    def read_back(self, pending: list[torch.Tensor], inputs_ok: list[torch.Tensor]) -> list[float]:
+        """The losses of the last steps; a non-finite one is a CafeError with its step and cause."""
+        losses, ok = torch.stack(pending).tolist(), torch.stack(inputs_ok).tolist()
+        first = self.step - len(losses) + 1
+        for i, (loss, finite_input) in enumerate(zip(losses, ok)):
+            if not math.isfinite(loss):
+                cause = (
+                    "the activation batch holds NaN/Inf values: the activation file is damaged, delete it and "
+                    "re-run the `activations` step"
+                    if not finite_input
+                    else f"training diverged: lower sae.lr (now {self.config.lr})"
+                )
+                raise CafeError(f"sae: loss is {loss} at step {first + i}; {cause}. No checkpoint was written")
+        return losses
+
+    def check_weights(self) -> None:
+        """Stop, before saving, if any weight is NaN/Inf (an update after the last loss read can make them so)."""
+        bad = [name for name, p in self.sae.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise CafeError(
+                f"sae: weights {bad} are NaN/Inf after step {self.step}; training diverged: lower sae.lr "
+                f"(now {self.config.lr}). No checkpoint was written"
+            )
 
     def finish(self) -> MatryoshkaSAE:
         """Set the BatchTopK threshold from the batches after training; the frozen SAE."""
@@ -162,7 +205,13 @@ def train(
     with open_layer(activations) as handle:
         attrs = layer_attrs(handle)
     stream = TokenStream(activations, config.batch_size, config.seed)
-    stats = input_stats(stream.sample(STATS_TOKENS))
+    sample = stream.sample(STATS_TOKENS)
+    if not torch.isfinite(sample).all():
+        raise CafeError(
+            f"{activations}: {int((~torch.isfinite(sample)).sum())} NaN/Inf values among {sample.numel()} sampled "
+            f"activation values; the file is damaged: delete it and re-run the `activations` step"
+        )
+    stats = input_stats(sample)
     key = {**run_key(config, attrs["content_hash"]), "precision": precision}
     trainer = Trainer(config, stream, stats, resolve_device(device), partial_path(out), key, precision)
     log.info(
@@ -179,6 +228,7 @@ def train(
     start, first_tokens = time.perf_counter(), trainer.tokens_seen
     losses = trainer.run()
     seconds = time.perf_counter() - start
+    trainer.check_weights()
     sae = trainer.finish()
     tail = losses[-LOSS_WINDOW:]
     metrics = {

@@ -5,13 +5,16 @@ rule manifest:
     input:
         image_inputs(),
     output:
-        "results/data/manifest.csv",
+        manifest="results/data/manifest.csv",
+        skipped="results/data/skipped_images.csv",
     params:
         cfg=as_json(config["data"]),
     log:
         "results/logs/manifest.log",
+    threads: ALL_CORES
     shell:
-        "cafe manifest --params {params.cfg:q} --out {output} > {log} 2>&1"
+        "cafe manifest --params {params.cfg:q} --out {output.manifest} --skipped {output.skipped} "
+        "--workers {threads} > {log} 2>&1"
 
 
 rule activations:
@@ -19,6 +22,7 @@ rule activations:
         image_inputs(),
         backbone_checkpoint(),
         manifest="results/data/manifest.csv",
+        skipped="results/data/skipped_images.csv",
     output:
         expand("results/activations/layer{layer}.h5", layer=LAYERS),
     params:
@@ -29,9 +33,10 @@ rule activations:
         precision=precision_for("activations"),
     log:
         "results/logs/activations.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
     shell:
         "cafe activations --params {params.cfg:q} --backbone {params.backbone:q} --manifest {input.manifest} "
-        "--images-root {params.images:q} --layers {params.layers} --out-dir results/activations --precision {params.precision} > {log} 2>&1"
+        "--skipped {input.skipped} --images-root {params.images:q} --layers {params.layers} --out-dir results/activations "
+        "--precision {params.precision} > {log} 2>&1"

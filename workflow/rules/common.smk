@@ -4,6 +4,7 @@
 # once on a node (without it the resource is not limited), and the SLURM executor asks for one GPU per such job.
 
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -24,6 +25,10 @@ ERF_METHODS = config["erf"]["methods"]
 MAIN_METHOD = "attnlrp" if "attnlrp" in ERF_METHODS else ERF_METHODS[0]
 INSERTION_METHODS = ERF_METHODS + ["activation", "random"]
 IMAGES = config["data"]["images"]
+# Threads of the jobs that use the whole machine (torch takes every core anyway). A number fixed when the DAG
+# loads, not `workflow.cores`: that needs --cores at parse time, so `snakemake --unlock`, `-n`, `--report` and
+# `--touch` would fail without it. Snakemake lowers it to --cores (and --max-threads) when jobs are scheduled.
+ALL_CORES = os.cpu_count() or 1
 
 wildcard_constraints:
     layer=r"\d+",

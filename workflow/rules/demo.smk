@@ -25,7 +25,7 @@ rule demo_backbone:
         model=config["backbone"]["model"],
     log:
         "results/logs/demo_backbone.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "cafe train-demo-backbone --params {params.cfg:q} --model {params.model} --images {input.images} "
         "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule sae:
     resources:
         gpu=1,
     shell:
-        "cafe sae --params {params.cfg:q} --activations {input} --out {output.checkpoint} "
+        "cafe sae --params {params.cfg:q} --layer {wildcards.layer} --activations {input} --out {output.checkpoint} "
         "--metrics {output.metrics} --precision {params.precision} > {log} 2>&1"
 
 
