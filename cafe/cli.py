@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sheets": ("cafe.annotation", "annotation sheet, galleries and HTML index of one layer"),
     "annotate-init": ("cafe.annotation", "start a human annotation file from a sheet (never overwrites)"),
     "fig5": ("cafe.annotation", "validate human annotations and draw Fig 5"),
+    "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
+    "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

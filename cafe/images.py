@@ -2,7 +2,9 @@
 loading with OpenCLIP's eval transform (resize the shorter side, center crop, RGB, [0, 1]).
 
 manifest.csv columns: `index` (row id, what every later file calls an image), `split` (train | analysis),
-`path` (relative to the root, posix), `class` (the class folder's name).
+`path` (relative to the root, posix), `class` (the class folder's name), and the image file's `size` (bytes) and
+`md5` (content hash), so that DVC, which tracks the manifest, sees a changed image even where the folder itself
+(ImageNet) is not tracked. Hashes are reused while an image's size and mtime are unchanged (`cafe.hashes`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
+from tqdm import tqdm
 
 from cafe.errors import CafeError
-from cafe.io import write_csv
+from cafe.hashes import HASH_CACHE, HashCache
+from cafe.io import write_text
 from cafe.params import DEMO_IMAGES, parse_section
 
 if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 MANIFEST_COLUMNS = ("index", "split", "path", "class")
+CONTENT_COLUMNS = ("size", "md5")
 SPLITS = ("train", "analysis")
 
 
@@ -91,6 +97,16 @@ def make_manifest(config: DataConfig) -> pd.DataFrame:
     manifest = pd.concat(parts, ignore_index=True)
     manifest.insert(0, "index", np.arange(len(manifest)))
     return manifest[list(MANIFEST_COLUMNS)]
+
+
+def with_content_hashes(manifest: pd.DataFrame, root: str | os.PathLike, hashes: HashCache) -> pd.DataFrame:
+    """The manifest plus each image's size and MD5 (from the hash cache while size and mtime are unchanged)."""
+    paths = [Path(root) / p for p in manifest["path"]]
+    sizes, digests = [], []
+    for path in tqdm(paths, desc="hashing images", unit="image", disable=len(paths) < 10_000):
+        sizes.append(path.stat().st_size)
+        digests.append(hashes.md5(path))
+    return manifest.assign(size=sizes, md5=digests)
 
 
 def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
@@ -173,16 +189,35 @@ def image_batches(
     )
 
 
+def manifest_params(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The `data:` section: JSON from a rule (--params) or read from params.yaml (--params-file, DVC's stage)."""
+    if args.params is not None:
+        return args.params
+    path = Path(args.params_file)
+    if not path.is_file():
+        raise CafeError(f"{path}: params file not found")
+    params = yaml.safe_load(path.read_text()) or {}
+    if "data" not in params:
+        raise CafeError(f"{path}: no `data:` section")
+    return params["data"]
+
+
 def run_manifest(args: argparse.Namespace) -> None:
-    """CLI: write the manifest CSV."""
-    config = parse_section(DataConfig, args.params, "data")
-    manifest = make_manifest(config)
-    write_csv(args.out, manifest)
+    """CLI: write the manifest CSV, leaving an identical file untouched (so nothing downstream looks stale)."""
+    config = parse_section(DataConfig, manifest_params(args), "data")
+    with HashCache(args.hash_cache) as hashes:
+        manifest = with_content_hashes(make_manifest(config), config.images, hashes)
+    text = manifest.to_csv(index=False)
+    if args.out.is_file() and args.out.read_text() == text:
+        log.info("manifest: unchanged, %s kept", args.out)
+        return
+    write_text(args.out, text)
     log.info(
-        "manifest: %d train + %d analysis images of %d classes -> %s",
+        "manifest: %d train + %d analysis images of %d classes (%d hashed) -> %s",
         config.n_train,
         config.n_analysis,
         manifest["class"].nunique(),
+        hashes.hashed,
         args.out,
     )
 
@@ -190,6 +225,9 @@ def run_manifest(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe manifest`."""
     parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
-    parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--params", help="params.yaml `data:` section as JSON")
+    source.add_argument("--params-file", help="a params.yaml to read the `data:` section from")
     parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
+    parser.add_argument("--hash-cache", default=HASH_CACHE, help=f"image hash cache (default {HASH_CACHE})")
     parser.set_defaults(func=run_manifest)
