@@ -233,7 +233,10 @@ def sync_workspace(root: str | os.PathLike = ".", hash_cache: str | os.PathLike 
         local = local_records(root)
         records = {}
         for output, record in bundled.items():
-            if not (root / output).exists() or not lock.verified(output):
+            if not (root / output).exists():
+                records[output] = local.get(output, record)  # not restored; tells what the missing file came from
+                continue
+            if not lock.verified(output):
                 if output in local:
                     records[output] = local[output]
                 continue
@@ -260,7 +263,7 @@ def mend_timestamps(root: Path, records: dict[str, dict[str, Any]], lock: LockVi
     for _ in range(passes):  # a hard-linked cache object can be shared by two files: repeat until nothing moves
         moved = False
         for output in order:
-            newest = safe_newest_input(root, output, records[output], lock)
+            newest = safe_newest_input(root, output, records[output], lock, records)
             current = snake_mtime_ns(root / output)
             if newest is None or current is None or current > newest:
                 continue
@@ -272,16 +275,32 @@ def mend_timestamps(root: Path, records: dict[str, dict[str, Any]], lock: LockVi
     return len(touched)
 
 
-def safe_newest_input(root: Path, output: str, record: dict[str, Any], lock: LockView) -> int | None:
+def safe_newest_input(
+    root: Path, output: str, record: dict[str, Any], lock: LockView, records: dict[str, dict[str, Any]] | None = None
+) -> int | None:
     """The newest input time if the job may be marked up to date, else None (then Snakemake decides)."""
     if not (root / output).exists() or not lock.verified(output):
         return None
+    return newest_input(root, record, lock, records or {}, set())
+
+
+def newest_input(
+    root: Path, record: dict[str, Any], lock: LockView, records: dict[str, dict[str, Any]], seen: set[str]
+) -> int | None:
+    """Newest time among a job's inputs, None if one of them is not known to be what the job used. A missing
+    input (activations DVC does not keep) stands for its own inputs: Snakemake compares a missing file's inputs
+    with the oldest output downstream of it."""
     started_ns = int((record.get("starttime") or 0) * 1e9)
     newest = 0
     for name in record.get("input") or []:
         ns = snake_mtime_ns(root / name)
         if ns is None:
-            continue  # missing (activations DVC does not keep): Snakemake reruns it only if something needs it
+            if name in records and name not in seen:
+                upstream = newest_input(root, records[name], lock, records, seen | {name})
+                if upstream is None:
+                    return None
+                newest = max(newest, upstream)
+            continue
         if not (lock.verified(name) or ns <= started_ns):
             return None
         newest = max(newest, ns)

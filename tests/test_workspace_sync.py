@@ -99,3 +99,18 @@ def test_directory_hash_is_dvcs(tmp_path: Path) -> None:
     with HashCache(tmp_path / "h.sqlite") as hashes:
         # DVC 3's hash of this folder (`dvc add d` in a scratch repository; .snakemake_timestamp ignored)
         assert dir_md5(tmp_path / "d", hashes) == "90d9fe10b4a0cddaefbe4549457984d9.dir"
+
+
+def test_output_of_a_missing_intermediate_is_made_newer_than_what_that_came_from(tmp_path: Path) -> None:
+    """in.txt -> mid.h5 (activations: not kept by DVC, absent in a clone) -> out.txt: Snakemake compares in.txt
+    with the oldest output downstream of the missing file, so out.txt must end up newer than in.txt."""
+    make_project(tmp_path)
+    out_record = {"input": ["mid.h5"], "params": [], "starttime": 1000.0, "endtime": 1001.0}
+    mid_record = {"input": ["in.txt"], "params": [], "starttime": 900.0, "endtime": 901.0}
+    bundle = {"results/out.txt": out_record, "mid.h5": mid_record}
+    (tmp_path / "results/records/step.json").write_text(json.dumps(bundle))
+    set_mtime(tmp_path / "results/out.txt", 2000)
+    set_mtime(tmp_path / "in.txt", 3000)
+    assert sync_workspace(tmp_path).touched == 1
+    assert (tmp_path / "results/out.txt").stat().st_mtime > 3000
+    assert local_records(tmp_path) == {"results/out.txt": out_record}  # no record for a file that is not there

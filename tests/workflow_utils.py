@@ -81,6 +81,7 @@ def make_workspace(root: Path, params: dict[str, Any] | None = None, dvc: bool =
         else:
             shutil.copy2(source, root / name)
     (root / "data" / "annotations").mkdir(parents=True)
+    (root / "data" / "annotations" / ".gitkeep").touch()  # as in the repo: git keeps the (DVC-tracked) folder
     if params is not None:
         write_params(root, params)
     if dvc:

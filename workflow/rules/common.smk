@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from cafe.errors import CafeError
 from cafe.hashes import HASH_CACHE
 from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
-from cafe.workspace_sync import save_records, sync_workspace, iter_stage_names
+from cafe.workspace_sync import sync_workspace
 
 try:
     validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
@@ -21,13 +21,6 @@ except CafeError as error:
 if workflow.is_main_process and Path("dvc.lock").is_file():
     sync_workspace(".")
 
-
-onsuccess:
-    # Keep the records that travel with the products (results/records/) current after a plain `snakemake` run.
-    if Path("dvc.yaml").is_file():
-        for stage in iter_stage_names(Path(".")):
-            if Path(f"results/records/{stage}.json").is_file():
-                save_records(Path("."), stage)
 
 LAYERS = sorted(config["layers"])
 DEMO = config["demo"]["enabled"]
