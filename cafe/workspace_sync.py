@@ -257,13 +257,23 @@ def sync_workspace(root: str | os.PathLike = ".", hash_cache: str | os.PathLike 
 
 
 def mend_timestamps(root: Path, records: dict[str, dict[str, Any]], lock: LockView, passes: int = 5) -> int:
-    """Make each verified output newer than its inputs, upstream first (by the recorded end time)."""
-    order = sorted(records, key=lambda out: records[out].get("endtime") or 0)
+    """Give each output exactly as dvc.lock records it the time Snakemake should see: newer than its inputs
+    where its job is up to date, else no newer than the job's start (DVC's copy of a linked output before a
+    stage reruns is brand new, and would hide an edited input). Upstream first, by recorded end time."""
+    order = [
+        out for out in sorted(records, key=lambda out: records[out].get("endtime") or 0) if restorable(root, out, lock)
+    ]
     touched = set()
+    for output in order:
+        if newest_input(root, records[output], lock, records, set()) is None:
+            started = int((records[output].get("starttime") or 0) * 1e9)
+            if started and snake_mtime_ns(root / output) > started:
+                set_snake_mtime_ns(root / output, started)
+                touched.add(output)
     for _ in range(passes):  # a hard-linked cache object can be shared by two files: repeat until nothing moves
         moved = False
         for output in order:
-            newest = safe_newest_input(root, output, records[output], lock, records)
+            newest = newest_input(root, records[output], lock, records, set())
             current = snake_mtime_ns(root / output)
             if newest is None or current is None or current > newest:
                 continue
@@ -275,13 +285,9 @@ def mend_timestamps(root: Path, records: dict[str, dict[str, Any]], lock: LockVi
     return len(touched)
 
 
-def safe_newest_input(
-    root: Path, output: str, record: dict[str, Any], lock: LockView, records: dict[str, dict[str, Any]] | None = None
-) -> int | None:
-    """The newest input time if the job may be marked up to date, else None (then Snakemake decides)."""
-    if not (root / output).exists() or not lock.verified(output):
-        return None
-    return newest_input(root, record, lock, records or {}, set())
+def restorable(root: Path, output: str, lock: LockView) -> bool:
+    """Whether the output exists and is exactly what dvc.lock records."""
+    return (root / output).exists() and lock.verified(output)
 
 
 def newest_input(
