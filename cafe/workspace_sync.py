@@ -14,7 +14,7 @@ param change (no record to compare with). So:
   is safe: every input of its job is missing, also exactly as dvc.lock records it, or unchanged since the job
   started. Anything else (an edited annotation CSV, regenerated activations) is left to Snakemake's own rules.
 
-Content is compared by MD5, as DVC computes it (directories: the MD5 of DVC's listing), through `cafe.hashes`,
+Content is compared by MD5, as DVC computes it (directories: the MD5 of DVC's listing), through `cafe.io.hashes`,
 so unchanged files are not read again. Directory outputs keep their time in `.snakemake_timestamp`, which
 `.dvcignore` keeps out of DVC (an empty file would be one cache object shared by every directory).
 """
@@ -35,8 +35,8 @@ from typing import Any
 import yaml
 
 from cafe.errors import CafeError
-from cafe.hashes import HASH_CACHE, HashCache
 from cafe.io import write_text
+from cafe.io.hashes import HASH_CACHE, HashCache
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pandas as pd
 from conftest import make_image_folder
 from test_images import run_cli
 
-from cafe.hashes import HashCache, md5_file
+from cafe.io.hashes import HashCache, md5_file
 
 
 def test_unchanged_file_is_not_hashed_again(tmp_path: Path) -> None:

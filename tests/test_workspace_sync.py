@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from cafe.hashes import HashCache, md5_file
+from cafe.io.hashes import HashCache, md5_file
 from cafe.workspace_sync import dir_md5, local_records, record_path, save_records, sync_workspace
 
 OUTS = ["results/out.txt", "results/records/step.json"]

@@ -7,12 +7,13 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from cafe.errors import CafeError
-from cafe.hashes import HASH_CACHE
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES
+from cafe.io.hashes import HASH_CACHE
+from cafe.params import validate_config
 from cafe.workspace_sync import sync_workspace
 
-try:
-    validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
+try:  # every value with its default filled in, so a rule's params change when a default does
+    config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -54,4 +55,4 @@ def image_inputs():
 def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
-    return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+    return as_json({"batch_size": section["batch_size"], method: section.get(method, {})})
