@@ -35,6 +35,8 @@ rule activations:
     log:
         "results/logs/activations.log",
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "cafe activations --params {params.cfg:q} --backbone {params.backbone:q} --manifest {input.manifest} "
         "--images-root {params.images:q} --layers {params.layers} --out-dir results/activations > {log} 2>&1"

@@ -1,5 +1,7 @@
 # Shared values and input functions. Every value a job uses reaches it through its rule's `params:`,
 # so Snakemake reruns exactly the jobs whose values changed.
+# Rules whose step runs on a GPU (device auto) declare `resources: gpu=1`: `--resources gpu=N` caps how many run at
+# once on a node (without it the resource is not limited), and the SLURM executor asks for one GPU per such job.
 
 import json
 from pathlib import Path

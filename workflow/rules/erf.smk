@@ -16,6 +16,8 @@ rule erf:
         images=IMAGES,
     log:
         "results/logs/erf/layer{layer}_{method}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe erf --method {wildcards.method} --params {params.cfg:q} --backbone {params.backbone:q} "
         "--layer {wildcards.layer} --features {input.features} --sae {input.sae} --manifest {input.manifest} "

@@ -31,6 +31,8 @@ rule insertion:
         erf=erf_flag,
     log:
         "results/logs/insertion/layer{layer}_{method}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe insertion --method {wildcards.method} --params {params.cfg:q} --backbone {params.backbone:q} "
         "--layer {wildcards.layer} --features {input.features} --sae {input.sae} --manifest {input.manifest} "
@@ -52,6 +54,8 @@ rule greedy:
         images=IMAGES,
     log:
         "results/logs/insertion/layer{layer}_greedy.log",
+    resources:
+        gpu=1,
     shell:
         "cafe greedy --params {params.cfg:q} --backbone {params.backbone:q} --layer {wildcards.layer} "
         "--features {input.features} --sae {input.sae} --manifest {input.manifest} "

@@ -12,6 +12,8 @@ rule sae:
     log:
         "results/logs/sae/layer{layer}.log",
     threads: 1
+    resources:
+        gpu=1,
     shell:
         "cafe sae --params {params.cfg:q} --activations {input} --out {output.checkpoint} "
         "--metrics {output.metrics} > {log} 2>&1"
