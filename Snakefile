@@ -34,6 +34,12 @@ rule all:
 
 
 # Targets of the DVC stages (dvc.yaml): each stage runs Snakemake up to one of these.
+rule demo:
+    input:
+        rules.demo_data.output,
+        rules.demo_backbone.output,
+
+
 rule prepare:
     input:
         expand("results/activations/layer{layer}.h5", layer=LAYERS),

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate-init": ("cafe.annotation.ingest", "start a human annotation file from a sheet (never overwrites)"),
     "fig5": ("cafe.annotation.fig5", "validate human annotations and draw Fig 5"),
     "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
+    "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
+    "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

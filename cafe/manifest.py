@@ -1,5 +1,6 @@
-"""`cafe manifest`: a seeded, disjoint train/analysis draw from an ImageFolder, written as the manifest
-contract (`cafe.io.manifest`).
+"""`cafe manifest`: a seeded, disjoint train/analysis draw from an ImageFolder, with each image's size and content
+hash (reused from `cafe.io.hashes` while size and mtime are unchanged), written as the manifest contract
+(`cafe.io.manifest`).
 
 Every drawn image is checked before any extraction starts (`cafe.images.check_images`), so a broken file in a
 million is reported with all the others at once, not an hour into extraction. `data.bad_images: error` (default)
@@ -14,13 +15,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
+from tqdm import tqdm
 
 from cafe.config import DEMO_IMAGES, parse_section
 from cafe.errors import CafeError
 from cafe.images import check_images, list_images
+from cafe.io.hashes import HASH_CACHE, HashCache
 from cafe.io.manifest import MANIFEST_COLUMNS, SPLITS, skipped_path, write_manifest, write_skipped
 
 log = logging.getLogger(__name__)
@@ -90,29 +95,66 @@ def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) ->
     return kept, bad
 
 
+def with_content_hashes(manifest: pd.DataFrame, root: str | os.PathLike, hashes: HashCache) -> pd.DataFrame:
+    """The manifest plus each image's size and MD5 (from the hash cache while size and mtime are unchanged)."""
+    paths = [Path(root) / p for p in manifest["path"]]
+    sizes, digests = [], []
+    for path in tqdm(paths, desc="hashing images", unit="image", disable=len(paths) < 10_000):
+        sizes.append(path.stat().st_size)
+        digests.append(hashes.md5(path))
+    return manifest.assign(size=sizes, md5=digests)
+
+
+def manifest_params(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The `data:` section: JSON from a rule (--params) or read from params.yaml (--params-file, DVC's stage)."""
+    if args.params is not None:
+        return args.params
+    path = Path(args.params_file)
+    if not path.is_file():
+        raise CafeError(f"{path}: params file not found")
+    params = yaml.safe_load(path.read_text()) or {}
+    if "data" not in params:
+        raise CafeError(f"{path}: no `data:` section")
+    return params["data"]
+
+
 def run_manifest(args: argparse.Namespace) -> None:
-    """CLI: write the manifest CSV and, beside it, the list of unreadable images left out."""
-    config = parse_section(DataConfig, args.params, "data")
-    workers = min(args.workers, len(os.sched_getaffinity(0)))  # a scheduler's job may hold fewer CPUs
+    """CLI: check every drawn image, write the manifest CSV with each image's size and hash (an identical one is
+    left untouched, so nothing downstream looks stale) and, beside it, the list of unreadable images left out."""
+    config = parse_section(DataConfig, manifest_params(args), "data")
+    if args.images_dep is not None and Path(args.images_dep) != Path(config.images):
+        raise CafeError(
+            f"dvc.yaml: the manifest stage tracks images folder {args.images_dep!r} (vars: images), but params "
+            f"data.images is {config.images!r}; set both to the same folder"
+        )
+    available = len(os.sched_getaffinity(0))  # a scheduler's job may hold fewer CPUs than the machine has
+    workers = min(args.workers or available, available)
     manifest, bad = screen_manifest(make_manifest(config), config, workers)
+    with HashCache(args.hash_cache) as hashes:
+        manifest = with_content_hashes(manifest, config.images, hashes)
     write_skipped(args.skipped or skipped_path(args.out), bad)
-    write_manifest(args.out, manifest)
+    wrote = write_manifest(args.out, manifest)
     counts = manifest["split"].value_counts()
     log.info(
-        "manifest: %d train + %d analysis images of %d classes (%d unreadable skipped) -> %s",
+        "manifest: %d train + %d analysis images of %d classes (%d unreadable skipped, %d hashed) -> %s",
         counts.get("train", 0),
         counts.get("analysis", 0),
         manifest["class"].nunique(),
         len(bad),
-        args.out,
+        hashes.hashed,
+        args.out if wrote else f"{args.out} (unchanged, kept)",
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe manifest`."""
     parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
-    parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--params", help="params.yaml `data:` section as JSON")
+    source.add_argument("--params-file", help="a params.yaml to read the `data:` section from")
     parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
     parser.add_argument("--skipped", type=Path, help="skipped-image list to write (default: beside --out)")
-    parser.add_argument("--workers", type=int, default=1, help="processes that check the images")
+    parser.add_argument("--workers", type=int, help="processes that check the images (default: every CPU held)")
+    parser.add_argument("--images-dep", help="the folder DVC tracks for this step (must be data.images)")
+    parser.add_argument("--hash-cache", default=HASH_CACHE, help=f"image hash cache (default {HASH_CACHE})")
     parser.set_defaults(func=run_manifest)

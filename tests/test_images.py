@@ -29,11 +29,12 @@ def run_cli(argv: list[str]) -> None:
 
 def test_manifest_is_deterministic_with_disjoint_splits(image_folder: Path, tmp_path: Path) -> None:
     params = json.dumps({"images": str(image_folder), "n_train": 9, "n_analysis": 4, "seed": 3})
-    run_cli(["manifest", "--params", params, "--out", str(tmp_path / "a.csv")])
-    run_cli(["manifest", "--params", params, "--out", str(tmp_path / "b.csv")])
+    cache = ["--hash-cache", str(tmp_path / "hashes.sqlite")]
+    run_cli(["manifest", "--params", params, "--out", str(tmp_path / "a.csv"), *cache])
+    run_cli(["manifest", "--params", params, "--out", str(tmp_path / "b.csv"), *cache])
     first = read_manifest(tmp_path / "a.csv")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
-    assert list(first.columns) == ["index", "split", "path", "class"]
+    assert list(first.columns) == ["index", "split", "path", "class", "size", "md5"]
     assert first["index"].tolist() == list(range(13))
     assert first["split"].value_counts().to_dict() == {"train": 9, "analysis": 4}
     assert first["path"].is_unique

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles")
+WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", ".gitignore", ".dvcignore")
 
 # The smallest demo that still exercises every rule: 2 layers of a 3-block 32px tower, all four ERF methods.
 TINY_PARAMS: dict[str, Any] = {
@@ -67,6 +67,9 @@ def env() -> dict[str, str]:
     out = dict(os.environ)
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out["PYTHONUNBUFFERED"] = "1"
+    for who in ("AUTHOR", "COMMITTER"):  # tests commit (git, dvc exp); CI machines may have no git identity
+        out.setdefault(f"GIT_{who}_NAME", "cafe tests")
+        out.setdefault(f"GIT_{who}_EMAIL", "tests@cafe.invalid")
     return out
 
 
@@ -79,12 +82,13 @@ def make_workspace(root: Path, params: dict[str, Any] | None = None, dvc: bool =
         else:
             shutil.copy2(source, root / name)
     (root / "data" / "annotations").mkdir(parents=True)
+    (root / "data" / "annotations" / ".gitkeep").touch()  # as in the repo: git keeps the (DVC-tracked) folder
     if params is not None:
         write_params(root, params)
     if dvc:
         run(["git", "init", "-q"], root)
         run(["dvc", "init", "-q"], root)
-        run(["dvc", "config", "core.analytics", "false"], root)
+        shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the repo's settings (cache link type)
         shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the repo's plot templates, as a clone has
     return root
 

@@ -4,6 +4,9 @@ index  row id: what every later file calls an image
 split  train | analysis
 path   relative to the image root, posix
 class  the class folder's name
+size   the image file's size in bytes       } written by the manifest step, so that DVC, which tracks the
+md5    the image file's MD5 (content hash)  } manifest, sees a changed image even where it does not track the
+                                              folder (ImageNet); readers need only the four columns above
 
 Beside it, `skipped_images.csv` lists the unreadable images the manifest step left out (`data.bad_images: skip`):
 path, class, reason; empty (header only) when none were.
@@ -17,16 +20,28 @@ from pathlib import Path
 import pandas as pd
 
 from cafe.errors import CafeError
-from cafe.io.atomic import write_csv
+from cafe.io.atomic import write_text
 
 MANIFEST_COLUMNS = ("index", "split", "path", "class")
 SKIPPED_COLUMNS = ("path", "class", "reason")
+CONTENT_COLUMNS = ("size", "md5")
 SPLITS = ("train", "analysis")
 
 
-def write_manifest(path: str | os.PathLike, manifest: pd.DataFrame) -> None:
-    """Write a manifest atomically, columns in contract order."""
-    write_csv(path, manifest[list(MANIFEST_COLUMNS)])
+def replace_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Write `text` atomically unless an identical file is there (left as it is, its time too, so nothing
+    downstream looks out of date). Returns whether it wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True
+
+
+def write_manifest(path: str | os.PathLike, manifest: pd.DataFrame) -> bool:
+    """Write a manifest, columns in contract order (an identical file is kept); returns whether it wrote."""
+    columns = list(MANIFEST_COLUMNS) + [c for c in CONTENT_COLUMNS if c in manifest.columns]
+    return replace_if_changed(path, manifest[columns].to_csv(index=False))
 
 
 def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
@@ -50,9 +65,9 @@ def skipped_path(manifest: str | os.PathLike) -> Path:
     return Path(manifest).with_name("skipped_images.csv")
 
 
-def write_skipped(path: str | os.PathLike, skipped: pd.DataFrame) -> None:
-    """Write the skipped-image list atomically."""
-    write_csv(path, skipped[list(SKIPPED_COLUMNS)])
+def write_skipped(path: str | os.PathLike, skipped: pd.DataFrame) -> bool:
+    """Write the skipped-image list (an identical file is kept); returns whether it wrote."""
+    return replace_if_changed(path, skipped[list(SKIPPED_COLUMNS)].to_csv(index=False))
 
 
 def read_skipped(path: str | os.PathLike) -> pd.DataFrame:

@@ -1,20 +1,26 @@
 # Images -> manifest -> residual-stream activations of every studied layer, from one forward pass per batch.
 
 
+# The manifest records each image's size and content hash, and DVC's `manifest` stage (which tracks the image
+# folder) rewrites it when an image changes. Here the demo's images are an input only to order the jobs: their
+# timestamps are ignored (ancient) and their params are this rule's, so a re-checkout of the same images reruns
+# nothing while a new demo world does.
 rule manifest:
     input:
-        image_inputs(),
+        [ancient(path) for path in image_inputs()],
     output:
         manifest="results/data/manifest.csv",
         skipped="results/data/skipped_images.csv",
     params:
         cfg=as_json(config["data"]),
+        demo=as_json(config["demo"] if DEMO else None),
+        hash_cache=HASH_CACHE,
     log:
         "results/logs/manifest.log",
     threads: ALL_CORES
     shell:
-        "cafe manifest --params {params.cfg:q} --out {output.manifest} --skipped {output.skipped} "
-        "--workers {threads} > {log} 2>&1"
+        "cafe manifest --params {params.cfg:q} --hash-cache {params.hash_cache:q} --out {output.manifest} "
+        "--skipped {output.skipped} --workers {threads} > {log} 2>&1"
 
 
 rule activations:
