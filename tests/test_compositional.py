@@ -4,6 +4,7 @@ measured on real demo scenes, and the ERF-vs-truth statistics on maps with known
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,59 @@ def test_none_targets_and_single_part_targets_stay_out_of_the_share_comparison()
     )
     s = summarize_group(scores, resamples=50)
     assert s["spearman_n"] == 2 and s["hit_top_n"] == 3 and s["and_weaker_n"] == 1
+
+
+def _write_layer(root: Path, world: Path, rows: pd.DataFrame) -> None:
+    """features.h5 for the toy's three targets, and two ERF methods: all mass on frown_face, mass on both parts."""
+    import h5py
+
+    from cafe.ground_truth.compositional_report import part_masks
+
+    live = load_world(world / "objects.csv", world / "masks.h5")
+    face, pills = part_masks(live, "pills_and_frown/000000.png", 8, 0.25)
+    with h5py.File(root / "features.h5", "w") as h5:
+        h5["feature"], h5["image"], h5["token"] = np.arange(3), np.zeros((3, 1), int), np.ones((3, 1), int)
+        h5["value"], h5["max_value"], h5["cls_only"] = np.ones((3, 1)), np.ones(3), np.zeros(3, bool)
+        h5["act_map"] = np.zeros((3, 1, 65))
+        h5.attrs.update(layer=2, grid=8, sae_fingerprint="")
+    for method, m in {"on_face": face * 1.0, "on_both": face + 2.0 * pills}.items():
+        (root / "erf" / "layer2").mkdir(parents=True, exist_ok=True)
+        with h5py.File(root / "erf" / "layer2" / f"{method}.h5", "w") as h5:
+            h5["maps"] = np.broadcast_to(m, (3, 1, 8, 8)).astype(np.float32)
+            h5.attrs.update(method=method, layer=2)
+    rows.to_csv(root / "counterfactual.csv", index=False)
+
+
+def test_cli_writes_truth_scores_table_figure_and_metrics(world: Path, tmp_path: Path) -> None:
+    from cafe.ground_truth.compositional_report import register
+
+    path = "pills_and_frown/000000.png"
+    live = load_world(world / "objects.csv", world / "masks.h5")
+    rows = counterfactuals(
+        _features(token=1), pd.DataFrame({"path": [path]}, index=[0]), live, ToyTarget(world, path), 8, 64
+    )
+    _write_layer(tmp_path, world, rows)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "out"
+    argv = f'compositional --params {{"bootstrap":50}} --layers 2 --features {tmp_path / "features.h5"} '
+    argv += (
+        f"--counterfactuals {tmp_path / 'counterfactual.csv'} --erf-dir {tmp_path / 'erf'} --methods on_face on_both "
+    )
+    argv += f"--objects {world / 'objects.csv'} --masks {world / 'masks.h5'} --out-targets {out / 't.csv'} "
+    argv += f"--out-table {out / 'table.csv'} --out-figure {out / 'c.png'} --metrics {out / 'm.json'}"
+    args = parser.parse_args(argv.split())
+    args.func(args)
+    scores = pd.read_csv(out / "t.csv")
+    assert set(scores["method"]) == {"on_face", "on_both", "activation", "uniform"}
+    face = scores[scores["method"] == "on_face"]
+    assert (face["share_a"] == 1).all() and (face["weaker"] == 0).all()
+    both = scores[scores["method"] == "on_both"].set_index("feature")
+    assert both.at[2, "hit_top"] == 0.0 and both.at[0, "label"] == "AND", "a-alone's top part is the face"
+    assert np.isnan(scores[scores["method"] == "activation"]["share_a"]).all(), "an all-zero map has no shares"
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["layer"].astype(str)) == {"2", "all"}
+    metrics = json.loads((out / "m.json").read_text())
+    assert metrics["labels"]["all"] == {"2_parts": {"AND": 1, "OR": 1, "single": 1}}
+    assert metrics["layer2"]["on_face"]["and_weaker_n"] == 1
+    assert (out / "c.png").stat().st_size > 10_000

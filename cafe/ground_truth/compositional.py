@@ -17,6 +17,8 @@ and the mean `hit_top`, each with a percentile bootstrap CI over targets (`cafe.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -106,7 +108,9 @@ def _with_ci(name: str, values: np.ndarray, statistic, resamples: int) -> dict[s
     """`name`, `name_lo`, `name_hi` and `name_n` of a statistic with its bootstrap CI (NaN when too few)."""
     if len(values) < 3:
         return {name: NAN, f"{name}_lo": NAN, f"{name}_hi": NAN, f"{name}_n": len(values)}
-    lo, hi = bootstrap_ci(values, resamples, statistic)
+    with warnings.catch_warnings():  # a correlation of constant resamples is NaN, and nanpercentile says so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = bootstrap_ci(values, resamples, statistic)
     return {name: float(statistic(values[None])[0]), f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_n": len(values)}
 
 

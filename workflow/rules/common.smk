@@ -47,3 +47,9 @@ def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
     return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+
+
+def ground_truth_params(*keys):
+    """Only the ground_truth values one rule depends on: a new Shapley threshold does not rescore the maps."""
+    section = config.get("ground_truth", {})
+    return as_json({key: section[key] for key in keys if key in section})
