@@ -101,6 +101,8 @@ def figure(scores: pd.DataFrame, summary: pd.DataFrame, methods: list[str]) -> F
         rows = scores[(scores["method"] == method) & (scores["label"] != "none")]
         for label, style in LABEL_STYLE.items():
             pick = rows[rows["label"] == label]
+            if pick.empty:
+                continue
             ax.scatter(pick["shapley_a"], pick["share_a"], s=14, alpha=0.7, edgecolors="none", **style)
         ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
         if method in pooled.index:
@@ -131,7 +133,7 @@ def _weaker_bars(ax, rows: pd.DataFrame, layers: list[str]) -> None:
         err = np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0)
         ax.bar(x + offset, np.nan_to_num(mean), width=0.4, color=color, yerr=err, capsize=2, label=kind.upper())
     ax.set_xticks(x, [f"L{k}" for k in layers] + ["all"])
-    ax.set_ylim(0, 0.6)
+    ax.set_ylim(0, 0.55)  # the weaker of two parts holds at most half of the mass
     ax.grid(axis="y", alpha=0.3)
 
 
