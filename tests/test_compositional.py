@@ -21,7 +21,7 @@ from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.interventions import counterfactuals, token_on
 from cafe.ground_truth.shapley import cause_label, shapley_shares, shapley_values
 from cafe.images import eval_transform
-from cafe.insertion.targets import FeatureFile
+from cafe.io.features import FeatureFile
 
 CONFIG = GroundTruthConfig()
 TOYS = {"min": min, "max": max, "a_alone": lambda a, b: a}  # z as a function of which parts are present

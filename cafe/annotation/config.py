@@ -11,8 +11,8 @@ from cafe.errors import CafeError
 class AnnotationConfig:
     """How many features a person reviews per layer, how many images each gallery shows, and the score cut."""
 
-    n_features: int = 100
-    gallery_k: int = 6
+    n_features: int = 32  # features per layer in the sheets (the paper: 100)
+    gallery_k: int = 4  # images per gallery
     threshold: float = 0.5
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import World, load_world, object_patches
 from cafe.ground_truth.compositional import (
@@ -30,9 +31,9 @@ from cafe.ground_truth.compositional import (
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.interventions import COLUMNS as COUNTERFACTUAL_COLUMNS
 from cafe.ground_truth.interventions import causal_parts
-from cafe.insertion.targets import FeatureFile, read_erf_maps, read_features
 from cafe.io import save_figure, write_csv, write_json
-from cafe.params import parse_section
+from cafe.io.erf_maps import read_erf_maps
+from cafe.io.features import FeatureFile, read_features
 from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)

@@ -27,16 +27,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.config import parse_section
 from cafe.demo import DemoConfig, render_scene, scene_index
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import World, load_world
 from cafe.ground_truth.config import GroundTruthConfig
-from cafe.images import eval_transform, read_manifest
-from cafe.insertion.command import check_sae
-from cafe.insertion.targets import FeatureFile, read_features
+from cafe.images import eval_transform
 from cafe.io import write_csv
-from cafe.params import parse_section
-from cafe.sae import load_sae
+from cafe.io.features import FeatureFile, read_features
+from cafe.io.manifest import read_manifest
+from cafe.sae.model import check_sae, load_sae
 from cafe.target import FeatureTarget
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from cafe.errors import CafeError
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES
+from cafe.params import validate_config
 
-try:
-    validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
+try:  # every value with its default filled in, so a rule's params change when a default does
+    config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -46,10 +47,10 @@ def image_inputs():
 def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
-    return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+    return as_json({"batch_size": section["batch_size"], method: section.get(method, {})})
 
 
 def ground_truth_params(*keys):
-    """Only the ground_truth values one rule depends on: a new Shapley threshold does not rescore the maps."""
-    section = config.get("ground_truth", {})
-    return as_json({key: section[key] for key in keys if key in section})
+    """Only the ground_truth values one rule depends on (defaults filled in): a new Shapley threshold does not
+    rescore the maps against the planted masks."""
+    return as_json({key: config["ground_truth"][key] for key in keys})

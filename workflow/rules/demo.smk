@@ -21,7 +21,7 @@ rule demo_backbone:
         checkpoint=DEMO_BACKBONE,
         metrics="results/backbone/demo.json",
     params:
-        cfg=as_json(config["demo"].get("backbone", {})),
+        cfg=as_json(config["demo"]["backbone"]),
         model=config["backbone"]["model"],
     log:
         "results/logs/demo_backbone.log",
