@@ -30,6 +30,7 @@ from cafe.backbone import Backbone, BackboneConfig, tower_shape
 from cafe.config import parse_section
 from cafe.demo import DemoConfig, render_scene, scene_index
 from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
 from cafe.ground_truth.causes import World, load_world
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.images import eval_transform
@@ -37,7 +38,6 @@ from cafe.io import write_csv
 from cafe.io.features import FeatureFile, read_features
 from cafe.io.manifest import read_manifest
 from cafe.sae.model import check_sae, load_sae
-from cafe.target import FeatureTarget
 
 log = logging.getLogger(__name__)
 COLUMNS = ["layer", "feature", "slot", "image", "path", "token", "token_on", "parts", "present", "kept", "value", "z"]
