@@ -42,9 +42,9 @@ from cafe.sae.model import check_sae, load_sae
 log = logging.getLogger(__name__)
 COLUMNS = ["layer", "feature", "slot", "image", "path", "token", "token_on", "parts", "present", "kept", "value", "z"]
 MAX_PARTS = 4  # 2**4 scenes per target; the demo world has at most 2 causal parts per scene
-# how closely the re-rendered original must reproduce the recorded z (found on float16 activations), as a
-# share of the feature's maximum
-TOLERANCE = 0.02
+# how closely the re-rendered original must reproduce the recorded z (found on float16 activations): a share of
+# the feature's maximum, plus an absolute floor for nearly silent features
+TOLERANCE, FLOOR = 0.02, 1e-3
 
 
 def causal_parts(world: World, path: str) -> list[tuple[str, list[int]]]:
@@ -131,7 +131,7 @@ def check_originals(rows: pd.DataFrame, ff: FeatureFile) -> None:
     full = rows[rows["kept"] == rows["parts"]]
     scale = dict(zip(ff.feature.tolist(), ff.max_value.tolist()))
     gap = (full["z"] - full["value"]).abs()
-    excess = gap / (TOLERANCE * np.maximum(full["feature"].map(scale).to_numpy(), 1e-6))
+    excess = gap / (TOLERANCE * full["feature"].map(scale).to_numpy() + FLOOR)
     worst = int(excess.to_numpy().argmax()) if len(gap) else None
     if worst is not None and excess.iloc[worst] > 1:
         bad = full.iloc[worst]
