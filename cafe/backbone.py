@@ -18,6 +18,8 @@ import open_clip
 import torch
 from torch import nn
 
+from cafe.compute import full_precision
+from cafe.devices import select_device
 from cafe.errors import CafeError
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,14 @@ def tower_shape(model: str) -> TowerShape:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """'auto' is one GPU of this process's own (given by the scheduler or claimed on the node, see
+    `cafe.devices`), or the CPU where there is none; any other value is taken as it is."""
+    choice = select_device(device)
+    if device == "auto" and choice == "cuda" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        log.warning("CUDA_VISIBLE_DEVICES=%s but CUDA is not usable here: using the CPU", visible)
+        return torch.device("cpu")
+    return torch.device(choice)
 
 
 def _is_path(pretrained: str) -> bool:
@@ -189,8 +195,10 @@ class Backbone:
         return (images.to(self.device) - self.mean) / self.std
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels -> token sequence entering block 1 (patch embedding, CLS, positions, ln_pre)."""
-        return self.visual._embeds(pixels)
+        """Normalised pixels -> token sequence entering block 1 (patch embedding, CLS, positions, ln_pre), in
+        float32 even under bf16 autocast, so that the residual stream stays float32 (cafe.compute)."""
+        with full_precision(pixels.device):
+            return self.visual._embeds(pixels.to(self.visual.conv1.weight.dtype))
 
     def check_layer(self, layer: int) -> None:
         if not 1 <= layer <= self.depth:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from cafe.backbone import Backbone
+from cafe.compute import full_precision
 
 
 class FeatureTarget:
@@ -21,13 +22,16 @@ class FeatureTarget:
         return self.backbone.forward_to(pixels, self.layer)
 
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """All SAE latents at all tokens, (B, T, m): the activation maps."""
-        return self.sae.encode(self.residual(pixels))
+        """All SAE latents at all tokens, (B, T, m): the activation maps (the SAE in its own dtype, autocast off)."""
+        resid = self.residual(pixels)
+        with full_precision(resid.device):
+            return self.sae.encode(resid.to(self.sae.W_e.dtype))
 
     def from_residual(self, resid: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z for each row, encoding only the target token of each row."""
         rows = torch.arange(resid.shape[0], device=resid.device)
-        z = self.sae.encode(resid[rows, tokens.to(resid.device)])
+        with full_precision(resid.device):  # one token per row: full precision costs nothing
+            z = self.sae.encode(resid[rows, tokens.to(resid.device)].to(self.sae.W_e.dtype))
         return z[rows, features.to(resid.device)]
 
     def __call__(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,11 @@ from typing import Any
 from cafe.activations.extract import ActivationsConfig
 from cafe.annotation.config import AnnotationConfig
 from cafe.backbone import BackboneConfig, tower_shape
+from cafe.compute import PRECISIONS, ComputeConfig
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
 from cafe.demo import DemoConfig
 from cafe.demo.backbone import DemoBackboneConfig
-from cafe.erf.config import ATTENTION_RULES, ErfConfig
+from cafe.erf.config import ATTENTION_RULES, KERNELSHAP_SOLVERS, ErfConfig
 from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig
@@ -60,6 +61,7 @@ class Params:
     insertion: InsertionConfig = field(default_factory=InsertionConfig)
     ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 def defaults() -> dict[str, Any]:
@@ -94,6 +96,8 @@ def load_schema(path: str | Path) -> dict[str, Any]:
             "attention_rule": {"enum": list(ATTENTION_RULES)},
             "canvas": {"enum": list(CANVASES)},
             "sae_activation": {"enum": list(ACTIVATIONS)},
+            "precision": {"enum": list(PRECISIONS)},
+            "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
         }
     )
     return schema

@@ -102,7 +102,8 @@ def test_mismatched_sae_or_too_many_features_is_an_error(
     with pytest.raises(CafeError, match="layer 3"):
         find_features(tiny_layer, other_layer, tmp_path / "f.h5", FeaturesConfig(), "cpu")
     with pytest.raises(CafeError, match="features.n_features = 100 exceeds the SAE's 64"):
-        find_features(tiny_layer, save_sae(tiny_sae, tmp_path / "l2.pt", 2), tmp_path / "f.h5", FeaturesConfig(), "cpu")
+        too_many = FeaturesConfig(n_features=100)
+        find_features(tiny_layer, save_sae(tiny_sae, tmp_path / "l2.pt", 2), tmp_path / "f.h5", too_many, "cpu")
     with pytest.raises(CafeError, match="width 32, but 4"):
         find_features(
             tiny_layer,

@@ -4,6 +4,7 @@ on a machine without weights, ImageNet or a GPU."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -26,7 +27,10 @@ def with_change(path: str, value) -> dict:
     return params
 
 
-def test_default_params_plan_every_rule(tmp_path):
+GPU_RULES = {"activations", "sae", "features", "erf", "insertion", "greedy"}  # the steps that resolve `device`
+
+
+def test_default_params_plan_every_rule_and_gpu_steps_declare_a_gpu(tmp_path):
     root = make_workspace(tmp_path)
     result = dry_run(root)
     assert result.returncode == 0, result.stderr
@@ -43,6 +47,21 @@ def test_default_params_plan_every_rule(tmp_path):
         "fig5",
     ):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"rule {rule} missing from the plan"
+    # `resources: gpu=1` on exactly the GPU steps: `--resources gpu=N` caps them, SLURM gives each one GPU
+    jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)*)", result.stdout, re.M)
+    assert {rule for rule, block in jobs if re.search(r"resources: .*\bgpu=1\b", block)} == GPU_RULES
+    assert {rule for rule, _ in jobs} > GPU_RULES
+
+
+def test_slurm_profile_sets_resources_of_existing_rules_and_no_gres_in_slurm_extra():
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    rules = set(
+        re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")), re.M)
+    )
+    assert set(profile["set-resources"]) <= rules
+    assert set(profile["set-resources"]) >= GPU_RULES
+    assert "slurm_extra" not in json.dumps(profile)
+    assert profile["rerun-incomplete"] is True and profile["retries"] >= 1
 
 
 def paper_params() -> dict:
@@ -84,6 +103,7 @@ def test_paper_config_uses_vit_l14_laion_weights():
         ("erf.methods", ["attnlrp", "occlusion"], "occlusion"),
         ("insertion.canvases", ["grey"], "grey"),
         ("features.n_features", 10_000, "features.n_features"),
+        ("compute", {"precision": "fp16"}, "fp16"),
     ],
 )
 def test_bad_params_stop_with_a_message_naming_the_key(tmp_path, path, value, message):
@@ -102,3 +122,14 @@ def test_cross_checks_compare_the_values_the_steps_will_use_defaults_included():
     del params["annotation"]["n_features"]
     with pytest.raises(CafeError, match="annotation.n_features must not exceed features.n_features"):
         check_config(params)
+
+
+def test_a_steps_precision_override_reaches_only_that_steps_jobs(tmp_path):
+    root = make_workspace(tmp_path, with_change("compute", {"precision": "fp32", "steps": {"erf": "bf16"}}))
+    result = dry_run(root, "--printshellcmds")
+    assert result.returncode == 0, result.stderr
+    modes: dict[str, set[str]] = {}
+    for command in re.findall(r"^Shell command: cafe (\S+)(.*)$", result.stdout, re.M):
+        modes.setdefault(command[0], set()).update(re.findall(r"--precision (\w+)", command[1]))
+    assert modes["erf"] == {"bf16"}
+    assert modes["activations"] == modes["sae"] == modes["insertion"] == modes["greedy"] == {"fp32"}

@@ -24,7 +24,8 @@ TINY_PARAMS: dict[str, Any] = {
         "backbone": {"epochs": 1, "batch_size": 32, "lr": 0.002, "weight_decay": 0.05, "holdout": 0.25, "seed": 0},
     },
     "data": {"images": "results/demo/images", "n_train": 48, "n_analysis": 24, "seed": 0},
-    "backbone": {"model": "cafe-tiny-vit", "pretrained": "results/backbone/demo.pt", "seed": 0, "device": "cpu"},
+    # device auto, as users run it: the CPU on a machine without GPUs, the scheduler's GPU in the SLURM test
+    "backbone": {"model": "cafe-tiny-vit", "pretrained": "results/backbone/demo.pt", "seed": 0, "device": "auto"},
     "layers": [1, 3],
     "activations": {"batch_size": 32, "tokens_per_image": None},
     "sae": {
@@ -92,9 +93,13 @@ def write_params(root: Path, params: dict[str, Any]) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: int = 3000, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command in the workspace; on failure show its output (and the logs of failed rules)."""
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "results" / "logs").rglob("*.log")))
         raise AssertionError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cafe.activations.extract import ActivationsConfig, extract
 from cafe.backbone import Backbone, BackboneConfig
+from cafe.compute import add_precision_argument
 from cafe.config import parse_section
 
 
@@ -15,7 +16,7 @@ def run_activations(args: argparse.Namespace) -> None:
     """CLI: load the backbone and write one activation file per requested layer."""
     config = parse_section(ActivationsConfig, args.params, "activations")
     backbone = Backbone.load(parse_section(BackboneConfig, args.backbone, "backbone"))
-    extract(backbone, args.manifest, args.images_root, args.layers, args.out_dir, config)
+    extract(backbone, args.manifest, args.images_root, args.layers, args.out_dir, config, args.precision)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,4 +28,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images-root", required=True, type=Path, help="the ImageFolder root the manifest indexes")
     parser.add_argument("--layers", required=True, type=int, nargs="+", help="blocks to record (1-based)")
     parser.add_argument("--out-dir", required=True, type=Path, help="writes <out-dir>/layer{L}.h5")
+    add_precision_argument(parser)
     parser.set_defaults(func=run_activations)

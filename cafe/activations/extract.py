@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cafe.backbone import Backbone
+from cafe.compute import precision_scope
 from cafe.errors import CafeError
 from cafe.images import image_batches
 from cafe.io import atomic_path, file_hash
@@ -89,8 +90,10 @@ def _run_split(
     layers: list[int],
     config: ActivationsConfig,
     write: Callable[[np.ndarray, dict[int, torch.Tensor]], None],
+    precision: str = "fp32",
 ) -> None:
-    """Forward every image of one split once; `write(indices, {layer: residual (B, T, D)})` stores them."""
+    """Forward every image of one split once, in `precision` (cafe.compute); `write(indices, {layer: residual
+    (B, T, D)})` stores them."""
     loader = image_batches(
         images_root,
         rows,
@@ -102,7 +105,9 @@ def _run_split(
     start, split = time.perf_counter(), rows["split"].iloc[0]
     with torch.inference_mode(), tqdm(total=len(rows), desc=f"activations {split}", unit="img") as bar:
         for indices, images in loader:
-            write(indices.numpy(), backbone.forward_layers(backbone.normalize(images), layers))
+            with precision_scope(precision, backbone.device):
+                resid = backbone.forward_layers(backbone.normalize(images), layers)
+            write(indices.numpy(), resid)
             bar.update(len(indices))
     seconds = time.perf_counter() - start
     log.info("%s: %d images in %.1f s (%.1f images/s)", split, len(rows), seconds, len(rows) / max(seconds, 1e-9))
@@ -163,8 +168,9 @@ def extract(
     layers: list[int],
     out_dir: str | os.PathLike,
     config: ActivationsConfig,
+    precision: str = "fp32",
 ) -> list[Path]:
-    """Write `layer{L}.h5` for every requested layer from one truncated forward pass per batch."""
+    """Write `layer{L}.h5` for every requested layer from one truncated forward pass per batch (in `precision`)."""
     layers, out_dir = sorted(set(layers)), Path(out_dir)
     for layer in layers:
         backbone.check_layer(layer)
@@ -182,8 +188,8 @@ def extract(
             stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis)
         )
         sink = _Sink(writers, backbone.n_tokens, keep, config.seed)
-        _run_split(backbone, train, Path(images_root), layers, config, sink.train)
-        _run_split(backbone, analysis, Path(images_root), layers, config, sink.analysis)
+        _run_split(backbone, train, Path(images_root), layers, config, sink.train, precision)
+        _run_split(backbone, analysis, Path(images_root), layers, config, sink.analysis, precision)
         for writer in writers.values():
             writer.finish()
     return [layer_path(out_dir, layer) for layer in layers]

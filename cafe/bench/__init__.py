@@ -11,6 +11,7 @@ from pathlib import Path
 from cafe.bench.profiles import MODELS
 
 DEFAULT_OUT = Path("benchmarks/results/latest.json")
+DEFAULT_FIDELITY_OUT = Path("benchmarks/results/fidelity.json")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -20,6 +21,17 @@ def run_bench(args: argparse.Namespace) -> None:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("cafe.bench").setLevel(logging.INFO)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.fidelity:
+        from cafe.backbone import resolve_device
+        from cafe.bench.fidelity import run_fidelity
+
+        out = DEFAULT_FIDELITY_OUT if args.out == DEFAULT_OUT else args.out
+        run_fidelity(args.models, out, resolve_device(args.device))
+        return
     run_suite(args.models, args.quick, args.out, args.device, args.threads)
 
 
@@ -38,5 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (tiny sizes)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (markdown summary beside it)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    parser.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="instead: each precision mode against fp32, gated (ERF maps, insertion AUC, SAE; bf16 speed ratios)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.set_defaults(func=run_bench)

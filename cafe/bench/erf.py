@@ -36,6 +36,13 @@ def captum_default_batch(name: str, config: ErfConfig) -> int:
     return {"ig": config.ig.steps, "kernelshap": 1}.get(name, config.batch_size)
 
 
+def captum_config(name: str, config: ErfConfig, batch_size: int) -> ErfConfig:
+    """`config` with captum doing the work: KernelSHAP through captum's solver, `batch_size` per forward."""
+    if name == "kernelshap":
+        config = replace(config, kernelshap=replace(config.kernelshap, solver="captum"))
+    return replace(config, batch_size=batch_size)
+
+
 def target_flops(arch: Architecture, layer: int, name: str, config: ErfConfig) -> float:
     """FLOPs of one target: forwards and forward+backward passes through blocks 1..layer (the canvas methods
     also evaluate z at the image and at the canvas)."""
@@ -50,7 +57,10 @@ def target_flops(arch: Architecture, layer: int, name: str, config: ErfConfig) -
 
 def method_params(name: str, config: ErfConfig) -> dict[str, Any]:
     """The settings of one method that its cost depends on."""
-    return {"ig": {"steps": config.ig.steps}, "kernelshap": {"samples": config.kernelshap.samples}}.get(name, {})
+    return {
+        "ig": {"steps": config.ig.steps},
+        "kernelshap": {"samples": config.kernelshap.samples, "forward_batch": config.kernelshap.forward_batch},
+    }.get(name, {})
 
 
 def _inputs(ctx: Context, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,7 +94,7 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
             params,
         )
         if p.captum:
-            single, k = replace(config, batch_size=captum_default_batch(name, config)), p.baseline_targets
+            single, k = captum_config(name, config, captum_default_batch(name, config)), p.baseline_targets
             records[f"erf.{name}.one_at_a_time"] = ctx.measure(
                 f"baseline: {name} one target per call, captum's default batching",
                 "targets",
@@ -93,6 +103,15 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
                 flops * k / n,
                 {**params, "targets": k, "batch_size": single.batch_size},
             )
+    reference = captum_config("kernelshap", config, config.batch_size)  # captum's KernelShap, same work
+    records["erf.kernelshap.captum"] = ctx.measure(
+        f"reference: captum's KernelShap, {n} targets, {config.batch_size} perturbations per forward",
+        "targets",
+        n,
+        _batched(make_method("kernelshap", target, reference), inputs),
+        n * target_flops(ctx.arch, layer, "kernelshap", config),
+        {"layer": layer, "targets": n, "batch_size": config.batch_size, **method_params("kernelshap", config)},
+    )
     if p.lxt:  # the rule lxt's ViT recipe uses, for a like-for-like comparison with it
         cp = replace(config, attnlrp=replace(config.attnlrp, attention="cp"))
         records["erf.attnlrp.cp"] = ctx.measure(

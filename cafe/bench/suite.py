@@ -54,6 +54,11 @@ COMPARISONS = [
         (f"{m}: cafe's batching vs one target per call with captum's defaults", f"erf.{m}", f"erf.{m}.one_at_a_time")
         for m in ATTRIBUTION_METHODS
     ],
+    (
+        "kernelshap: cafe's batched solver vs captum's KernelShap, equal samples and targets",
+        "erf.kernelshap",
+        "erf.kernelshap.captum",
+    ),
     ("CP-LRP (lxt's ViT recipe): cafe's rules vs lxt's global patches", "erf.attnlrp.cp", "erf.attnlrp.lxt"),
 ]
 

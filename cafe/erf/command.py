@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.compute import add_precision_argument, precision_scope
 from cafe.config import as_dict, parse_section
 from cafe.erf.base import ErfMethod
 from cafe.erf.config import ErfConfig
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", help="results/data/manifest.csv (not needed by activation)")
     p.add_argument("--images-root", help="root the manifest's paths are relative to (not needed by activation)")
     p.add_argument("--out", required=True, help="results/erf/layer{L}/{method}.h5")
+    add_precision_argument(p)
     p.set_defaults(func=run_erf)
 
 
@@ -67,8 +69,11 @@ def run_erf(args: argparse.Namespace) -> None:
         sae, meta = load_sae(args.sae, backbone.device)
         check_sae(meta, ff, args.sae)
         method = make_method(args.method, FeatureTarget(backbone, sae, ff.layer), config)
-        result = compute_erf(method, ff, load, config.batch_size)
-    write_erf(args.out, args.method, method_params(config, args.method), ff, result)
+        result = compute_erf(method, ff, load, config.batch_size, args.precision)
+    params = method_params(config, args.method)
+    if args.method != "activation":  # read off the features file: no forward, no precision
+        params["precision"] = args.precision
+    write_erf(args.out, args.method, params, ff, result)
     log.info("wrote %s (%.3g targets/s)", args.out, result.targets_per_s)
 
 
@@ -78,8 +83,11 @@ def method_params(config: ErfConfig, method: str) -> dict:
     return {"batch_size": config.batch_size, **({method: as_dict(section)} if section is not None else {})}
 
 
-def compute_erf(method: ErfMethod, ff: FeatureFile, load: ImageLoader, batch_size: int) -> ErfResult:
-    """Run `method` over every existing target of the features file, `batch_size` targets per call."""
+def compute_erf(
+    method: ErfMethod, ff: FeatureFile, load: ImageLoader, batch_size: int, precision: str = "fp32"
+) -> ErfResult:
+    """Run `method` over every existing target of the features file, `batch_size` targets per call, forwards and
+    backwards in `precision` (cafe.compute; maps, values and relevance sums come back float32)."""
     n, k = ff.image.shape
     maps = np.full((n, k, ff.grid, ff.grid), np.nan, dtype=np.float32)
     value, absorbed = np.full((n, k), np.nan, dtype=np.float32), np.full((n, k), np.nan, dtype=np.float32)
@@ -89,7 +97,8 @@ def compute_erf(method: ErfMethod, ff: FeatureFile, load: ImageLoader, batch_siz
         r, c = rows[start : start + batch_size], ranks[start : start + batch_size]
         images = load(ff.image[r, c])
         began = time.perf_counter()
-        out = method.explain(images, torch.from_numpy(ff.token[r, c]), torch.from_numpy(ff.feature[r]))
+        with precision_scope(precision, method.backbone.device):
+            out = method.explain(images, torch.from_numpy(ff.token[r, c]), torch.from_numpy(ff.feature[r]))
         seconds += time.perf_counter() - began
         maps[r, c], value[r, c], absorbed[r, c] = (t.float().cpu().numpy() for t in (out.maps, out.value, out.absorbed))
     log.info("layer %d, %s: %d targets in %.1f s", ff.layer, method.name, len(rows), seconds)

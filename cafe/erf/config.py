@@ -8,6 +8,7 @@ from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
 
 ATTENTION_RULES = ("attnlrp", "cp")
+KERNELSHAP_SOLVERS = ("batched", "captum")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ class KernelShapConfig:
 
     samples: int = 256
     seed: int = 0
+    solver: str = "batched"  # batched: cafe.erf.kernelshap's own, on the device | captum: the reference
+    forward_batch: int = 256  # images per truncated forward (batched solver; captum uses erf.batch_size)
+
+    def __post_init__(self) -> None:
+        if self.solver not in KERNELSHAP_SOLVERS:
+            raise CafeError(
+                f"params: erf.kernelshap.solver must be one of {list(KERNELSHAP_SOLVERS)}, got {self.solver!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class ErfConfig:
             ("batch_size", self.batch_size),
             ("ig.steps", self.ig.steps),
             ("kernelshap.samples", self.kernelshap.samples),
+            ("kernelshap.forward_batch", self.kernelshap.forward_batch),
         ):
             if value < 1:
                 raise CafeError(f"params: erf.{name} must be >= 1, got {value}")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
 from cafe.errors import CafeError
@@ -40,11 +41,13 @@ def check_supported(visual: nn.Module) -> None:
 
 
 def embed(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Patch embedding (linear, no bias), CLS and positional embeddings, ln_pre: tokens entering block 1."""
-    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    return layer_norm_rule(visual.ln_pre, x)
+    """Patch embedding (linear, no bias), CLS and positional embeddings, ln_pre: tokens entering block 1, in float32
+    under any autocast (the residual stream and the relevance reaching the pixels stay float32; cafe.compute)."""
+    with full_precision(pixels.device):
+        x = visual.conv1(pixels.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return layer_norm_rule(visual.ln_pre, x)
 
 
 def attention(attn: nn.MultiheadAttention, x: torch.Tensor, config: AttnLRPConfig) -> torch.Tensor:

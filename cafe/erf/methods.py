@@ -1,6 +1,7 @@
 """The comparison methods of the paper (Fig. 3) behind the same interface as AttnLRP: gradient (x input),
-Integrated Gradients and KernelSHAP through captum, and the activation baseline. Baselines are the mean canvas
-(zeros in normalised input space = the dataset's mean colour), the canvas of the insertion test.
+Integrated Gradients through captum, and the activation baseline (KernelSHAP: `cafe.erf.kernelshap`). Baselines
+are the mean canvas (zeros in normalised input space = the dataset's mean colour), the canvas of the insertion
+test.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from abc import abstractmethod
 
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
-from captum.attr import KernelShap as CaptumKernelShap
 
 from cafe.erf.base import Attribution, ErfMethod, nan_like, patch_sum
 from cafe.tokens import token_grid
@@ -32,7 +32,7 @@ class Gradient(ErfMethod):
         return Attribution(maps, z, z - maps.sum((1, 2)))
 
 
-class _FromCanvas(ErfMethod):
+class CanvasMethod(ErfMethod):
     """Methods that decompose z(image) - z(mean canvas); the remainder is their completeness/efficiency gap."""
 
     def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
@@ -49,7 +49,7 @@ class _FromCanvas(ErfMethod):
         """Patch maps (B, grid, grid) whose sum approximates z(pixels) - z(canvas)."""
 
 
-class IntegratedGradients(_FromCanvas):
+class IntegratedGradients(CanvasMethod):
     """Integrated Gradients along the straight path from the mean canvas (params: erf.ig.steps)."""
 
     name = "ig"
@@ -63,32 +63,6 @@ class IntegratedGradients(_FromCanvas):
             internal_batch_size=max(self.config.batch_size, len(pixels)),
         )
         return patch_sum(attr, self.backbone.patch_size)
-
-
-class KernelShap(_FromCanvas):
-    """KernelSHAP with one player per patch; absent patches show the mean canvas (params: erf.kernelshap)."""
-
-    name = "kernelshap"
-
-    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
-        patch, grid = self.backbone.patch_size, self.backbone.grid
-        players = torch.arange(grid * grid, device=pixels.device).view(1, 1, grid, grid)
-        mask = players.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-        config, explainer = self.config.kernelshap, CaptumKernelShap(self.target)
-        maps = []
-        for b in range(len(pixels)):  # captum samples per example anyway; one seed each keeps a map batch-independent
-            with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []):
-                torch.manual_seed(config.seed)
-                attr = explainer.attribute(
-                    pixels[b : b + 1],
-                    baselines=canvas[b : b + 1],
-                    additional_forward_args=(tokens[b : b + 1], features[b : b + 1]),
-                    feature_mask=mask,
-                    n_samples=config.samples,
-                    perturbations_per_eval=self.config.batch_size,
-                )
-            maps.append(attr[:, 0, ::patch, ::patch])  # every pixel of a patch carries the patch's value
-        return torch.cat(maps)
 
 
 class Activation(ErfMethod):

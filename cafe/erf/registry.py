@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 METHODS: dict[str, str] = {  # name -> "module:class"
     "attnlrp": "cafe.erf.attnlrp:AttnLRP",
     "ig": "cafe.erf.methods:IntegratedGradients",
-    "kernelshap": "cafe.erf.methods:KernelShap",
+    "kernelshap": "cafe.erf.kernelshap:KernelShap",
     "gradient": "cafe.erf.methods:Gradient",
     "activation": "cafe.erf.methods:Activation",
 }

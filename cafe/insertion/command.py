@@ -7,6 +7,7 @@ import argparse
 import logging
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.compute import add_precision_argument, precision_scope
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.images import manifest_loader
@@ -51,6 +52,7 @@ def _common_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--manifest", required=True, help="results/data/manifest.csv")
     p.add_argument("--images-root", required=True, help="root the manifest's paths are relative to")
     p.add_argument("--out", required=True, help=out)
+    add_precision_argument(p)
 
 
 def run_greedy(args: argparse.Namespace) -> None:
@@ -72,5 +74,7 @@ def run_insertion(args: argparse.Namespace) -> None:
     backbone = Backbone.load(backbone_cfg)
     sae, meta = load_sae(args.sae, backbone.device)
     check_sae(meta, ff, args.sae)
-    write_csv(args.out, layer_curves(args.method, config, backbone, sae, ff, load, erf_maps))
+    with precision_scope(args.precision, backbone.device):  # every forward of the curves (cafe.compute)
+        frame = layer_curves(args.method, config, backbone, sae, ff, load, erf_maps)
+    write_csv(args.out, frame)
     log.info("wrote %s", args.out)

@@ -8,8 +8,8 @@ results/erf/layer{L}/{method}.h5 (read by the insertion step):
     absorbed      (N, K) float32              what the map leaves out of the quantity it decomposes (see
                                               cafe.erf.base.Attribution); NaN for saliency and activation
 
-Attributes: method, params (JSON: batch_size and the method's section), layer, grid, sae_fingerprint,
-n_targets, targets_per_s (method compute only, image loading excluded).
+Attributes: method, params (JSON: batch_size, the method's section and, where a tower ran, the precision), layer,
+grid, sae_fingerprint, n_targets, targets_per_s (method compute only, image loading excluded).
 """
 
 from __future__ import annotations

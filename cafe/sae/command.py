@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cafe.compute import add_precision_argument
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io import write_json
@@ -15,7 +16,8 @@ from cafe.sae.train import train
 
 def run_sae(args: argparse.Namespace) -> None:
     """CLI: train one layer's SAE."""
-    train(args.activations, args.out, args.metrics, parse_section(SAEConfig, args.params, "sae"), args.device)
+    config = parse_section(SAEConfig, args.params, "sae")
+    train(args.activations, args.out, args.metrics, config, args.device, args.precision)
 
 
 SUMMARY_KEYS = ("explained_variance", "l0", "dead_fraction", "tokens_per_s", "steps")
@@ -51,4 +53,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="SAE checkpoint to write (layer{L}.pt)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    add_precision_argument(parser)
     parser.set_defaults(func=run_sae)

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from cafe.backbone import resolve_device
+from cafe.compute import precision_scope
 from cafe.io import write_json
 from cafe.io.activations import layer_attrs, open_layer
 from cafe.sae.evaluate import EVAL_TOKENS, InputStats, estimate_threshold, evaluate, input_stats
@@ -84,8 +85,10 @@ class Trainer:
         device: torch.device,
         state_path: Path,
         key: dict[str, Any],
+        precision: str = "fp32",
     ):
         self.config, self.stream, self.stats, self.device = config, stream, stats, device
+        self.precision = precision
         self.state_path, self.key = state_path, key
         self.sae = init_sae(config, stats).to(device)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr)
@@ -100,8 +103,11 @@ class Trainer:
             log.info("resuming from step %d of %d (%s)", self.step, config.steps, state_path)
 
     def train_step(self, h: torch.Tensor) -> torch.Tensor:
-        """One Adam step on a batch of raw tokens; returns the loss, left on the device (reading it would wait)."""
-        loss = matryoshka_loss(self.sae, h, self.prefixes, self.stats.variance, self.config.l1)
+        """One Adam step on a batch of raw tokens; returns the loss, left on the device (reading it would wait).
+        The forward and loss run in the trainer's precision (bf16: autocast); weights, gradients and Adam's
+        state stay float32 (master weights), and the backward runs outside autocast, as torch recommends."""
+        with precision_scope(self.precision, self.device):
+            loss = matryoshka_loss(self.sae, h, self.prefixes, self.stats.variance, self.config.l1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         remove_parallel_gradient(self.sae)
@@ -149,15 +155,16 @@ def train(
     metrics_path: str | os.PathLike,
     config: SAEConfig,
     device: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Train the SAE of one layer file, write checkpoint + metrics JSON, remove the training state."""
+    """Train the SAE of one layer file (forward in `precision`, cafe.compute), write checkpoint + metrics JSON
+    (metrics always in float32), remove the training state."""
     with open_layer(activations) as handle:
         attrs = layer_attrs(handle)
     stream = TokenStream(activations, config.batch_size, config.seed)
     stats = input_stats(stream.sample(STATS_TOKENS))
-    trainer = Trainer(
-        config, stream, stats, resolve_device(device), partial_path(out), run_key(config, attrs["content_hash"])
-    )
+    key = {**run_key(config, attrs["content_hash"]), "precision": precision}
+    trainer = Trainer(config, stream, stats, resolve_device(device), partial_path(out), key, precision)
     log.info(
         "layer %d: SAE %d -> %d latents (%s), %d steps of %d tokens from %s (%d tokens)",
         attrs["layer"],
@@ -189,6 +196,7 @@ def train(
         "pretrained": attrs["pretrained"],
         "manifest_hash": attrs["manifest_hash"],
         "activations_hash": attrs["content_hash"],
+        "precision": precision,
         "normalisation": {
             "input_scale": stats.scale,
             "variance": stats.variance,

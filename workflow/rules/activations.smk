@@ -26,9 +26,12 @@ rule activations:
         backbone=as_json(config["backbone"]),
         layers=LAYERS,
         images=IMAGES,
+        precision=precision_for("activations"),
     log:
         "results/logs/activations.log",
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "cafe activations --params {params.cfg:q} --backbone {params.backbone:q} --manifest {input.manifest} "
-        "--images-root {params.images:q} --layers {params.layers} --out-dir results/activations > {log} 2>&1"
+        "--images-root {params.images:q} --layers {params.layers} --out-dir results/activations --precision {params.precision} > {log} 2>&1"

@@ -1,13 +1,16 @@
 # Shared values and input functions. Every value a job uses reaches it through its rule's `params:`,
 # so Snakemake reruns exactly the jobs whose values changed.
+# Rules whose step runs on a GPU (device auto) declare `resources: gpu=1`: `--resources gpu=N` caps how many run at
+# once on a node (without it the resource is not limited), and the SLURM executor asks for one GPU per such job.
 
 import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from cafe.compute import ComputeConfig
 from cafe.errors import CafeError
-from cafe.config import DEMO_BACKBONE, DEMO_IMAGES
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, parse_section
 from cafe.params import validate_config
 
 try:  # every value with its default filled in, so a rule's params change when a default does
@@ -42,6 +45,12 @@ def image_inputs():
     """The demo's images come from a rule; a user's folder (ImageNet) is read through params, so that
     `snakemake -n` plans the whole DAG on machines that do not hold it."""
     return [DEMO_IMAGES] if DEMO else []
+
+
+def precision_for(step):
+    """The precision of one step (compute.precision, or its compute.steps override): each rule gets only its own,
+    so changing one step's precision reruns only that step's jobs."""
+    return parse_section(ComputeConfig, config["compute"], "compute").for_step(step)
 
 
 def erf_params(method):

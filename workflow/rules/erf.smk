@@ -14,9 +14,12 @@ rule erf:
         cfg=lambda wildcards: erf_params(wildcards.method),
         backbone=as_json(config["backbone"]),
         images=IMAGES,
+        precision=precision_for("erf"),
     log:
         "results/logs/erf/layer{layer}_{method}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe erf --method {wildcards.method} --params {params.cfg:q} --backbone {params.backbone:q} "
         "--layer {wildcards.layer} --features {input.features} --sae {input.sae} --manifest {input.manifest} "
-        "--images-root {params.images:q} --out {output} > {log} 2>&1"
+        "--images-root {params.images:q} --out {output} --precision {params.precision} > {log} 2>&1"

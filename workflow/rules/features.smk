@@ -11,6 +11,8 @@ rule features:
         cfg=as_json(config["features"]),
     log:
         "results/logs/features/layer{layer}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe features --params {params.cfg:q} --activations {input.activations} --sae {input.sae} "
         "--out {output} > {log} 2>&1"

@@ -29,12 +29,15 @@ rule insertion:
         backbone=as_json(config["backbone"]),
         images=IMAGES,
         erf=erf_flag,
+        precision=precision_for("insertion"),
     log:
         "results/logs/insertion/layer{layer}_{method}.log",
+    resources:
+        gpu=1,
     shell:
         "cafe insertion --method {wildcards.method} --params {params.cfg:q} --backbone {params.backbone:q} "
         "--layer {wildcards.layer} --features {input.features} --sae {input.sae} --manifest {input.manifest} "
-        "--images-root {params.images:q} {params.erf} --out {output} > {log} 2>&1"
+        "--images-root {params.images:q} {params.erf} --out {output} --precision {params.precision} > {log} 2>&1"
 
 
 rule greedy:
@@ -50,12 +53,15 @@ rule greedy:
         cfg=as_json(config["insertion"]),
         backbone=as_json(config["backbone"]),
         images=IMAGES,
+        precision=precision_for("insertion"),
     log:
         "results/logs/insertion/layer{layer}_greedy.log",
+    resources:
+        gpu=1,
     shell:
         "cafe greedy --params {params.cfg:q} --backbone {params.backbone:q} --layer {wildcards.layer} "
         "--features {input.features} --sae {input.sae} --manifest {input.manifest} "
-        "--images-root {params.images:q} --out {output} > {log} 2>&1"
+        "--images-root {params.images:q} --out {output} --precision {params.precision} > {log} 2>&1"
 
 
 rule fig3:

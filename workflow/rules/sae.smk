@@ -9,12 +9,15 @@ rule sae:
         metrics="results/sae/layer{layer}.json",
     params:
         cfg=as_json(config["sae"]),
+        precision=precision_for("sae"),
     log:
         "results/logs/sae/layer{layer}.log",
     threads: 1
+    resources:
+        gpu=1,
     shell:
         "cafe sae --params {params.cfg:q} --activations {input} --out {output.checkpoint} "
-        "--metrics {output.metrics} > {log} 2>&1"
+        "--metrics {output.metrics} --precision {params.precision} > {log} 2>&1"
 
 
 rule sae_summary:

@@ -1,0 +1,126 @@
+"""KernelSHAP with one player per patch, absent patches showing the mean canvas (params: erf.kernelshap).
+
+Two solvers of the same estimator (Lundberg & Lee 2017, as captum's `KernelShap` implements it):
+
+- `batched` (default): the coalitions are drawn once on the device and shared by every target of the batch (as
+  the captum path does too: it reseeds per target), all targets x coalitions are evaluated in large batches of the
+  truncated tower, and one weighted least squares in float64 gives every target's map at once.
+- `captum`: captum's `KernelShap`, one target at a time, kept as the reference.
+
+Sampling and weights are captum's: the first two coalitions are all players and none, each with weight 1e6
+(captum's stand-in for the infinite kernel weight that pins the surrogate to f(all) and f(none)); every other
+coalition draws its size k in 1..M-1 with p(k) proportional to (M - 1) / (k (M - k)) and then a uniform subset of
+that size, with weight 1 (the Shapley kernel is in the sampling). The surrogate is a linear model with intercept
+fitted by weighted least squares, minimum-norm when fewer coalitions than players leave it underdetermined
+(what sklearn's LinearRegression, captum's solver, returns).
+"""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import KernelShap as CaptumKernelShap
+
+from cafe.erf.methods import CanvasMethod
+from cafe.feature_target import FeatureTarget
+
+ENDPOINT_WEIGHT = 1e6  # captum's KernelShap.inf_weight
+
+
+def draw_coalitions(players: int, samples: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(samples, players) bool: all players, none, then samples - 2 Shapley-kernel draws, on `device` (players >= 2)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sizes = torch.arange(1, players, device=device, dtype=torch.float64)
+    n = max(samples - 2, 0)
+    k = torch.multinomial((players - 1) / (sizes * (players - sizes)), n, replacement=True, generator=generator)
+    ranks = torch.rand(n, players, device=device, generator=generator).argsort(1).argsort(1)
+    drawn = ranks <= k[:, None]  # k + 1 players: the multinomial's index 0 is size 1
+    everyone = torch.ones(1, players, dtype=torch.bool, device=device)
+    return torch.cat([everyone, ~everyone, drawn])[:samples]
+
+
+def kernel_weights(coalitions: torch.Tensor) -> torch.Tensor:
+    """Regression weight of each coalition: 1e6 for all players and none (captum's), 1 otherwise."""
+    size = coalitions.sum(1)
+    endpoint = (size == 0) | (size == coalitions.shape[1])
+    return torch.where(endpoint, ENDPOINT_WEIGHT, 1.0).to(torch.float64)
+
+
+def solve_surrogates(coalitions: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Coefficients (B, M) of the weighted linear fits values[:, b] ~ c_b + coalitions @ w_b, all B at once.
+
+    As sklearn's LinearRegression (captum's solver): centre by the weighted means (the intercept), scale rows by
+    sqrt(weight), then the minimum-norm least-squares solution, here through the pseudo-inverse of the shared
+    (S, M) design in float64, so the cost of the solve does not grow with B."""
+    x = coalitions.to(torch.float64)
+    y = values.to(torch.float64)
+    w = weights.to(torch.float64)[:, None]
+    x_c = x - (w * x).sum(0) / w.sum()
+    y_c = y - (w * y).sum(0) / w.sum()
+    root = w.sqrt()
+    return (torch.linalg.pinv(root * x_c) @ (root * y_c)).T
+
+
+def coalition_values(
+    target: FeatureTarget,
+    pixels: torch.Tensor,
+    canvas: torch.Tensor,
+    tokens: torch.Tensor,
+    features: torch.Tensor,
+    coalitions: torch.Tensor,
+    forward_batch: int,
+) -> torch.Tensor:
+    """z of every target under every coalition (S, B): present patches from the image, absent from the canvas,
+    in truncated forwards of about `forward_batch` images (whole coalitions x all B targets per forward)."""
+    b, patch, grid = len(pixels), target.backbone.patch_size, target.backbone.grid
+    masks = coalitions.view(-1, 1, grid, grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    per_forward = max(1, forward_batch // b)
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(coalitions), per_forward):
+            m = masks[start : start + per_forward, None]  # (c, 1, 1, H, W) against (B, C, H, W)
+            images = torch.where(m, pixels, canvas).flatten(0, 1)  # (c * B, C, H, W), coalition-major
+            z = target(images, tokens.repeat(len(m)), features.repeat(len(m)))
+            values.append(z.view(len(m), b))
+    return torch.cat(values)
+
+
+class KernelShap(CanvasMethod):
+    """KernelSHAP with one player per patch; absent patches show the mean canvas (params: erf.kernelshap)."""
+
+    name = "kernelshap"
+
+    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+        if self.config.kernelshap.solver == "captum":
+            return self._captum_maps(pixels, canvas, tokens, features)
+        config, grid = self.config.kernelshap, self.backbone.grid
+        coalitions = draw_coalitions(grid * grid, config.samples, config.seed, pixels.device)
+        return self.maps_for(coalitions, pixels, canvas, tokens, features)
+
+    def maps_for(self, coalitions, pixels, canvas, tokens, features) -> torch.Tensor:
+        """Maps (B, grid, grid) from given coalitions (S, M): evaluate, then one weighted least squares."""
+        values = coalition_values(
+            self.target, pixels, canvas, tokens, features, coalitions, self.config.kernelshap.forward_batch
+        )
+        coef = solve_surrogates(coalitions, values, kernel_weights(coalitions))
+        return coef.to(pixels.dtype).view(len(pixels), self.backbone.grid, self.backbone.grid)
+
+    def _captum_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+        """The reference: captum's KernelShap per target, each reseeded, `erf.batch_size` perturbations a forward."""
+        patch, grid = self.backbone.patch_size, self.backbone.grid
+        players = torch.arange(grid * grid, device=pixels.device).view(1, 1, grid, grid)
+        mask = players.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+        config, explainer = self.config.kernelshap, CaptumKernelShap(self.target)
+        maps = []
+        for b in range(len(pixels)):  # captum samples per example anyway; one seed each keeps a map batch-independent
+            with torch.random.fork_rng(devices=[pixels.device] if pixels.is_cuda else []):
+                torch.manual_seed(config.seed)
+                attr = explainer.attribute(
+                    pixels[b : b + 1],
+                    baselines=canvas[b : b + 1],
+                    additional_forward_args=(tokens[b : b + 1], features[b : b + 1]),
+                    feature_mask=mask,
+                    n_samples=config.samples,
+                    perturbations_per_eval=self.config.batch_size,
+                )
+            maps.append(attr[:, 0, ::patch, ::patch])  # every pixel of a patch carries the patch's value
+        return torch.cat(maps)

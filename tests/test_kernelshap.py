@@ -1,0 +1,122 @@
+"""cafe's batched KernelSHAP: captum's sampling and weights, an exact solve on known games, and the same maps as
+captum's KernelShap when both are given the same coalitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import KernelShap as CaptumKernelShap
+
+from cafe.config import parse_section
+from cafe.erf import ErfConfig, make_method
+from cafe.erf.kernelshap import ENDPOINT_WEIGHT, draw_coalitions, kernel_weights, solve_surrogates
+from cafe.feature_target import FeatureTarget
+
+LAYER = 2
+TOKENS = torch.tensor([0, 5, 11])
+# captum fits its surrogate with sklearn in float32 (it hands float32 arrays to LinearRegression), cafe in float64:
+# the two solutions differ by float32 rounding amplified by the design's conditioning (the 1e6 endpoint weights
+# give sqrt(1e6) = 1e3 between the weighted rows). Measured gap on the tiny tower: 1e-6 to 3e-6 of the map's
+# scale; 1e-4 leaves room for other BLAS builds, while a wrong weight, sign or coalition gives O(1) differences.
+CAPTUM_RTOL = 1e-4
+
+
+def test_coalitions_start_with_everyone_and_no_one_then_follow_the_shapley_kernel():
+    players, samples = 8, 40_002
+    coalitions = draw_coalitions(players, samples, seed=0)
+    assert coalitions.shape == (samples, players) and coalitions.dtype == torch.bool
+    assert coalitions[0].all() and not coalitions[1].any()
+    sizes = coalitions[2:].sum(1)
+    assert sizes.min() >= 1 and sizes.max() <= players - 1
+    kernel = torch.tensor([(players - 1) / (k * (players - k)) for k in range(1, players)])
+    share = torch.bincount(sizes - 1, minlength=players - 1).double() / len(sizes)
+    torch.testing.assert_close(share, kernel.double() / kernel.sum(), atol=0.01, rtol=0)
+    members = coalitions[2:][sizes == 2].double().mean(0)  # within a size, every player equally likely
+    torch.testing.assert_close(members, torch.full((players,), 2 / players).double(), atol=0.02, rtol=0)
+    torch.testing.assert_close(coalitions, draw_coalitions(players, samples, seed=0))  # seeded
+
+
+def test_endpoints_get_captums_infinite_weight_stand_in():
+    coalitions = draw_coalitions(6, 10, seed=1)
+    weights = kernel_weights(coalitions)
+    assert weights[:2].tolist() == [ENDPOINT_WEIGHT] * 2 and (weights[2:] == 1).all()
+
+
+def test_solver_recovers_every_additive_game_exactly_in_one_solve():
+    players, targets = 10, 5
+    coalitions = draw_coalitions(players, 200, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    contributions, offsets = torch.randn(targets, players, generator=gen), torch.randn(targets, generator=gen)
+    values = coalitions.double() @ contributions.double().T + offsets.double()  # (S, B)
+    coef = solve_surrogates(coalitions, values, kernel_weights(coalitions))
+    torch.testing.assert_close(coef, contributions.double(), rtol=0, atol=1e-9)
+
+
+def test_underdetermined_fit_is_the_minimum_norm_one():
+    """Fewer coalitions than players: the fit interpolates, with the smallest coefficients (as lstsq returns)."""
+    players = 12
+    coalitions = draw_coalitions(players, 6, seed=3)
+    values = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    coef = solve_surrogates(coalitions, values, torch.ones(6, dtype=torch.float64))
+    design = torch.cat([torch.ones(6, 1, dtype=torch.float64), coalitions.double()], 1)
+    full = torch.linalg.lstsq(design, values, driver="gelsd").solution  # intercept column included
+    fitted = values - values.mean(0) - (coalitions.double() - coalitions.double().mean(0)) @ coef.T
+    assert fitted.abs().max() < 1e-9  # interpolates
+    assert (coef.norm(dim=1) <= full[1:].norm(dim=0) + 1e-9).all()
+
+
+@pytest.fixture(scope="module")
+def world(tiny_backbone, tiny_sae):
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    images = torch.rand(len(TOKENS), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    features = target.latents(tiny_backbone.normalize(images))[torch.arange(len(TOKENS)), TOKENS].argmax(-1)
+    return target, images, features
+
+
+def captum_maps(target: FeatureTarget, pixels, canvas, tokens, features, coalitions) -> torch.Tensor:
+    """captum's KernelShap, one target at a time, fed `coalitions` in place of its own draws."""
+    patch, grid = target.backbone.patch_size, target.backbone.grid
+    mask = torch.arange(grid * grid).view(1, 1, grid, grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+    def given(_inputs, **_kwargs):
+        for row in coalitions:
+            yield row[None].long()
+
+    maps = []
+    for b in range(len(pixels)):
+        explainer = CaptumKernelShap(target)
+        explainer.perturb_func = given  # same coalitions; captum's own weights, evaluation and sklearn fit
+        attr = explainer.attribute(
+            pixels[b : b + 1],
+            baselines=canvas[b : b + 1],
+            additional_forward_args=(tokens[b : b + 1], features[b : b + 1]),
+            feature_mask=mask,
+            n_samples=len(coalitions),
+            perturbations_per_eval=8,
+        )
+        maps.append(attr[:, 0, ::patch, ::patch])
+    return torch.cat(maps)
+
+
+@pytest.mark.parametrize("samples", [48, 12])  # 12 < 16 players: the underdetermined, minimum-norm case
+def test_batched_kernelshap_gives_captums_maps_from_the_same_coalitions(world, samples):
+    target, images, features = world
+    config = parse_section(ErfConfig, {"kernelshap": {"samples": samples, "forward_batch": 10}}, "erf")
+    method = make_method("kernelshap", target, config)
+    pixels = target.backbone.normalize(images)
+    canvas = torch.zeros_like(pixels)
+    coalitions = draw_coalitions(target.backbone.grid**2, samples, seed=4)
+    ours = method.maps_for(coalitions, pixels, canvas, TOKENS, features)
+    reference = captum_maps(target, pixels, canvas, TOKENS, features, coalitions)
+    scale = reference.abs().amax((1, 2), keepdim=True)
+    assert ((ours - reference).abs() <= CAPTUM_RTOL * scale).all(), ((ours - reference).abs() / scale).max()
+
+
+@pytest.mark.parametrize("solver", ["batched", "captum"])
+def test_either_solver_is_pinned_to_the_endpoints(world, solver):
+    """captum stays selectable; both solvers' maps add up to z(I) - z(canvas) (the 1e6 endpoint weights)."""
+    target, images, features = world
+    config = parse_section(ErfConfig, {"kernelshap": {"samples": 24, "solver": solver}}, "erf")
+    out = make_method("kernelshap", target, config).explain(images[:1], TOKENS[:1], features[:1])
+    gap = out.maps.sum((1, 2)) + out.absorbed
+    assert (out.absorbed.abs() <= 1e-3 * gap.abs() + 1e-5).all(), (out.absorbed, gap)

@@ -1,0 +1,166 @@
+"""workflow/profiles/slurm on a real SLURM: a single-node cluster (tests/slurm_cluster.py: munge, slurmctld and
+slurmd from Debian's packages, two fake GPUs) reruns the ERF / insertion part of the tiny demo through `sbatch`.
+
+Needs root and `apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge` (.ci/run does
+both); elsewhere the test is skipped with the reason, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from slurm_cluster import SlurmCluster, missing_commands
+from workflow_utils import copy_workspace, run
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
+# The profile as users get it, plus what a cluster without slurmdbd needs (see the profile's comments).
+SNAKEMAKE = [
+    "snakemake",
+    "--profile",
+    "workflow/profiles/slurm",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "5",
+]
+# Outputs deleted from the finished local run and remade through SLURM: every later rule of the DAG reruns.
+RERUN = [
+    "results/erf/layer1/attnlrp.h5",  # the main method: layer 1's annotation sheet and Fig 5 follow
+    "results/erf/layer3/ig.h5",
+    "results/insertion/layer1/random.csv",
+    "results/insertion/layer3/greedy.csv",
+]
+FOLLOWERS = [
+    "results/insertion/layer1/attnlrp.csv",
+    "results/insertion/layer3/ig.csv",
+    "results/tables/insertion_auc.csv",
+    "results/tables/ground_truth.csv",
+    "results/annotation/sheets/layer1.csv",
+    "results/tables/fig5_nonlocal.csv",
+]
+GPU_RULES = {"erf", "insertion", "greedy"}
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"SLURM test cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running single-node SLURM, its daemons stopped by process id afterwards."""
+    if missing := missing_commands():
+        _skip_or_fail(f"SLURM is not installed (missing {', '.join(missing)})")
+    if os.geteuid() != 0:
+        _skip_or_fail("starting slurmctld/slurmd needs root")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        _skip_or_fail("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        seconds = cluster.start()
+    except RuntimeError as exc:
+        cluster.stop()
+        _skip_or_fail(f"SLURM did not start: {exc}")
+    print(f"single-node SLURM up in {seconds:.1f} s")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def rerun(slurm, finished_tiny_demo, tmp_path_factory):
+    """A copy of the finished local run whose deleted outputs were remade by `snakemake --profile .../slurm`.
+    Snakemake does not remake missing intermediate files while the final ones are up to date, so the deleted
+    files are named as targets; the rules after them rerun because their inputs are new."""
+    root = copy_workspace(finished_tiny_demo, tmp_path_factory.mktemp("slurm-run") / "study")
+    for path in RERUN:
+        (root / path).unlink()
+    start = time.perf_counter()
+    result = run([*SNAKEMAKE, "all", *RERUN], root, timeout=1800, extra_env={"SLURM_CONF": str(slurm.conf)})
+    seconds = time.perf_counter() - start
+    submitted = dict(SUBMITTED.findall(result.stdout + result.stderr))
+    print(f"SLURM run: {len(submitted)} jobs submitted through sbatch in {seconds:.0f} s")
+    return root, submitted
+
+
+def rule_of(job: dict[str, str]) -> str:
+    """The rule of a job the plugin submitted, from its comment (`rule_<rule>` or `rule_<rule>_wildcards_<...>`)."""
+    return job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def test_jobs_went_through_sbatch_with_the_profiles_resources(slurm, rerun):
+    _, submitted = rerun
+    held = {job["JobId"]: job for job in slurm.jobs()}
+    assert len(submitted) == 10  # 2 ERF maps, 3 insertion curves, greedy, ground truth, a sheet, Fig 3, Fig 5
+    assert set(submitted) <= set(held)
+    assert sorted(rule_of(held[jobid]) for jobid in submitted) == sorted(
+        ["erf", "erf", "insertion", "insertion", "insertion", "greedy", "ground_truth", "sheets", "fig3", "fig5"]
+    )
+    assert all(held[jobid]["JobState"] == "COMPLETED" for jobid in submitted)
+    erf = next(held[jobid] for jobid in submitted if rule_of(held[jobid]) == "erf")
+    assert (erf["TimeLimit"], erf["MinMemoryNode"], erf["NumCPUs"]) == ("02:00:00", "32000M", "4")  # set-resources
+
+
+def test_outputs_equal_the_local_run(rerun, finished_tiny_demo):
+    root, _ = rerun
+    for path in RERUN + FOLLOWERS:
+        assert (root / path).stat().st_mtime > (finished_tiny_demo / path).stat().st_mtime, f"{path} not remade"
+        if path.endswith(".h5"):
+            assert_same_h5(root / path, finished_tiny_demo / path)
+        else:
+            assert (root / path).read_bytes() == (finished_tiny_demo / path).read_bytes(), path
+
+
+def test_gpu_jobs_asked_for_a_gpu_and_saw_their_cuda_visible_devices(slurm, rerun):
+    root, submitted = rerun
+    held = {job["JobId"]: job for job in slurm.jobs()}
+    for jobid in submitted:
+        asked = held[jobid].get("TresPerJob", "") == "gres:gpu:1"
+        assert asked == (rule_of(held[jobid]) in GPU_RULES), held[jobid]
+    seen = {}
+    for log in [*(root / "results/logs/erf").glob("*.log"), *(root / "results/logs/insertion").glob("*.log")]:
+        for visible, jobid in re.findall(r"CUDA_VISIBLE_DEVICES=(\S+) from SLURM job (\d+)", log.read_text()):
+            seen[jobid] = visible
+    gpu_jobs = {jobid for jobid in submitted if rule_of(held[jobid]) in GPU_RULES}
+    assert set(seen) == gpu_jobs  # every GPU job, and only this run's (the local run had no SLURM job)
+    assert set(seen.values()) <= {"0", "1"}  # the node's two GPUs
+
+
+def test_a_failing_job_is_reported_with_its_slurm_log(slurm, rerun):
+    root, _ = rerun
+    features = root / "results/features/layer3.h5"
+    stat = features.stat()
+    features.write_bytes(b"not an HDF5 file")  # the ERF job reading it fails; its old mtime keeps the rest as is
+    os.utime(features, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (root / "results/erf/layer3/gradient.h5").unlink()
+    result = run([*SNAKEMAKE, "results/erf/layer3/gradient.h5"], root, check=False, timeout=900,
+                 extra_env={"SLURM_CONF": str(slurm.conf)})  # fmt: skip
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert len(SUBMITTED.findall(text)) == 2  # the profile's one retry
+    assert re.search(r"Error in rule erf:\n    message: SLURM-job '\d+' failed, SLURM status is: 'FAILED'", text)
+    logs = re.findall(
+        r"log: results/logs/erf/layer3_gradient.log, (\S+/\.snakemake/slurm_logs/rule_erf/3_gradient/\d+\.log)", text
+    )
+    assert logs, text[-4000:]
+    assert "Error in rule erf" in Path(logs[-1]).read_text()
+    assert "not a readable HDF5 file" in (root / "results/logs/erf/layer3_gradient.log").read_text()
+
+
+def assert_same_h5(a: Path, b: Path) -> None:
+    """Same datasets and attributes, but the measured throughput (targets_per_s) that any two runs differ in."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa) == sorted(fb), a
+        for name in fa:
+            np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=f"{a}:{name}")
+        attrs = [{k: str(v) for k, v in h.attrs.items() if k != "targets_per_s"} for h in (fa, fb)]
+        assert attrs[0] == attrs[1], a
