@@ -55,6 +55,11 @@ rule analysis:
         rules.fig3.output,
 
 
+rule ground_truth_all:
+    input:
+        ground_truth_outputs(),
+
+
 rule annotation_sheets:
     input:
         expand(rules.sheets.output.sheet, layer=LAYERS),

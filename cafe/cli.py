@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "greedy": ("cafe.insertion.command", "greedy insertion ceiling on a few targets"),
     "fig3": ("cafe.insertion.fig3", "AUC table, statistics and Fig 3"),
     "ground-truth": ("cafe.ground_truth", "score maps against the demo's planted causes"),
+    "counterfactuals": ("cafe.ground_truth.interventions", "z of demo targets re-rendered without their causes"),
+    "compositional": ("cafe.ground_truth.compositional_report", "interventional truth of demo targets vs ERFs"),
     "sheets": ("cafe.annotation.sheets", "annotation sheet, galleries and HTML index of one layer"),
     "annotate-init": ("cafe.annotation.ingest", "start a human annotation file from a sheet (never overwrites)"),
     "fig5": ("cafe.annotation.fig5", "validate human annotations and draw Fig 5"),

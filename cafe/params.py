@@ -25,7 +25,7 @@ from cafe.erf.config import ATTENTION_RULES, KERNELSHAP_SOLVERS, ErfConfig
 from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig
-from cafe.ground_truth import GroundTruthConfig
+from cafe.ground_truth.config import GroundTruthConfig
 from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
 from cafe.manifest import BAD_IMAGES, DataConfig

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cafe.config import parse_section
-from cafe.demo import CLASSES, COMPOSITIONAL, DemoConfig, register, write_demo
+from cafe.demo import CLASSES, COMPOSITIONAL, DemoConfig, register, render_scene, scene_index, write_demo
 from cafe.errors import CafeError
 
 N = 48  # six scenes per class
@@ -92,6 +92,35 @@ def test_compositional_parts_are_a_patch_apart_and_each_part_alone_is_another_cl
             a, b = rows[rows["causal"]].itertuples()
             gap = max(b.x0 - a.x1, a.x0 - b.x1, b.y0 - a.y1, a.y0 - b.y1)
             assert gap >= 64 // 8
+
+
+def test_counterfactual_render_changes_only_the_removed_objects_pixels_to_background(world: Path) -> None:
+    config = DemoConfig(n_images=N, seed=3)
+    objects = pd.read_csv(world / "objects.csv")
+    for index in (0, 1, 8):  # pills_and_frown, balloons_and_smile, and pills_and_frown with other draws
+        path = f"{list(CLASSES)[index % len(CLASSES)]}/{index:06d}.png"
+        assert scene_index(path) == index
+        rows = objects[objects["path"] == path]
+        full = render_scene(config, index)
+        assert (full.image == np.asarray(Image.open(world / "images" / path))).all()
+        bare = render_scene(config, index, omit=set(rows["object"]))
+        assert not bare.objects and not bare.labels.any()
+        for removed in [{a} for a in rows["object"]] + [set(rows.loc[rows["causal"], "object"])]:
+            scene = render_scene(config, index, omit=removed)
+            inside = np.isin(full.labels, list(removed))
+            changed = (scene.image != full.image).any(-1)
+            assert changed.any() and not changed[~inside].any(), "a pixel outside the removed objects changed"
+            assert (scene.image[inside] == bare.image[inside]).all(), "the removed object left no bare background"
+            assert (scene.labels[~inside] == full.labels[~inside]).all() and not scene.labels[inside].any()
+            assert {o.id for o in scene.objects} == set(rows["object"]) - removed
+            assert {o for o in scene.objects} <= set(full.objects), "kept objects keep their ids, boxes and areas"
+
+
+def test_scene_index_refuses_paths_that_are_not_demo_scenes() -> None:
+    with pytest.raises(CafeError, match="not a demo scene path"):
+        scene_index("n01440764/000001.JPEG")
+    with pytest.raises(CafeError, match="scene 3 of the demo world is not of class 'pills'"):
+        scene_index("pills/000003.png")
 
 
 def test_cli_writes_the_world(tmp_path: Path) -> None:

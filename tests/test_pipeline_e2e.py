@@ -21,6 +21,9 @@ PRODUCTS = (
     "results/figures/fig3_insertion.png",
     "results/figures/fig5_nonlocal.png",
     "results/figures/ground_truth.png",
+    "results/figures/compositional.png",
+    "results/tables/compositional.csv",
+    "results/metrics/compositional.json",
     "results/tables/insertion_auc.csv",
     "results/metrics/sae.json",
     "results/metrics/insertion.json",
@@ -102,5 +105,5 @@ def test_annotation_edit_reruns_only_fig5(study):
 def test_report_holds_the_figures(study):
     run(["snakemake", "--cores", "1", "--report", "report.html"], study)
     html = (study / "report.html").read_text()
-    for figure in ("fig3_insertion.png", "fig5_nonlocal.png", "ground_truth.png"):
+    for figure in ("fig3_insertion.png", "fig5_nonlocal.png", "ground_truth.png", "compositional.png"):
         assert figure in html, figure

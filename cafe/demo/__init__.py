@@ -12,7 +12,9 @@
   `image_size`, `seed`, `classes` (JSON: class -> causal kinds), `compositional` (JSON list of classes).
 
 Image i is class `CLASSES[i % n_classes]`, drawn from a generator seeded by (seed, i): the output is
-byte-identical for a given seed, and the first images do not change when n_images grows.
+byte-identical for a given seed, and the first images do not change when n_images grows. `render_scene`
+re-renders any scene from (seed, image_size, index), optionally without some of its objects: the same draws,
+composed without them (the counterfactual scenes of the ground truth).
 """
 
 from __future__ import annotations
@@ -34,11 +36,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from cafe.config import parse_section
-from cafe.demo.world import CLASSES, COMPOSITIONAL, Scene, sample_scene
+from cafe.demo.world import CLASSES, COMPOSITIONAL, Scene, compose, draw_scene
 from cafe.errors import CafeError
 from cafe.io import atomic_path, current_umask, write_csv
 
-__all__ = ["CLASSES", "COMPOSITIONAL", "DemoConfig", "generate", "register", "write_demo"]
+__all__ = [
+    "CLASSES",
+    "COMPOSITIONAL",
+    "DemoConfig",
+    "generate",
+    "register",
+    "render_scene",
+    "scene_index",
+    "write_demo",
+]
 
 log = logging.getLogger(__name__)
 OBJECT_COLUMNS = ["path", "class", "object", "kind", "causal", "x0", "y0", "x1", "y1", "area"]
@@ -59,13 +70,31 @@ class DemoConfig:
             raise CafeError(f"params: demo.image_size must be >= 32 (objects need room), got {self.image_size}")
 
 
+def render_scene(config: DemoConfig, index: int, omit: frozenset[int] | set[int] = frozenset()) -> Scene:
+    """Scene `index` of the world, without the objects whose ids (objects.csv `object`) are in `omit`: the same
+    random draws as the full scene, so only the omitted objects' pixels change (to the background they hid)."""
+    label = list(CLASSES)[index % len(CLASSES)]
+    return compose(draw_scene(np.random.default_rng([config.seed, index]), label, config.image_size), omit)
+
+
+def scene_index(path: str) -> int:
+    """The world index of an image path as written by `write_demo` (`<class>/<index:06d>.png`)."""
+    label, _, name = path.partition("/")
+    stem = name.rsplit(".", 1)[0]
+    if label not in CLASSES or not stem.isdigit():
+        raise CafeError(f"{path!r} is not a demo scene path (<class>/<index>.png with a class of {list(CLASSES)})")
+    index = int(stem)
+    if list(CLASSES)[index % len(CLASSES)] != label:
+        raise CafeError(f"{path!r}: scene {index} of the demo world is not of class {label!r}")
+    return index
+
+
 def generate(config: DemoConfig) -> Iterator[tuple[str, str, Scene]]:
     """Yield (relative path, class, scene) for every image of the world, in index order."""
     names = list(CLASSES)
     for index in range(config.n_images):
         label = names[index % len(names)]
-        rng = np.random.default_rng([config.seed, index])
-        yield f"{label}/{index:06d}.png", label, sample_scene(rng, label, config.image_size)
+        yield f"{label}/{index:06d}.png", label, render_scene(config, index)
 
 
 @contextlib.contextmanager

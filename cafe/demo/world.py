@@ -93,19 +93,46 @@ def _describe(labels: np.ndarray, obj_id: int, kind: str, causal: bool) -> Scene
     return SceneObject(obj_id, kind, causal, bbox, int(ys.size))
 
 
-def sample_scene(rng: Rng, label: str, size: int) -> Scene:
-    """Draw one scene of class `label` at size x size pixels."""
+@dataclass(frozen=True)
+class SceneDraw:
+    """Every random draw of one scene, before composition: object kinds, whether each is causal, their sprites,
+    their top-left corners (None: a distractor that did not fit) and the background (size, size, 3) in [0, 1]."""
+
+    kinds: tuple[str, ...]
+    causal: tuple[bool, ...]
+    sprites: tuple[Sprite, ...]
+    corners: tuple[tuple[int, int] | None, ...]
+    background: np.ndarray
+
+
+def draw_scene(rng: Rng, label: str, size: int) -> SceneDraw:
+    """Draw everything random about one scene of class `label` at size x size pixels (no pixels composed yet)."""
     unit = size / 64
     kinds = list(CLASSES[label]) + list(rng.choice(DISTRACTORS, int(rng.integers(0, MAX_DISTRACTORS + 1))))
     causal = [i < len(CLASSES[label]) for i in range(len(kinds))]
     sprites = [SPRITES[kind](rng, unit) for kind in kinds]
     corners = _place(rng, [s.mask.shape for s in sprites], causal, size)
-    image, labels = background(rng, size), np.zeros((size, size), dtype=np.uint8)
+    return SceneDraw(tuple(map(str, kinds)), tuple(causal), tuple(sprites), tuple(corners), background(rng, size))
+
+
+def compose(draw: SceneDraw, omit: frozenset[int] | set[int] = frozenset()) -> Scene:
+    """Paste the drawn objects on the background, leaving out the objects whose ids are in `omit`.
+
+    Ids are those of the full scene (1.. in placement order), with or without omissions, so objects.csv rows
+    name the same object in every counterfactual; an omitted object shows the background it covered. Objects
+    never overlap, so every other pixel is the full scene's.
+    """
+    image, labels = draw.background.copy(), np.zeros(draw.background.shape[:2], dtype=np.uint8)
     objects = []
-    for kind, is_causal, sprite, corner in zip(kinds, causal, sprites, corners):
-        if corner is not None:
-            obj_id = len(objects) + 1
+    placed = [(k, c, s, xy) for k, c, s, xy in zip(draw.kinds, draw.causal, draw.sprites, draw.corners) if xy]
+    for obj_id, (kind, is_causal, sprite, corner) in enumerate(placed, start=1):
+        if obj_id not in omit:
             _paste(image, labels, sprite, corner, obj_id)
-            objects.append((obj_id, str(kind), is_causal))
+            objects.append((obj_id, kind, is_causal))
     pixels = np.round(image * 255).astype(np.uint8)
     return Scene(pixels, labels, tuple(_describe(labels, *obj) for obj in objects))
+
+
+def sample_scene(rng: Rng, label: str, size: int) -> Scene:
+    """Draw and compose one scene of class `label` at size x size pixels."""
+    return compose(draw_scene(rng, label, size))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import World, cause_kinds, cause_regions, load_world
+from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.report import figure, metrics, summarize
 from cafe.ground_truth.scoring import chance, score_map
 from cafe.io import save_figure, write_csv, write_json
@@ -45,19 +45,6 @@ TARGET_COLUMNS = [
     "chance",
 ]
 SCORE_COLUMNS = ["method", "mass_in", "hit", "weakest_part"]
-
-
-@dataclass(frozen=True)
-class GroundTruthConfig:
-    """How causes become patch masks (params.yaml `ground_truth:`)."""
-
-    patch_overlap: float = 0.25  # a patch is in an object if at least this share of its pixels are
-    kind_purity: float = 0.8  # a kind is a feature's cause if it is planted in this share of its top images
-
-    def __post_init__(self) -> None:
-        for name in ("patch_overlap", "kind_purity"):
-            if not 0 < getattr(self, name) <= 1:
-                raise CafeError(f"params: ground_truth.{name} must be in (0, 1], got {getattr(self, name)}")
 
 
 def _lookup(manifest: pd.DataFrame, world: World, index: int, where: str) -> tuple[str, str]:

@@ -29,11 +29,14 @@ OBJECT_COLUMNS = ("path", "object", "kind", "causal")
 
 @dataclass(frozen=True)
 class World:
-    """The demo's record: planted (causal) objects per image path as (id, kind), and the pixel label maps."""
+    """The demo's record: planted (causal) objects per image path as (id, kind), the pixel label maps, and the
+    world's seed and image size (enough to re-render any scene: `cafe.demo.render_scene`)."""
 
     objects: dict[str, list[tuple[int, str]]]
     labels: np.ndarray
     row: dict[str, int]
+    seed: int
+    image_size: int
 
     def kinds(self, path: str) -> set[str]:
         """Planted object kinds present in image `path`."""
@@ -51,6 +54,7 @@ def load_world(objects_csv: str | Path, masks_h5: str | Path) -> World:
     with open_h5(masks_h5, required=("path", "labels")) as h5:
         paths = list(h5["path"].asstr()[:])
         labels = h5["labels"][:]
+        seed, image_size = int(h5.attrs.get("seed", 0)), int(h5.attrs.get("image_size", labels.shape[-1]))
     row = {path: i for i, path in enumerate(paths)}
     unknown = sorted(set(table["path"]) - set(row))
     if unknown:
@@ -62,7 +66,7 @@ def load_world(objects_csv: str | Path, masks_h5: str | Path) -> World:
     objects: dict[str, list[tuple[int, str]]] = {}
     for path, obj, kind in zip(table["path"][causal], table["object"][causal], table["kind"][causal]):
         objects.setdefault(path, []).append((int(obj), str(kind)))
-    return World(objects, labels, row)
+    return World(objects, labels, row, seed, image_size)
 
 
 def cause_kinds(world: World, top_paths: list[str], purity: float) -> tuple[str, ...]:

@@ -70,3 +70,9 @@ def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
     return as_json({"batch_size": section["batch_size"], method: section.get(method, {})})
+
+
+def ground_truth_params(*keys):
+    """Only the ground_truth values one rule depends on (defaults filled in): a new Shapley threshold does not
+    rescore the maps against the planted masks."""
+    return as_json({key: config["ground_truth"][key] for key in keys})

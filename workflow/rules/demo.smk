@@ -44,7 +44,7 @@ rule ground_truth:
         figure=report("results/figures/ground_truth.png", caption="../report/ground_truth.rst", category="Demo"),
         metrics="results/metrics/ground_truth.json",
     params:
-        cfg=as_json(config["ground_truth"]),
+        cfg=ground_truth_params("patch_overlap", "kind_purity"),
         layers=LAYERS,
         methods=ERF_METHODS,
     log:
@@ -56,5 +56,51 @@ rule ground_truth:
         "--out-figure {output.figure} --metrics {output.metrics} > {log} 2>&1"
 
 
+rule counterfactuals:
+    input:
+        backbone_checkpoint(),
+        features="results/features/layer{layer}.h5",
+        sae="results/sae/layer{layer}.pt",
+        manifest="results/data/manifest.csv",
+        objects="results/demo/objects.csv",
+        masks="results/demo/masks.h5",
+    output:
+        "results/ground_truth/counterfactual/layer{layer}.csv",
+    params:
+        cfg=ground_truth_params("batch_size"),
+        backbone=as_json(config["backbone"]),
+    log:
+        "results/logs/counterfactuals/layer{layer}.log",
+    shell:
+        "cafe counterfactuals --params {params.cfg:q} --backbone {params.backbone:q} --layer {wildcards.layer} "
+        "--features {input.features} --sae {input.sae} --manifest {input.manifest} --objects {input.objects} "
+        "--masks {input.masks} --out {output} > {log} 2>&1"
+
+
+rule compositional:
+    input:
+        counterfactuals=expand("results/ground_truth/counterfactual/layer{layer}.csv", layer=LAYERS),
+        features=expand("results/features/layer{layer}.h5", layer=LAYERS),
+        erf=expand("results/erf/layer{layer}/{method}.h5", layer=LAYERS, method=ERF_METHODS),
+        objects="results/demo/objects.csv",
+        masks="results/demo/masks.h5",
+    output:
+        targets="results/ground_truth/compositional.csv",
+        table=report("results/tables/compositional.csv", caption="../report/compositional_table.rst", category="Demo"),
+        figure=report("results/figures/compositional.png", caption="../report/compositional.rst", category="Demo"),
+        metrics="results/metrics/compositional.json",
+    params:
+        cfg=ground_truth_params("patch_overlap", "min_effect", "suffices", "bootstrap"),
+        layers=LAYERS,
+        methods=ERF_METHODS,
+    log:
+        "results/logs/compositional.log",
+    shell:
+        "cafe compositional --params {params.cfg:q} --layers {params.layers} --methods {params.methods} "
+        "--features {input.features} --counterfactuals {input.counterfactuals} --erf-dir results/erf "
+        "--objects {input.objects} --masks {input.masks} --out-targets {output.targets} "
+        "--out-table {output.table} --out-figure {output.figure} --metrics {output.metrics} > {log} 2>&1"
+
+
 def ground_truth_outputs():
-    return rules.ground_truth.output if DEMO else []
+    return [*rules.ground_truth.output, *rules.compositional.output] if DEMO else []
