@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ground-truth": ("cafe.ground_truth", "score maps against the demo's planted causes"),
     "sheets": ("cafe.annotation", "annotation sheet, galleries and HTML index of one layer"),
     "annotate-init": ("cafe.annotation", "start a human annotation file from a sheet (never overwrites)"),
+    "annotate": ("cafe.annotation", "label a layer's features in a browser by keys (local server, writes the CSV)"),
     "fig5": ("cafe.annotation", "validate human annotations and draw Fig 5"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }

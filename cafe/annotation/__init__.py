@@ -2,18 +2,20 @@
 their answers, an automatic non-locality score beside them, and Fig 5.
 
 Modules: `targets` (read features + ERF), `score` (automatic score, agreement), `gallery` and `index` (what a
-person looks at), `sheets` (the `sheets` step), `schema` and `ingest` (human files, `annotate-init`), `fig5`.
+person looks at), `sheets` (the `sheets` step), `schema` and `ingest` (human files, `annotate-init`),
+`answers`, `server` and `page` (`cafe annotate`, the keyboard labelling page), `fig5`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from cafe.annotation import fig5, ingest, sheets
+from cafe.annotation import fig5, ingest, server, sheets
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `sheets`, `annotate-init` and `fig5` to the cafe command line."""
+    """Add `sheets`, `annotate-init`, `annotate` and `fig5` to the cafe command line."""
     sheets.add_command(subparsers)
     ingest.add_command(subparsers)
+    server.add_command(subparsers)
     fig5.add_command(subparsers)
