@@ -26,8 +26,9 @@ rule sheets:
 
 
 def annotation_files(wildcards=None):
-    """The human files that exist now: a layer nobody has annotated yet is not an error."""
-    return [f"data/annotations/layer{layer}.csv" for layer in LAYERS if Path(f"data/annotations/layer{layer}.csv").exists()]
+    """The human files that exist now, one person's (data/annotations/layer{L}.csv) and each annotator's
+    (data/annotations/<name>/layer{L}.csv): a layer nobody has annotated yet is not an error."""
+    return [str(path) for layer in LAYERS for path in human_files("data/annotations", layer).values()]
 
 
 rule fig5:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from cafe.annotation.ingest import human_files
 from cafe.errors import CafeError
 from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
 
