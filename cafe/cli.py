@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate-init": ("cafe.annotation", "start a human annotation file from a sheet (never overwrites)"),
     "annotate": ("cafe.annotation", "label a layer's features in a browser by keys (local server, writes the CSV)"),
     "fig5": ("cafe.annotation", "validate human annotations and draw Fig 5"),
+    "fig1": ("cafe.annotation", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
+    "fig4": ("cafe.annotation", "Fig 4: non-local features across layers, image | activation map | ERF"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

@@ -50,6 +50,13 @@ def load_gallery_images(
 ) -> dict[int, np.ndarray]:
     """The shown images as uint8 (size, size, 3), cropped like the model saw them, keyed by manifest index."""
     wanted = sorted({int(targets.image[n, j]) for n, cols in enumerate(shown_targets(targets, k)) for j in cols})
+    return load_indexed_images(wanted, root, paths, size)
+
+
+def load_indexed_images(
+    wanted: list[int], root: str | Path, paths: dict[int, str], size: int = DISPLAY_SIZE
+) -> dict[int, np.ndarray]:
+    """Images by manifest index as uint8 (size, size, 3), cropped like the model saw them."""
     images = {}
     for start in tqdm(range(0, len(wanted), LOAD_CHUNK), desc="gallery images", unit="chunk", leave=False):
         chunk = wanted[start : start + LOAD_CHUNK]
@@ -101,7 +108,7 @@ def token_label(token: int, grid: int) -> str:
 
 
 @dataclass
-class _Panel:
+class Panel:
     """One half of a pair: the image, a map over it, and both peaks."""
 
     ax: object
@@ -111,7 +118,7 @@ class _Panel:
     title: object
 
     @classmethod
-    def build(cls, ax, grid: int) -> _Panel:
+    def build(cls, ax, grid: int) -> Panel:
         extent = (-0.5, grid - 0.5, grid - 0.5, -0.5)  # patch (row, col) = data (y, x)
         image = ax.imshow(np.zeros((2, 2, 3), np.uint8), extent=extent, interpolation="nearest")
         act_mark = ax.plot([], [], "o", ms=11, mfc="none", mec="white", mew=2, path_effects=OUTLINE)[0]
@@ -151,7 +158,7 @@ class GalleryFigure:
             hspace=0.3,
         )
         slots = [axes[i // cols, 2 * (i % cols) :][:2] for i in range(k)]
-        self.pairs = [(_Panel.build(act_ax, grid), _Panel.build(erf_ax, grid)) for act_ax, erf_ax in slots]
+        self.pairs = [(Panel.build(act_ax, grid), Panel.build(erf_ax, grid)) for act_ax, erf_ax in slots]
         for ax in axes.flat[2 * k :]:
             ax.remove()
         self.title = self.figure.suptitle("", fontsize=10, fontweight="bold")

@@ -48,3 +48,8 @@ def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
     return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+
+
+def annotation_params(*keys):
+    """Only the annotation values a job depends on: a Fig 4 setting does not redraw every gallery."""
+    return as_json({key: config["annotation"][key] for key in keys if key in config["annotation"]})
