@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import annotate_server, chromium  # noqa: E402 (the tests' Chromium and server helpers)
+from browser import annotate_server, chromium
 
 SHOWN = "return document.images.length > 0 && [...document.images].every(i => i.complete && i.naturalWidth > 0)"
 
@@ -50,7 +50,9 @@ def label(workspace: Path, layer: int, n: int, annotator: str, screenshot: Path)
             wait(driver, lambda d, done=done: f"{done} / " in d.find_element("id", "progress").text)
             wait(driver, lambda d: d.execute_script(SHOWN))
             latencies.append(time.perf_counter() - t0)
-    written = pd.read_csv(workspace / f"data/annotations/{annotator}/layer{layer}.csv", dtype=str, keep_default_na=False)
+    written = pd.read_csv(
+        workspace / f"data/annotations/{annotator}/layer{layer}.csv", dtype=str, keep_default_na=False
+    )
     answered = int((written["non_local"] != "").sum())
     return {
         "layer": layer,

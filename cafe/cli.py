@@ -1,9 +1,10 @@
 """The `cafe` command line: one subcommand per step of the DAG. Snakemake rules call these; people can too.
 
-Each step module exposes `register(subparsers)`, adding its subcommands with `func` set. Only the module of
-the command being run is imported (a pipeline run starts ~90 short processes; importing every step's
-dependencies each time would cost minutes). Commands that need parameters take the relevant params.yaml
-section as JSON (`--params`), so a rule passes exactly the values its job depends on.
+The module named for a command exposes `register(subparsers)`, adding its subcommands with `func` set to the
+handler `run_<command>`. Only the module of the command being run is imported (a pipeline run starts ~90 short
+processes; importing every step's dependencies each time would cost minutes). Commands that need parameters
+take the relevant params.yaml section as JSON (`--params`), so a rule passes exactly the values its job
+depends on.
 """
 
 from __future__ import annotations
@@ -17,23 +18,27 @@ from cafe.errors import CafeError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("cafe.demo", "generate the demo scenes (ImageFolder) with object records and masks"),
-    "train-demo-backbone": ("cafe.demo_backbone", "train the demo OpenCLIP tower on the demo scenes"),
-    "manifest": ("cafe.images", "list which images are used, in which split and order"),
+    "train-demo-backbone": ("cafe.demo.backbone", "train the demo OpenCLIP tower on the demo scenes"),
+    "manifest": ("cafe.manifest", "list which images are used, in which split and order"),
     "activations": ("cafe.activations", "write residual-stream activations of every layer (one pass)"),
-    "sae": ("cafe.sae", "train one layer's Matryoshka SAE, streaming from its activations"),
-    "sae-summary": ("cafe.sae", "collect per-layer SAE metrics into one DVC metrics file"),
+    "sae": ("cafe.sae.command", "train one layer's Matryoshka SAE, streaming from its activations"),
+    "sae-summary": ("cafe.sae.command", "collect per-layer SAE metrics into one DVC metrics file"),
     "features": ("cafe.features", "top activations of the first N features of one layer's SAE"),
-    "erf": ("cafe.erf", "effective receptive fields of the feature targets, by one attribution method"),
-    "insertion": ("cafe.insertion", "insertion/deletion curves of one ranking method"),
-    "greedy": ("cafe.insertion", "greedy insertion ceiling on a few targets"),
-    "fig3": ("cafe.figures", "AUC table, statistics and Fig 3"),
+    "erf": ("cafe.erf.command", "effective receptive fields of the feature targets, by one attribution method"),
+    "insertion": ("cafe.insertion.command", "insertion/deletion curves of one ranking method"),
+    "greedy": ("cafe.insertion.command", "greedy insertion ceiling on a few targets"),
+    "fig3": ("cafe.insertion.fig3", "AUC table, statistics and Fig 3"),
     "ground-truth": ("cafe.ground_truth", "score maps against the demo's planted causes"),
-    "sheets": ("cafe.annotation", "annotation sheet, galleries and HTML index of one layer"),
-    "annotate-init": ("cafe.annotation", "start a human annotation file from a sheet (never overwrites)"),
-    "annotate": ("cafe.annotation", "label a layer's features in a browser by keys (local server, writes the CSV)"),
-    "fig5": ("cafe.annotation", "validate human annotations and draw Fig 5"),
-    "fig1": ("cafe.annotation", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
-    "fig4": ("cafe.annotation", "Fig 4: non-local features across layers, image | activation map | ERF"),
+    "sheets": ("cafe.annotation.sheets", "annotation sheet, galleries and HTML index of one layer"),
+    "annotate-init": ("cafe.annotation.ingest", "start a human annotation file from a sheet (never overwrites)"),
+    "annotate": (
+        "cafe.annotation.server",
+        "label a layer's features in a browser by keys (local server, writes the CSV)",
+    ),
+    "fig5": ("cafe.annotation.fig5", "validate human annotations and draw Fig 5"),
+    "fig1": ("cafe.annotation.examples", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
+    "fig4": ("cafe.annotation.examples", "Fig 4: non-local features across layers, image | activation map | ERF"),
+    "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

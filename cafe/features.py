@@ -1,19 +1,6 @@
-"""Top activations of the first N SAE features over the analysis images: per feature, the top-k distinct images
-by the feature's maximum over tokens, the argmax token, and the feature's activation map on each of them.
-
-results/features/layer{L}.h5 (read by the ERF, insertion, annotation and ground-truth steps):
-
-    feature          (N,) int64        feature ids 0..N-1 (Matryoshka puts the coarse concepts first)
-    image            (N, K) int64      manifest index, -1 where a feature is active on fewer than K images
-    analysis_row     (N, K) int64      row in the activation file's `analysis` dataset (-1 likewise)
-    token            (N, K) int64      argmax token in that image (0 = CLS, 1.. patches row-major)
-    value            (N, K) float32    the activation there (0 where no image)
-    act_map          (N, K, T) float32 the feature's activation at every token of that image
-    max_value        (N,) float32      the feature's maximum over all analysis tokens
-    n_active_images  (N,) int64        analysis images where the feature fires at any token
-    cls_only         (N,) bool         fires on the CLS token of some image and never on a patch token
-
-Attributes: layer, grid, n_tokens, top_k, sae_fingerprint, backbone, manifest_hash.
+"""`cafe features`: top activations of the first N SAE features over the analysis images: per feature, the top-k
+distinct images by the feature's maximum over tokens, the argmax token, and the feature's activation map on
+each of them. Written as the features contract (`cafe.io.features`).
 """
 
 from __future__ import annotations
@@ -24,16 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cafe.activations import iter_analysis, layer_attrs, open_layer
 from cafe.backbone import resolve_device
+from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.io import atomic_path
-from cafe.params import parse_section
+from cafe.io.activations import iter_analysis, layer_attrs, open_layer
+from cafe.io.features import write_features
 from cafe.sae import MatryoshkaSAE, load_sae
 
 log = logging.getLogger(__name__)
@@ -45,8 +31,8 @@ READ_TOKENS = 1 << 13  # analysis tokens read and encoded at a time
 class FeaturesConfig:
     """Which features and how many top images each (params.yaml `features:`)."""
 
-    n_features: int = 100
-    top_k: int = 6
+    n_features: int = 32  # the first N features of each SAE (the paper: 100)
+    top_k: int = 4  # top activations (distinct images) per feature
 
     def __post_init__(self) -> None:
         for name in ("n_features", "top_k"):
@@ -142,20 +128,19 @@ def find_features(
         attrs = layer_attrs(handle)
     _check_match(meta, attrs, Path(sae_path), Path(activations))
     arrays = top_images(sae, activations, config, sae.W_e.device)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
-        for name, array in arrays.items():
-            handle.create_dataset(name, data=array)
-        handle.attrs.update(
-            {
-                "layer": attrs["layer"],
-                "grid": attrs["grid"],
-                "n_tokens": attrs["n_tokens"],
-                "top_k": config.top_k,
-                "sae_fingerprint": meta["fingerprint"],
-                "backbone": attrs["backbone"],
-                "manifest_hash": attrs["manifest_hash"],
-            }
-        )
+    write_features(
+        out,
+        arrays,
+        {
+            "layer": attrs["layer"],
+            "grid": attrs["grid"],
+            "n_tokens": attrs["n_tokens"],
+            "top_k": config.top_k,
+            "sae_fingerprint": meta["fingerprint"],
+            "backbone": attrs["backbone"],
+            "manifest_hash": attrs["manifest_hash"],
+        },
+    )
     active = arrays["n_active_images"] > 0
     log.info(
         "layer %d: %d of %d features active on the analysis images, %d CLS-only -> %s",

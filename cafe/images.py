@@ -1,17 +1,10 @@
-"""Images in: an ImageFolder reader (`<root>/<class>/<image>`), the seeded train/analysis manifest, and image
-loading with OpenCLIP's eval transform (resize the shorter side, center crop, RGB, [0, 1]).
-
-manifest.csv columns: `index` (row id, what every later file calls an image), `split` (train | analysis),
-`path` (relative to the root, posix), `class` (the class folder's name).
-"""
+"""Images in: an ImageFolder lister (`<root>/<class>/<image>`) and image loading with OpenCLIP's eval transform
+(resize the shorter side, center crop, RGB, [0, 1]), by path or by manifest index."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,33 +13,16 @@ import pandas as pd
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.io import write_csv
-from cafe.params import DEMO_IMAGES, parse_section
+from cafe.io import file_hash
+from cafe.io.features import FeatureFile
+from cafe.io.manifest import read_manifest
 
 if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
     import torch
     from torch.utils.data import DataLoader
 
-log = logging.getLogger(__name__)
-
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-MANIFEST_COLUMNS = ("index", "split", "path", "class")
-SPLITS = ("train", "analysis")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which images the pipeline sees (params.yaml `data:`)."""
-
-    images: str = DEMO_IMAGES
-    n_train: int = 1600
-    n_analysis: int = 240
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_analysis"):
-            if getattr(self, name) < 1:
-                raise CafeError(f"params: data.{name} must be >= 1, got {getattr(self, name)}")
+ImageLoader = Callable[[np.ndarray], "torch.Tensor"]  # manifest indices -> (B, 3, H, W) in [0, 1]
 
 
 def list_images(root: str | os.PathLike) -> pd.DataFrame:
@@ -74,39 +50,6 @@ def _images_in(root: Path, name: str) -> list[str]:
         rel = Path(folder).relative_to(root)
         found += [(rel / f).as_posix() for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return found
-
-
-def make_manifest(config: DataConfig) -> pd.DataFrame:
-    """A seeded, disjoint draw of n_train + n_analysis images; rows of each split in path order."""
-    images = list_images(config.images)
-    wanted = config.n_train + config.n_analysis
-    if wanted > len(images):
-        raise CafeError(
-            f"data: n_train + n_analysis = {config.n_train} + {config.n_analysis} = {wanted}, but "
-            f"{config.images!r} holds only {len(images)} images"
-        )
-    order = np.random.default_rng(config.seed).permutation(len(images))
-    picks = {"train": order[: config.n_train], "analysis": order[config.n_train : wanted]}
-    parts = [images.iloc[np.sort(rows)].assign(split=split) for split, rows in picks.items()]
-    manifest = pd.concat(parts, ignore_index=True)
-    manifest.insert(0, "index", np.arange(len(manifest)))
-    return manifest[list(MANIFEST_COLUMNS)]
-
-
-def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
-    """Read a manifest (optionally one split), checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise CafeError(f"{path}: manifest not found (has the `manifest` step run?)")
-    manifest = pd.read_csv(path, dtype={"path": str, "class": str, "split": str})
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise CafeError(f"{path}: manifest lacks column(s) {missing}; re-run the `manifest` step")
-    if split is None:
-        return manifest
-    if split not in SPLITS:
-        raise CafeError(f"{path}: unknown split {split!r} (splits: {SPLITS})")
-    return manifest[manifest["split"] == split].reset_index(drop=True)
 
 
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -173,23 +116,13 @@ def image_batches(
     )
 
 
-def run_manifest(args: argparse.Namespace) -> None:
-    """CLI: write the manifest CSV."""
-    config = parse_section(DataConfig, args.params, "data")
-    manifest = make_manifest(config)
-    write_csv(args.out, manifest)
-    log.info(
-        "manifest: %d train + %d analysis images of %d classes -> %s",
-        config.n_train,
-        config.n_analysis,
-        manifest["class"].nunique(),
-        args.out,
-    )
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cafe manifest`."""
-    parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
-    parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
-    parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
-    parser.set_defaults(func=run_manifest)
+def manifest_loader(manifest: str, root: str, size: int, ff: FeatureFile) -> ImageLoader:
+    """A function from manifest indices to images (B, 3, size, size) in [0, 1]; checks the features' indices exist."""
+    if ff.manifest_hash and ff.manifest_hash != file_hash(manifest):
+        raise CafeError(f"{ff.path}: found on another manifest than {manifest}; re-run the features step")
+    frame = read_manifest(manifest)
+    paths = dict(zip(frame["index"].tolist(), frame["path"]))
+    missing = sorted(set(np.unique(ff.image[ff.image >= 0]).tolist()) - set(paths))
+    if missing:
+        raise CafeError(f"{ff.path}: image indices {missing[:5]} are not in {manifest}; the manifest changed since")
+    return lambda indices: load_images(root, [paths[i] for i in indices.tolist()], size)

@@ -1,93 +1,172 @@
-"""Turn a params section (a dict from params.yaml, passed by a rule as JSON) into a frozen config dataclass.
+"""Every parameter of a study in one tree (`Params`), and its validation as the DAG loads.
 
-Unknown keys are errors that name the key, so a typo in params.yaml never silently falls back to a default.
+Each default has one home: the config dataclass of the step that uses it (documented there), and the defaults
+are the embedded demo. `Params` composes those dataclasses; params.yaml and any `--configfile` only override,
+merged key by key in that order (as Snakemake merges config files). Validation runs the JSON schema (types,
+ranges, the registries' names), builds `Params` (each step's own checks), then checks across fields and steps
+(e.g. layer 30 of a 24-block tower). This module sits above every step; no step imports it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from cafe.activations.extract import ActivationsConfig
+from cafe.annotation.config import AnnotationConfig
+from cafe.backbone import BackboneConfig, tower_shape
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
+from cafe.demo import DemoConfig
+from cafe.demo.backbone import DemoBackboneConfig
+from cafe.erf.config import ATTENTION_RULES, ErfConfig
+from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
-
-T = TypeVar("T")
-
-
-def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) -> T:
-    """Build `cls` from a dict (or JSON text); nested dataclass fields are parsed recursively."""
-    values = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise CafeError(
-            f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {sorted(fields)}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = parse_section(hint, value, f"{section}.{name}")
-        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
-            value = tuple(value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise CafeError(f"params: {section}: {exc}") from exc
+from cafe.features import FeaturesConfig
+from cafe.ground_truth import GroundTruthConfig
+from cafe.insertion.canvases import CANVASES
+from cafe.insertion.config import InsertionConfig
+from cafe.manifest import DataConfig
+from cafe.sae.model import SAEConfig
+from cafe.sae.nonlinearity import ACTIVATIONS
 
 
-def as_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as plain JSON-able data (for checkpoints and HDF5 attributes)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+@dataclass(frozen=True)
+class DemoParams(DemoConfig):
+    """params.yaml `demo:`: the demo world (DemoConfig), whether it is used, and the training of its tower."""
+
+    enabled: bool = True  # make the scenes and train the demo tower; data.images and backbone point at them
+    backbone: DemoBackboneConfig = field(default_factory=DemoBackboneConfig)
 
 
-DEMO_IMAGES = "results/demo/images"
-DEMO_BACKBONE = "results/backbone/demo.pt"
+def _demo_backbone() -> BackboneConfig:
+    return BackboneConfig(model="cafe-demo-vit", pretrained=DEMO_BACKBONE)
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
-    """Check params against the JSON schema, then across fields; every error names its key."""
-    import jsonschema
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml, defaults included. `layers` has none: which blocks a study looks at is its
+    subject, stated in params.yaml (the demo: 2, 4, 6; the paper: all 24)."""
+
+    layers: tuple[int, ...]  # blocks (1-based) whose residual stream is studied
+    demo: DemoParams = field(default_factory=DemoParams)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=_demo_backbone)  # the demo tower the pipeline trains
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    erf: ErfConfig = field(default_factory=ErfConfig)
+    insertion: InsertionConfig = field(default_factory=InsertionConfig)
+    ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+
+
+def defaults() -> dict[str, Any]:
+    """The default of every section as plain data (what an empty section of params.yaml means)."""
+    return {f.name: as_dict(f.default_factory()) for f in fields(Params) if f.default_factory is not MISSING}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into `base` key by key (nested sections too); lists and scalars replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if both_sections else value
+    return merged
+
+
+def resolve(config: dict[str, Any]) -> Params:
+    """The parameters a study runs with: the defaults, overridden by `config` (unknown keys are errors)."""
+    values = merge(defaults(), config)
+    return parse_section(Params, values, "")
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """The params schema with the registries' names added as enums (`$defs`): a name is written once, in its
+    registry."""
     import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    schema = yaml.safe_load(Path(path).read_text())
+    schema.setdefault("$defs", {}).update(
+        {
+            "erf_method": {"enum": list(ATTRIBUTION_METHODS)},
+            "attention_rule": {"enum": list(ATTENTION_RULES)},
+            "canvas": {"enum": list(CANVASES)},
+            "sae_activation": {"enum": list(ACTIVATIONS)},
+        }
+    )
+    return schema
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Check params against the JSON schema, build them with their defaults, check across fields; every error
+    names its key. Returns every parameter as plain data (defaults filled in), what the rules pass on."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
         raise CafeError("params: invalid values\n" + "\n".join(lines))
-    check_config(config)
+    params = resolve(config)
+    check_params(params)
+    return as_dict(params)
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
-    from cafe.annotation.config import AnnotationConfig
-    from cafe.backbone import tower_shape
-    from cafe.features import FeaturesConfig
-    from cafe.sae.model import SAEConfig
+    """Cross-field checks of a params dict (defaults filled in first)."""
+    check_params(resolve(config))
 
-    shape = tower_shape(config["backbone"]["model"])
-    bad = [layer for layer in config["layers"] if layer > shape.depth]
+
+def check_params(params: Params) -> None:
+    """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
+    shape = tower_shape(params.backbone.model)
+    bad = [layer for layer in params.layers if layer > shape.depth]
     if bad:
-        raise CafeError(f"params: layers {bad} do not exist: {config['backbone']['model']} has blocks 1..{shape.depth}")
-    # the values the steps will use, defaults included
-    sae = parse_section(SAEConfig, config["sae"], "sae")
-    features = parse_section(FeaturesConfig, config["features"], "features")
-    annotation = parse_section(AnnotationConfig, config["annotation"], "annotation")
-    n_latents = sae.expansion * shape.width
-    if features.n_features > n_latents:
-        raise CafeError(f"params: features.n_features = {features.n_features} exceeds the SAE's {n_latents} latents")
-    if annotation.n_features > features.n_features:
+        raise CafeError(f"params: layers {bad} do not exist: {params.backbone.model} has blocks 1..{shape.depth}")
+    n_latents = params.sae.expansion * shape.width
+    if params.features.n_features > n_latents:
+        raise CafeError(
+            f"params: features.n_features = {params.features.n_features} exceeds the SAE's {n_latents} latents"
+        )
+    if params.annotation.n_features > params.features.n_features:
         raise CafeError(
             "params: annotation.n_features must not exceed features.n_features (sheets need those features)"
         )
-    if annotation.gallery_k > features.top_k:
+    if params.annotation.gallery_k > params.features.top_k:
         raise CafeError("params: annotation.gallery_k must not exceed features.top_k")
-    if config["demo"]["enabled"] and config["data"]["images"] != DEMO_IMAGES:
+    if params.demo.enabled and params.data.images != DEMO_IMAGES:
         raise CafeError(
             f"params: demo.enabled is true, so data.images must be {DEMO_IMAGES!r} (or set demo.enabled: false)"
         )
+    if not params.demo.enabled and (params.data.images == DEMO_IMAGES or params.backbone.pretrained == DEMO_BACKBONE):
+        raise CafeError(
+            "params: demo.enabled is false, so the demo's tower and scenes are not made: set backbone.pretrained "
+            "(an OpenCLIP tag or a checkpoint path) and data.images (an ImageFolder)"
+        )
+
+
+def run_params(args: argparse.Namespace) -> None:
+    """CLI: print every parameter a study runs with (defaults, then params.yaml, then --configfile)."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for path in [args.params, *args.configfile]:
+        try:
+            config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise CafeError(f"{path}: cannot read params ({exc})") from exc
+    resolved = as_dict(resolve(config)) if args.resolved else defaults()
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cafe params`."""
+    parser = subparsers.add_parser("params", help="print every parameter with its value (defaults filled in)")
+    parser.add_argument("--params", default="params.yaml", help="the params file to read (default params.yaml)")
+    parser.add_argument("--configfile", nargs="*", default=[], help="further files merged on top, in order")
+    parser.add_argument(
+        "--defaults", dest="resolved", action="store_false", help="print the defaults only (an empty params.yaml)"
+    )
+    parser.set_defaults(func=run_params)

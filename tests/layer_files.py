@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cafe.activations import LayerInfo, LayerWriter
+from cafe.io.activations import LayerInfo, LayerWriter
 
 
 def write_layer(path: Path, train: np.ndarray, analysis: np.ndarray, layer: int = 1) -> Path:

@@ -27,8 +27,8 @@ import torch
 
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.bench.lxt_worker import gradient_x_input, patch_lxt
+from cafe.feature_target import FeatureTarget
 from cafe.sae import MatryoshkaSAE
-from cafe.target import FeatureTarget
 
 
 def load_world(blob: dict) -> tuple[Backbone, MatryoshkaSAE]:

@@ -11,11 +11,15 @@ import pytest
 import torch
 from layer_files import write_layer
 
-from cafe.activations import ActivationsConfig, TokenStream, extract, iter_analysis, layer_path, open_layer
+from cafe.activations import ActivationsConfig, extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
-from cafe.images import DataConfig, load_images, make_manifest, read_manifest
+from cafe.images import load_images
 from cafe.io import file_hash, write_csv
+from cafe.io.activations import iter_analysis, layer_path, open_layer
+from cafe.io.manifest import read_manifest
+from cafe.manifest import DataConfig, make_manifest
+from cafe.sae.feed import TokenStream
 
 
 @pytest.fixture()
@@ -123,7 +127,7 @@ def test_too_many_tokens_per_image_is_an_error(
 @pytest.fixture()
 def counted_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """1000 train tokens whose first two columns spell the row number; chunks of 64 rows."""
-    monkeypatch.setattr("cafe.activations.store.CHUNK_BYTES", 64 * 2 * 8)
+    monkeypatch.setattr("cafe.io.activations.CHUNK_BYTES", 64 * 2 * 8)
     rows = np.arange(1000)
     train = np.zeros((1000, 8), np.float16)
     train[:, 0], train[:, 1] = rows // 100, rows % 100
@@ -154,7 +158,7 @@ def test_stream_resumes_at_any_batch(counted_file: Path) -> None:
 
 
 def test_stream_memory_stays_within_its_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cafe.activations.store.CHUNK_BYTES", 1 << 14)
+    monkeypatch.setattr("cafe.io.activations.CHUNK_BYTES", 1 << 14)
     train = np.random.default_rng(0).standard_normal((200_000, 16)).astype(np.float16)  # 6.4 MB on disk
     path = write_layer(tmp_path / "big.h5", train, np.zeros((1, 5, 16), np.float16))
     stream = TokenStream(path, batch_size=256, buffer_tokens=4096)  # a 128 KB window

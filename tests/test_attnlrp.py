@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from cafe.backbone import Backbone, BackboneConfig
+from cafe.config import parse_section
 from cafe.erf import ErfConfig, make_method
 from cafe.errors import CafeError
-from cafe.params import parse_section
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 LAYER = 3  # all three blocks of the tiny tower
 TOKENS = torch.tensor([0, 3, 7, 16])  # CLS and patch tokens

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cafe.config import parse_section
 from cafe.demo import CLASSES, COMPOSITIONAL, DemoConfig, register, write_demo
 from cafe.errors import CafeError
-from cafe.params import parse_section
 
 N = 48  # six scenes per class
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cafe.backbone import Backbone, BackboneConfig
+from cafe.config import parse_section
 from cafe.demo import DemoConfig, write_demo
-from cafe.demo_backbone import DemoBackboneConfig, load_image_folder, logits, register, split_holdout
+from cafe.demo.backbone import DemoBackboneConfig, load_image_folder, logits, register, split_holdout
 from cafe.errors import CafeError
-from cafe.params import parse_section
 
 MODEL = "cafe-tiny-vit"  # 32 px, 4x4 patches of 8 px, width 32, 3 blocks
 PARAMS = {"epochs": 6, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "holdout": 0.25, "seed": 0}

@@ -15,14 +15,14 @@ import torch
 from conftest import make_image_folder
 from planted import planted_world
 
+from cafe.config import parse_section
 from cafe.erf import METHODS, ErfConfig, make_method
-from cafe.erf.command import command
+from cafe.erf.command import run_erf
 from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
 from cafe.images import load_images
 from cafe.io import file_hash
-from cafe.params import parse_section
 from cafe.sae import SAEConfig, save_checkpoint
-from cafe.target import FeatureTarget
 
 LAYER = 2
 TOKENS = torch.tensor([0, 5, 11])
@@ -165,7 +165,7 @@ def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, 
         backbone=json.dumps({"model": "cafe-tiny-vit", "seed": 0, "device": "cpu"}),
         **inputs,
     )
-    command(args)
+    run_erf(args)
     with h5py.File(out) as h5:
         maps, value, absorbed, attrs = h5["maps"][()], h5["target_value"][()], h5["absorbed"][()], dict(h5.attrs)
     assert maps.shape == (2, 2, 4, 4) and np.isnan(maps[1, 1]).all() and np.isfinite(maps[[0, 0, 1], [0, 1, 0]]).all()
@@ -180,4 +180,4 @@ def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, 
 def test_erf_command_refuses_an_unknown_method_in_params(tmp_path):
     args = argparse.Namespace(method="gradient", params=json.dumps({"methods": ["attnlrp", "shap"]}))
     with pytest.raises(CafeError, match="erf.methods has unknown method"):
-        command(args)
+        run_erf(args)

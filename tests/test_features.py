@@ -12,13 +12,13 @@ import pytest
 import torch
 from layer_files import write_layer
 
-from cafe import activations, features, images, sae
+from cafe import activations, features, manifest, sae
 from cafe.activations import ActivationsConfig, extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig, find_features
-from cafe.images import DataConfig, make_manifest
 from cafe.io import write_csv
+from cafe.manifest import DataConfig, make_manifest
 from cafe.sae import MatryoshkaSAE, SAEConfig, load_sae, save_checkpoint
 
 DATASETS = {"feature", "image", "analysis_row", "token", "value", "act_map", "max_value", "n_active_images", "cls_only"}
@@ -102,7 +102,8 @@ def test_mismatched_sae_or_too_many_features_is_an_error(
     with pytest.raises(CafeError, match="layer 3"):
         find_features(tiny_layer, other_layer, tmp_path / "f.h5", FeaturesConfig(), "cpu")
     with pytest.raises(CafeError, match="features.n_features = 100 exceeds the SAE's 64"):
-        find_features(tiny_layer, save_sae(tiny_sae, tmp_path / "l2.pt", 2), tmp_path / "f.h5", FeaturesConfig(), "cpu")
+        too_many = FeaturesConfig(n_features=100)
+        find_features(tiny_layer, save_sae(tiny_sae, tmp_path / "l2.pt", 2), tmp_path / "f.h5", too_many, "cpu")
     with pytest.raises(CafeError, match="width 32, but 4"):
         find_features(
             tiny_layer,
@@ -117,7 +118,7 @@ def test_mismatched_sae_or_too_many_features_is_an_error(
 def test_cli_chain_from_image_folder_to_features(image_folder: Path, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    for module in (images, activations, sae, features):
+    for module in (manifest, activations, sae, features):
         module.register(sub)
     backbone = json.dumps({"model": "cafe-tiny-vit", "pretrained": None, "seed": 0, "device": "cpu"})
     commands = [

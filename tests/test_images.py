@@ -13,7 +13,9 @@ from conftest import make_image_folder
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.images import DataConfig, image_batches, list_images, load_images, make_manifest, read_manifest, register
+from cafe.images import image_batches, list_images, load_images
+from cafe.io.manifest import read_manifest
+from cafe.manifest import DataConfig, make_manifest, register
 
 
 def run_cli(argv: list[str]) -> None:

@@ -17,23 +17,17 @@ from planted import planted_world
 from cafe.backbone import Backbone
 from cafe.cli import main
 from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.curves import compose, curves, keep_masks, make_canvas
+from cafe.insertion.curves import compose, curves, keep_masks
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
-from cafe.insertion.run import run_insertion
+from cafe.insertion.run import layer_curves
+from cafe.insertion.selection import activation_scores, erf_scores, sample_targets, select_targets
 from cafe.insertion.summary import curve_aucs, per_target
-from cafe.insertion.targets import (
-    FEATURE_DATASETS,
-    FeatureFile,
-    activation_scores,
-    erf_scores,
-    read_features,
-    sample_targets,
-    select_targets,
-)
 from cafe.io import file_hash
+from cafe.io.features import FEATURE_DATASETS, FeatureFile, read_features
 from cafe.sae import SAEConfig, save_checkpoint
-from cafe.target import FeatureTarget
 
 LAYER = 2
 TINY = {"model": "cafe-tiny-vit", "pretrained": None, "seed": 0, "device": "cpu"}
@@ -164,7 +158,7 @@ def test_greedy_subset_lies_inside_the_tested_subset(tiny_backbone, tiny_sae, im
 
 def test_recovery_is_undefined_where_the_canvas_leaves_nothing_to_recover(tiny_backbone, tiny_sae, images):
     ff = feature_file(tiny_backbone, tiny_sae, images)
-    frame = run_insertion(
+    frame = layer_curves(
         "random", InsertionConfig(steps=4, seeds=2, canvases=("mean",)), tiny_backbone, tiny_sae, ff, loader(images)
     )
     ends = frame[frame["step"].isin([0, 4]) & (frame["kind"] == "insertion")]
@@ -181,8 +175,7 @@ def test_greedy_is_at_least_as_good_as_every_method_on_its_subset(tiny_backbone,
     ff = feature_file(tiny_backbone, tiny_sae, images)
     config = InsertionConfig(steps=4, seeds=2, greedy_targets=3, canvases=("mean",), min_activation=0.0)
     frames = [
-        run_insertion(m, config, tiny_backbone, tiny_sae, ff, loader(images))
-        for m in ("random", "activation", "greedy")
+        layer_curves(m, config, tiny_backbone, tiny_sae, ff, loader(images)) for m in ("random", "activation", "greedy")
     ]
     aucs = per_target(curve_aucs(pd.concat(frames)))
     wide = aucs.pivot_table(index=["kind", "feature", "rank"], columns="method", values="auc").dropna()
@@ -215,7 +208,7 @@ def test_erf_order_recovers_a_planted_nonlocal_feature_faster_than_activation_or
     erf[..., world.source - 1] = 1.0  # the ERF's peak: patch p (token p = patch p - 1)
     config = InsertionConfig(steps=16, seeds=3, canvases=("mean",))
     frames = [
-        run_insertion(method, config, world.backbone, world.sae, ff, loader(world.images), maps)
+        layer_curves(method, config, world.backbone, world.sae, ff, loader(world.images), maps)
         for method, maps in (("erf", erf.reshape(1, 1, 4, 4)), ("activation", None))
     ]
     auc = per_target(curve_aucs(pd.concat(frames))).set_index(["method", "kind"])["auc"]

@@ -11,11 +11,13 @@ import pytest
 import torch
 from layer_files import write_layer
 
-from cafe.activations import TokenStream
 from cafe.errors import CafeError
 from cafe.sae import SAEConfig, load_sae, train
+from cafe.sae.command import summarise
 from cafe.sae.evaluate import input_stats
-from cafe.sae.train import Trainer, partial_path, run_key, summarise
+from cafe.sae.feed import TokenStream
+from cafe.sae.resume import partial_path, run_key
+from cafe.sae.train import Trainer
 
 CONFIG = SAEConfig(expansion=8, steps=300, batch_size=256, lr=3e-3, checkpoint_every=100, l1=3e-3, k=4)
 
@@ -188,7 +190,7 @@ def test_the_same_weights_and_config_give_the_same_fingerprint(layer_file: Path,
 def test_read_ahead_keeps_the_order_raises_the_readers_error_and_stops_when_closed() -> None:
     import threading
 
-    from cafe.sae.train import read_ahead
+    from cafe.sae.feed import read_ahead
 
     cpu = torch.device("cpu")
     assert [int(b) for b in read_ahead((torch.tensor(i) for i in range(10)), cpu, depth=3)] == list(range(10))

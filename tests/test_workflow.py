@@ -45,18 +45,32 @@ def test_default_params_plan_every_rule(tmp_path):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"rule {rule} missing from the plan"
 
 
+def paper_params() -> dict:
+    """The paper's parameters as a run sees them: defaults, then params.yaml, then paper.yaml."""
+    from cafe.params import as_dict, merge, resolve
+
+    files = [REPO / "params.yaml", REPO / "workflow/configs/paper.yaml"]
+    config: dict = {}
+    for path in files:
+        config = merge(config, yaml.safe_load(path.read_text()))
+    return as_dict(resolve(config))
+
+
 def test_paper_config_plans_full_dag_without_weights_or_imagenet(tmp_path):
     root = make_workspace(tmp_path)
     result = dry_run(root, "--configfile", "workflow/configs/paper.yaml")
     assert result.returncode == 0, result.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    assert counts["sae"] == "24" and counts["features"] == "24"
-    assert counts["erf"] == str(24 * 4) and counts["insertion"] == str(24 * 6)
+    paper = paper_params()
+    layers, methods = len(paper["layers"]), len(paper["erf"]["methods"])
+    assert counts["sae"] == str(layers) and counts["features"] == str(layers)
+    rankings = methods + 2  # every ERF method, then the activation baseline and the random floor
+    assert counts["erf"] == str(layers * methods) and counts["insertion"] == str(layers * rankings)
     assert "demo_data" not in counts and "demo_backbone" not in counts
 
 
 def test_paper_config_uses_vit_l14_laion_weights():
-    paper = yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text())
+    paper = paper_params()
     assert paper["backbone"] == {"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k", "seed": 0, "device": "auto"}
     assert paper["layers"] == list(range(1, 25))
 

@@ -1,29 +1,14 @@
-"""Residual-stream activations per layer: the file layout (`store`), one-pass extraction (`extract`) and the
-streaming reader the SAE trains from (`stream`)."""
+"""`cafe activations`: residual-stream activations of every requested layer from one forward pass per batch
+(`extract`), written as the activations contract (`cafe.io.activations`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cafe.activations.extract import ActivationsConfig, extract, layer_path
-from cafe.activations.store import LayerInfo, LayerWriter, iter_analysis, layer_attrs, open_layer
-from cafe.activations.stream import TokenStream
+from cafe.activations.extract import ActivationsConfig, extract
 from cafe.backbone import Backbone, BackboneConfig
-from cafe.params import parse_section
-
-__all__ = [
-    "ActivationsConfig",
-    "LayerInfo",
-    "LayerWriter",
-    "TokenStream",
-    "extract",
-    "iter_analysis",
-    "layer_attrs",
-    "layer_path",
-    "open_layer",
-    "register",
-]
+from cafe.config import parse_section
 
 
 def run_activations(args: argparse.Namespace) -> None:

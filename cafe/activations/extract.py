@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cafe.activations.store import LayerInfo, LayerWriter
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
-from cafe.images import image_batches, read_manifest
+from cafe.images import image_batches
 from cafe.io import atomic_path, file_hash
+from cafe.io.activations import LayerInfo, LayerWriter, layer_path
+from cafe.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ class ActivationsConfig:
             raise CafeError(f"params: activations.batch_size must be >= 1, got {self.batch_size}")
         if self.tokens_per_image is not None and self.tokens_per_image < 1:
             raise CafeError(f"params: activations.tokens_per_image must be null or >= 1, got {self.tokens_per_image}")
-
-
-def layer_path(out_dir: str | os.PathLike, layer: int) -> Path:
-    """Where the activations of one layer live."""
-    return Path(out_dir) / f"layer{layer}.h5"
 
 
 def token_subsample(image: int, n_tokens: int, keep: int, seed: int) -> np.ndarray:

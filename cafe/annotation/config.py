@@ -11,8 +11,8 @@ from cafe.errors import CafeError
 class AnnotationConfig:
     """How many features a person reviews per layer, how many images each gallery shows, and the score cut."""
 
-    n_features: int = 100
-    gallery_k: int = 6
+    n_features: int = 32  # features per layer in the sheets (the paper: 100)
+    gallery_k: int = 4  # images per gallery
     threshold: float = 0.5
     fig1_per_group: int = 3  # Fig 1: local features shown on top, as many non-local ones below
     fig4_per_layer: int = 2  # Fig 4: non-local features shown per layer

@@ -24,11 +24,11 @@ from matplotlib.lines import Line2D
 from cafe.annotation.config import AnnotationConfig
 from cafe.annotation.fig5 import automatic_labels, human_votes, read_inputs
 from cafe.annotation.gallery import Panel, blend, load_indexed_images, overlay_cmap, target_views
-from cafe.annotation.targets import LayerTargets, read_layer
+from cafe.annotation.layer_maps import LayerTargets, read_layer
+from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.images import read_manifest
 from cafe.io import save_figure, write_csv
-from cafe.params import parse_section
+from cafe.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +220,23 @@ def make_examples(
     return selection
 
 
+def run_fig1(args: argparse.Namespace) -> None:
+    """`cafe fig1`."""
+    _run(args)
+
+
+def run_fig4(args: argparse.Namespace) -> None:
+    """`cafe fig4`."""
+    _run(args)
+
+
 def _run(args: argparse.Namespace) -> None:
     config = parse_section(AnnotationConfig, args.params, "annotation")
     make_examples(args.command, args.sheets, args.features, args.erf, args.annotations_dir, args.manifest,
                   args.images_root, config, args.out_figure, args.out_table)  # fmt: skip
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`cafe fig1` and `cafe fig4`: the qualitative figures."""
     helps = {"fig1": "Fig 1: local features (top) vs non-local ones (bottom)",
              "fig4": "Fig 4: non-local features across layers, image | activation | ERF"}  # fmt: skip
@@ -241,4 +251,4 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         cmd.add_argument("--params", default="{}", help="the annotation section of params.yaml, as JSON")
         cmd.add_argument("--out-figure", type=Path, required=True)
         cmd.add_argument("--out-table", type=Path, required=True)
-        cmd.set_defaults(func=_run)
+        cmd.set_defaults(func=run_fig1 if name == "fig1" else run_fig4)

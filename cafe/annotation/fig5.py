@@ -19,9 +19,9 @@ from cafe.annotation.agreement import label_matrix, majority, people_agreement
 from cafe.annotation.config import AnnotationConfig
 from cafe.annotation.ingest import human_files, read_sheet, validate_human
 from cafe.annotation.score import agreement
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io import save_figure, write_csv, write_json
-from cafe.params import parse_section
 
 log = logging.getLogger(__name__)
 
@@ -249,12 +249,12 @@ def make_fig5(
     return table
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_fig5(args: argparse.Namespace) -> None:
     config = parse_section(AnnotationConfig, args.params, "annotation")
     make_fig5(args.sheets, args.annotations_dir, config, args.out_figure, args.out_table, args.metrics)
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`cafe fig5`: ingest human annotations and draw Fig 5."""
     cmd = subparsers.add_parser("fig5", help="validate data/annotations/ and draw Fig 5 (non-local features per layer)")
     cmd.add_argument("--sheets", type=Path, nargs="+", required=True, help="results/annotation/sheets/layer{L}.csv ...")
@@ -263,4 +263,4 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--out-figure", type=Path, required=True)
     cmd.add_argument("--out-table", type=Path, required=True)
     cmd.add_argument("--metrics", type=Path, required=True)
-    cmd.set_defaults(func=_run)
+    cmd.set_defaults(func=run_fig5)

@@ -18,8 +18,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from cafe.annotation.layer_maps import LayerTargets
 from cafe.annotation.score import MapScores, evidence, peak
-from cafe.annotation.targets import LayerTargets
 from cafe.images import load_images
 from cafe.io import atomic_path
 

@@ -123,15 +123,15 @@ def annotate_init(
     return target
 
 
-def _run_init(args: argparse.Namespace) -> None:
+def run_annotate_init(args: argparse.Namespace) -> None:
     annotate_init(args.layer, args.sheets_dir, args.annotations_dir, args.annotator)
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`cafe annotate-init`: start a person's annotation file from a generated sheet."""
     cmd = subparsers.add_parser("annotate-init", help="copy a layer's sheet to data/annotations/ (never over a file)")
     cmd.add_argument("--layer", type=int, required=True)
     cmd.add_argument("--sheets-dir", type=Path, default=Path("results/annotation/sheets"))
     cmd.add_argument("--annotations-dir", type=Path, default=Path("data/annotations"))
     cmd.add_argument("--annotator", help="a plain name: write data/annotations/<name>/layer{L}.csv (several people)")
-    cmd.set_defaults(func=_run_init)
+    cmd.set_defaults(func=run_annotate_init)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cafe.annotation.targets import LayerTargets
+from cafe.annotation.layer_maps import LayerTargets
 
 ACTIVE_SHARE = 0.5
 ACTIVE_MAX = 0.1

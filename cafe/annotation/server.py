@@ -31,11 +31,11 @@ from PIL import Image
 from cafe.annotation.answers import write_answer
 from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views, token_label
 from cafe.annotation.ingest import annotate_init, human_path, read_cells, read_sheet, validate_human
+from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.page import render_page
 from cafe.annotation.schema import is_unsure, parse_answer
-from cafe.annotation.targets import LayerTargets, read_layer
 from cafe.errors import CafeError
-from cafe.images import read_manifest
+from cafe.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _threshold(params: Path) -> float:
     return float((yaml.safe_load(params.read_text()).get("annotation") or {}).get("threshold", 0.5))
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_annotate(args: argparse.Namespace) -> None:
     layer = args.layer
     session = open_session(
         layer,
@@ -325,7 +325,7 @@ def _run(args: argparse.Namespace) -> None:
         server.server_close()
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`cafe annotate`: the keyboard labelling page of one layer."""
     cmd = subparsers.add_parser("annotate", help="label a layer's features in a browser (local server, keys y/n/u)")
     cmd.add_argument("--layer", type=int, required=True)
@@ -340,4 +340,4 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--manifest", type=Path, default=Path("results/data/manifest.csv"))
     cmd.add_argument("--images-root", type=Path, help="default: data.images of --params-file")
     cmd.add_argument("--params-file", type=Path, default=Path("params.yaml"), help="for data.images and the threshold")
-    cmd.set_defaults(func=_run)
+    cmd.set_defaults(func=run_annotate)

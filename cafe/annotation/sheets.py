@@ -18,13 +18,13 @@ from cafe.annotation.config import AnnotationConfig
 from cafe.annotation.gallery import load_gallery_images, render_galleries
 from cafe.annotation.index import write_index
 from cafe.annotation.ingest import human_path, read_cells
+from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.schema import SHEET_COLUMNS, as_int
 from cafe.annotation.score import MapScores, evidence, feature_scores, peak, target_scores
-from cafe.annotation.targets import LayerTargets, read_layer
+from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.images import read_manifest
 from cafe.io import write_csv
-from cafe.params import parse_section
+from cafe.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def make_sheets(
     return sheet
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_sheets(args: argparse.Namespace) -> None:
     config = parse_section(AnnotationConfig, args.params, "annotation")
     make_sheets(
         args.layer,
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`cafe sheets`: one layer's annotation sheet, galleries and HTML index."""
     cmd = subparsers.add_parser("sheets", help="annotation sheet + galleries + HTML index of one layer")
     cmd.add_argument("--layer", type=int, required=True, help="checked against the features and ERF files")
@@ -177,4 +177,4 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--out-sheet", type=Path, required=True)
     cmd.add_argument("--out-galleries", type=Path, required=True, help="folder for feature{k:04d}.png")
     cmd.add_argument("--out-index", type=Path, required=True)
-    cmd.set_defaults(func=_run)
+    cmd.set_defaults(func=run_sheets)

@@ -14,9 +14,8 @@ from cafe.bench.fixtures import random_images, random_targets
 from cafe.bench.flops import Architecture
 from cafe.bench.profiles import Profile
 from cafe.erf import ErfConfig, ErfMethod, make_method
-from cafe.target import FeatureTarget
-
-ERF_METHODS = ("attnlrp", "ig", "kernelshap", "gradient")
+from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.feature_target import FeatureTarget
 
 
 def erf_config(profile: Profile) -> ErfConfig:
@@ -73,7 +72,7 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
     layer, n = ctx.layer(p.erf_layer), p.erf_targets
     target, inputs = FeatureTarget(ctx.backbone, ctx.sae, layer), _inputs(ctx, n)
     records = {}
-    for name in ERF_METHODS:
+    for name in ATTRIBUTION_METHODS:
         flops = n * target_flops(ctx.arch, layer, name, config)
         params = {"layer": layer, "targets": n, "batch_size": config.batch_size, **method_params(name, config)}
         records[f"erf.{name}"] = ctx.measure(

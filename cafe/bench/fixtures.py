@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cafe.activations import LayerInfo, LayerWriter, layer_path
 from cafe.backbone import Backbone, BackboneConfig
-from cafe.images import DataConfig, make_manifest
 from cafe.io import atomic_path, write_csv
+from cafe.io.activations import LayerInfo, LayerWriter, layer_path
+from cafe.manifest import DataConfig, make_manifest
 from cafe.sae import MatryoshkaSAE
 
 WRITE_ROWS = 1 << 16  # tokens generated and written at a time, so a large file never sits in memory

@@ -9,10 +9,11 @@ import numpy as np
 
 from cafe.bench.context import Context
 from cafe.bench.fixtures import random_images, random_targets
+from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.curves import curves, make_canvas
+from cafe.insertion.curves import curves
 from cafe.insertion.orders import step_counts
-from cafe.target import FeatureTarget
 
 
 def insertion(ctx: Context) -> dict[str, dict[str, Any]]:

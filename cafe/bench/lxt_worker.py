@@ -63,7 +63,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
     from cafe.bench.measure import Timer
-    from cafe.target import FeatureTarget
+    from cafe.feature_target import FeatureTarget
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

@@ -9,7 +9,7 @@ import torch
 
 from cafe.bench.context import Context
 from cafe.bench.fixtures import random_images, random_targets
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 
 def autograd_reference(ctx: Context) -> dict[str, dict[str, Any]]:

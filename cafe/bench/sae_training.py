@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cafe.activations.stream import DEFAULT_BUFFER_TOKENS
 from cafe.bench.context import Context
 from cafe.bench.fixtures import layer_file
 from cafe.bench.flops import sae_train_flops
 from cafe.sae import SAEConfig, train
+from cafe.sae.feed import DEFAULT_BUFFER_TOKENS
 
 ANALYSIS_IMAGES = 4  # held-out images the evaluation reads (kept small: it is not what is measured)
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from cafe.backbone import resolve_device
 from cafe.bench.context import Context
-from cafe.bench.erf import ERF_METHODS, erf_depth, erf_methods
+from cafe.bench.erf import erf_depth, erf_methods
 from cafe.bench.extraction import extraction
 from cafe.bench.fixtures import load_tower, random_sae
 from cafe.bench.flops import FLOP_MODEL
@@ -28,6 +28,7 @@ from cafe.bench.profiles import profile
 from cafe.bench.reference import autograd_reference, truncated_vs_hooked
 from cafe.bench.report import markdown, table
 from cafe.bench.sae_training import sae_training
+from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ COMPARISONS = [
     # attnlrp, gradient: targets batched; ig: steps of several targets per forward; kernelshap: perturbations
     *[
         (f"{m}: cafe's batching vs one target per call with captum's defaults", f"erf.{m}", f"erf.{m}.one_at_a_time")
-        for m in ERF_METHODS
+        for m in ATTRIBUTION_METHODS
     ],
     ("CP-LRP (lxt's ViT recipe): cafe's rules vs lxt's global patches", "erf.attnlrp.cp", "erf.attnlrp.lxt"),
 ]

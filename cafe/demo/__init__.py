@@ -33,10 +33,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cafe.config import parse_section
 from cafe.demo.world import CLASSES, COMPOSITIONAL, Scene, sample_scene
 from cafe.errors import CafeError
 from cafe.io import atomic_path, current_umask, write_csv
-from cafe.params import parse_section
 
 __all__ = ["CLASSES", "COMPOSITIONAL", "DemoConfig", "generate", "register", "write_demo"]
 
@@ -137,7 +137,7 @@ def write_demo(config: DemoConfig, out: str | Path) -> None:
     log.info("wrote %d scenes (%d classes, %d objects) to %s", len(paths), len(CLASSES), len(rows), out)
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_demo_data(args: argparse.Namespace) -> None:
     write_demo(parse_section(DemoConfig, args.params, "demo"), args.out)
 
 
@@ -146,4 +146,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo-data", help="render the demo world (scenes with known causes)")
     parser.add_argument("--params", default="{}", help="params.yaml `demo:` section as JSON (without `backbone`)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (images/, objects.csv, masks.h5)")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=run_demo_data)

@@ -16,7 +16,7 @@ from cafe.erf.base import Attribution, ErfMethod, patch_sum
 from cafe.erf.config import ErfConfig
 from cafe.erf.lrp import check_supported, residual_with_rules
 from cafe.erf.rules import sae_rule
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 
 class AttnLRP(ErfMethod):

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 
 from cafe.erf.config import ErfConfig
-from cafe.target import FeatureTarget
+from cafe.feature_target import FeatureTarget
 
 
 @dataclass(frozen=True)

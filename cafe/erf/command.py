@@ -1,54 +1,32 @@
-"""`cafe erf`: ERF maps of one method for every top activation of one layer.
-
-results/erf/layer{L}/{method}.h5 (read by the insertion step):
-
-    maps          (N, K, grid, grid) float32  the ERF of target (feature row n, rank k); NaN where no target
-    target_value  (N, K) float32              z_k(I, t) recomputed by the method (the stored value for activation)
-    absorbed      (N, K) float32              what the map leaves out of the quantity it decomposes (see
-                                              cafe.erf.base.Attribution); NaN for saliency and activation
-
-Attributes: method, params (JSON: batch_size and the method's section), layer, grid, sae_fingerprint,
-n_targets, targets_per_s (method compute only, image loading excluded).
+"""`cafe erf`: ERF maps of one method for every top activation of one layer, written as the ERF contract
+(`cafe.io.erf_maps`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from dataclasses import dataclass
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.config import as_dict, parse_section
 from cafe.erf.base import ErfMethod
 from cafe.erf.config import ErfConfig
 from cafe.erf.registry import METHODS, make_method
 from cafe.errors import CafeError
-from cafe.insertion.command import check_sae, manifest_loader
-from cafe.insertion.run import ImageLoader
-from cafe.insertion.targets import FeatureFile, read_features
-from cafe.io import atomic_path
-from cafe.params import as_dict, parse_section
+from cafe.feature_target import FeatureTarget
+from cafe.images import ImageLoader, manifest_loader
+from cafe.io.erf_maps import ErfResult, write_erf
+from cafe.io.features import FeatureFile, read_features
 from cafe.sae import load_sae
-from cafe.target import FeatureTarget
+from cafe.sae.model import check_sae
 from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ErfResult:
-    """Everything written for one layer x method."""
-
-    maps: np.ndarray
-    target_value: np.ndarray
-    absorbed: np.ndarray
-    targets_per_s: float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,15 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", help="results/data/manifest.csv (not needed by activation)")
     p.add_argument("--images-root", help="root the manifest's paths are relative to (not needed by activation)")
     p.add_argument("--out", required=True, help="results/erf/layer{L}/{method}.h5")
-    p.set_defaults(func=command)
+    p.set_defaults(func=run_erf)
 
 
-def command(args: argparse.Namespace) -> None:
+def run_erf(args: argparse.Namespace) -> None:
     """Check the inputs, compute the maps (activation: read them off the features file), write the HDF5 file."""
     config = parse_section(ErfConfig, args.params, "erf")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise CafeError(f"params: erf.methods has unknown method(s) {unknown}; known: {sorted(METHODS)}")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
     shape = tower_shape(backbone_cfg.model)
     ff = read_features(args.features, args.layer, shape.grid)
@@ -129,20 +104,3 @@ def activation_result(ff: FeatureFile) -> ErfResult:
     value = np.where(exists, ff.value, np.nan).astype(np.float32)
     seconds = time.perf_counter() - began
     return ErfResult(maps, value, np.full_like(value, np.nan), exists.sum() / seconds if seconds else float("nan"))
-
-
-def write_erf(path: str, method: str, params: dict, ff: FeatureFile, result: ErfResult) -> None:
-    """Write the ERF file atomically."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("maps", data=result.maps, chunks=(1, *result.maps.shape[1:]), compression="gzip")
-        h5.create_dataset("target_value", data=result.target_value)
-        h5.create_dataset("absorbed", data=result.absorbed)
-        h5.attrs.update(
-            method=method,
-            params=json.dumps(params, sort_keys=True),
-            layer=ff.layer,
-            grid=ff.grid,
-            sae_fingerprint=ff.sae_fingerprint,
-            n_targets=int((ff.image >= 0).sum()),
-            targets_per_s=float(result.targets_per_s),
-        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
 
 ATTENTION_RULES = ("attnlrp", "cp")
@@ -79,3 +80,10 @@ class ErfConfig:
         ):
             if value < 1:
                 raise CafeError(f"params: erf.{name} must be >= 1, got {value}")
+        unknown = [m for m in self.methods if m not in ATTRIBUTION_METHODS]
+        if unknown or not self.methods:
+            raise CafeError(
+                f"params: erf.methods has unknown method(s) {unknown}; known: {list(ATTRIBUTION_METHODS)}"
+                if unknown
+                else "params: erf.methods must name at least one method"
+            )

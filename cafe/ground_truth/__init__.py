@@ -19,14 +19,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import World, cause_kinds, cause_regions, load_world
 from cafe.ground_truth.report import figure, metrics, summarize
 from cafe.ground_truth.scoring import chance, score_map
-from cafe.images import read_manifest
-from cafe.insertion.targets import read_erf_maps, read_features
 from cafe.io import save_figure, write_csv, write_json
-from cafe.params import parse_section
+from cafe.io.erf_maps import read_erf_maps
+from cafe.io.features import read_features
+from cafe.io.manifest import read_manifest
 from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def score_layer(
     return pd.DataFrame(rows, columns=TARGET_COLUMNS + SCORE_COLUMNS)
 
 
-def run(args: argparse.Namespace) -> None:
+def run_ground_truth(args: argparse.Namespace) -> None:
     """Score every layer, then write the per-layer CSVs, the summary table, figure and metrics."""
     config = parse_section(GroundTruthConfig, args.params, "ground_truth")
     if not len(args.layers) == len(args.features) == len(args.out_targets):
@@ -149,4 +150,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-table", type=Path, required=True, help="layer x method summary CSV")
     p.add_argument("--out-figure", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_ground_truth)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
-
 from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.images import load_images, read_manifest
+from cafe.images import manifest_loader
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.run import BUILTIN_METHODS, ImageLoader, run_insertion
-from cafe.insertion.targets import FeatureFile, read_erf_maps, read_features
-from cafe.io import file_hash, write_csv
-from cafe.params import parse_section
+from cafe.insertion.run import BUILTIN_METHODS, layer_curves
+from cafe.io import write_csv
+from cafe.io.erf_maps import read_erf_maps
+from cafe.io.features import read_features
 from cafe.sae import load_sae
+from cafe.sae.model import check_sae
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, help="an ERF method name (reads --erf), or random / activation")
     p.add_argument("--erf", help="results/erf/layer{L}/{method}.h5 (ERF methods only)")
     _common_arguments(p, "results/insertion/layer{L}/{method}.csv")
-    p.set_defaults(func=command)
+    p.set_defaults(func=run_insertion)
     g = subparsers.add_parser(
         "greedy",
         help="greedy insertion/deletion ceiling on a few targets of one layer",
         description="Greedy forward selection of patches (params greedy_targets per layer).",
     )
     _common_arguments(g, "results/insertion/layer{L}/greedy.csv")
-    g.set_defaults(func=command, method="greedy", erf=None)
+    g.set_defaults(func=run_greedy, method="greedy", erf=None)
 
 
 def _common_arguments(p: argparse.ArgumentParser, out: str) -> None:
@@ -53,7 +53,12 @@ def _common_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", required=True, help=out)
 
 
-def command(args: argparse.Namespace) -> None:
+def run_greedy(args: argparse.Namespace) -> None:
+    """CLI: the greedy ceiling, an insertion run whose ranking method is the greedy search."""
+    run_insertion(args)
+
+
+def run_insertion(args: argparse.Namespace) -> None:
     """Check every input before loading the tower, run one method on one layer, write the long CSV."""
     config = parse_section(InsertionConfig, args.params, "insertion")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
@@ -67,28 +72,5 @@ def command(args: argparse.Namespace) -> None:
     backbone = Backbone.load(backbone_cfg)
     sae, meta = load_sae(args.sae, backbone.device)
     check_sae(meta, ff, args.sae)
-    write_csv(args.out, run_insertion(args.method, config, backbone, sae, ff, load, erf_maps))
+    write_csv(args.out, layer_curves(args.method, config, backbone, sae, ff, load, erf_maps))
     log.info("wrote %s", args.out)
-
-
-def check_sae(meta: dict, ff: FeatureFile, path: str) -> None:
-    """The SAE must be the one the features were found with."""
-    if meta.get("layer", ff.layer) != ff.layer:
-        raise CafeError(f"{path}: SAE of layer {meta['layer']}, but {ff.path} is layer {ff.layer}")
-    if ff.sae_fingerprint and ff.sae_fingerprint != meta["fingerprint"]:
-        raise CafeError(
-            f"{ff.path}: made with SAE {ff.sae_fingerprint}, but {path} is {meta['fingerprint']}; "
-            f"re-run the features step"
-        )
-
-
-def manifest_loader(manifest: str, root: str, size: int, ff: FeatureFile) -> ImageLoader:
-    """A function from manifest indices to images (B, 3, size, size) in [0, 1]; checks the features' indices exist."""
-    if ff.manifest_hash and ff.manifest_hash != file_hash(manifest):
-        raise CafeError(f"{ff.path}: found on another manifest than {manifest}; re-run the features step")
-    frame = read_manifest(manifest)
-    paths = dict(zip(frame["index"].tolist(), frame["path"]))
-    missing = sorted(set(np.unique(ff.image[ff.image >= 0]).tolist()) - set(paths))
-    if missing:
-        raise CafeError(f"{ff.path}: image indices {missing[:5]} are not in {manifest}; the manifest changed since")
-    return lambda indices: load_images(root, [paths[i] for i in indices.tolist()], size)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cafe.errors import CafeError
+from cafe.insertion.canvases import CANVASES
 
-CANVASES = ("mean", "blur")
 COLUMNS = [
     "layer",
     "method",
@@ -34,7 +34,7 @@ class InsertionConfig:
     min_activation: float = 0.1
     greedy_targets: int = 4
     bootstrap: int = 1000
-    max_targets: int | None = None  # clearly active targets tested per layer (seeded subset; None = all)
+    max_targets: int | None = 64  # clearly active targets tested per layer (seeded subset; None = all)
     blur_sigma: float = 1.0  # Gaussian sigma of the blur canvas, in patch widths
     batch_size: int = 64  # images per truncated forward
 

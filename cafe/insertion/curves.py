@@ -12,22 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
-from cafe.backbone import Backbone
+from cafe.feature_target import FeatureTarget
 from cafe.insertion.orders import positions
-from cafe.target import FeatureTarget
 
 Scalar = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pixels, tokens, features) -> (B,)
-
-
-def make_canvas(kind: str, images: torch.Tensor, backbone: Backbone, blur_sigma: float) -> torch.Tensor:
-    """The start image in [0, 1]: `mean` is the dataset mean colour (zero after normalising), `blur` a blurred copy."""
-    if kind == "mean":
-        return backbone.mean.to(images.device).expand_as(images).clone()
-    sigma = blur_sigma * backbone.patch_size
-    size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) - 1) + 1)  # reflect padding must fit
-    return gaussian_blur(images, [size, size], [sigma, sigma])
 
 
 def keep_masks(orders: np.ndarray, counts: np.ndarray) -> torch.Tensor:

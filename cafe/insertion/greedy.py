@@ -12,9 +12,9 @@ from functools import partial
 import numpy as np
 import torch
 
+from cafe.feature_target import FeatureTarget
 from cafe.insertion.curves import measure
 from cafe.insertion.orders import rank_patches
-from cafe.target import FeatureTarget
 
 
 def pre_activation(

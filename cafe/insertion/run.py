@@ -12,12 +12,14 @@ from tqdm import tqdm
 
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
+from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import COLUMNS, InsertionConfig
-from cafe.insertion.curves import curves, make_canvas
+from cafe.insertion.curves import curves
 from cafe.insertion.greedy import greedy_order
 from cafe.insertion.orders import seeded_orders, step_counts, target_rng
-from cafe.insertion.targets import FeatureFile, Targets, activation_scores, erf_scores, sample_targets, select_targets
-from cafe.target import FeatureTarget
+from cafe.insertion.selection import Targets, activation_scores, erf_scores, sample_targets, select_targets
+from cafe.io.features import FeatureFile
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ TARGETS_PER_CHUNK = 16
 ImageLoader = Callable[[np.ndarray], torch.Tensor]  # manifest indices -> (B, 3, H, W) in [0, 1]
 
 
-def run_insertion(
+def layer_curves(
     method: str,
     config: InsertionConfig,
     backbone: Backbone,

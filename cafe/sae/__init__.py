@@ -1,7 +1,8 @@
-"""Matryoshka SAEs, one per layer: the model and checkpoint (`model`), streaming training and the `cafe sae`
-command (`train`), held-out metrics (`evaluate`)."""
+"""Matryoshka SAEs, one per layer: the model and its checkpoint (`model`), the training loop (`train`) with its data
+feed (`feed`) and resumable state (`resume`), held-out metrics (`evaluate`), and the commands (`command`)."""
 
+from cafe.sae.command import register
 from cafe.sae.model import MatryoshkaSAE, SAEConfig, load_sae, save_checkpoint
-from cafe.sae.train import register, train
+from cafe.sae.train import train
 
 __all__ = ["MatryoshkaSAE", "SAEConfig", "load_sae", "register", "save_checkpoint", "train"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cafe.activations import iter_analysis
+from cafe.io.activations import iter_analysis
 from cafe.sae.model import MatryoshkaSAE
 
 EVAL_TOKENS = 1 << 15  # held-out tokens for the metrics (whole analysis images, up to this many tokens)

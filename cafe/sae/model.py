@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from cafe.config import as_dict, parse_section
 from cafe.errors import CafeError
-from cafe.params import as_dict, parse_section
+from cafe.io.features import FeatureFile
+from cafe.sae.nonlinearity import nonlinearity
 
 CHECKPOINT_VERSION = 1
 
@@ -32,17 +34,16 @@ class SAEConfig:
     expansion: int = 8
     groups: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
     activation: str = "relu"
-    l1: float = 4e-4
+    l1: float = 0.02  # the demo: L0 ~ 30 of 1024 latents
     k: int = 16
-    lr: float = 1e-3
-    steps: int = 3000
+    lr: float = 0.002
+    steps: int = 1000
     batch_size: int = 1024
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500  # steps between resumable training states
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.activation not in ("relu", "batchtopk"):
-            raise CafeError(f"params: sae.activation must be 'relu' or 'batchtopk', not {self.activation!r}")
+        nonlinearity(self.activation)  # an unknown name is an error that lists the known ones
         if not self.groups or list(self.groups) != sorted(self.groups) or self.groups[-1] != 1.0 or self.groups[0] <= 0:
             raise CafeError(
                 f"params: sae.groups must rise strictly to 1.0 (fractions of the latents), got {list(self.groups)}"
@@ -64,6 +65,7 @@ class MatryoshkaSAE(nn.Module):
     def __init__(self, d_in: int, n_latents: int, activation: str = "relu", k: int = 16):
         super().__init__()
         self.d_in, self.n_latents, self.activation, self.k = d_in, n_latents, activation, k
+        self.nonlinearity = nonlinearity(activation)
         self.W_e = nn.Parameter(torch.empty(n_latents, d_in))
         self.W_d = nn.Parameter(torch.empty(d_in, n_latents))
         self.b_d = nn.Parameter(torch.zeros(d_in))
@@ -85,20 +87,12 @@ class MatryoshkaSAE(nn.Module):
         return self.activate(self.pre_activation(h, n_first))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """The inference non-linearity on pre-activations: ReLU, or BatchTopK's learnt threshold."""
-        if self.activation == "relu":
-            return torch.relu(pre)
-        return pre * (pre > self.threshold)
+        """The inference non-linearity on pre-activations (ReLU, or BatchTopK's learnt threshold)."""
+        return self.nonlinearity.infer(pre, self.threshold)
 
     def encode_train(self, h: torch.Tensor) -> torch.Tensor:
-        """Latents in training: BatchTopK keeps the batch's k*B largest pre-activations."""
-        pre = self.pre_activation(h)
-        if self.activation == "relu":
-            return torch.relu(pre)
-        pre = torch.relu(pre)
-        flat = pre.flatten()
-        keep = torch.topk(flat, min(self.k * pre.shape[0], flat.numel())).indices
-        return torch.zeros_like(flat).scatter(0, keep, flat[keep]).view_as(pre)
+        """Latents in training (BatchTopK keeps the batch's k*B largest pre-activations)."""
+        return self.nonlinearity.train(self.pre_activation(h), self.k)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruction of the scaled residual s*h."""
@@ -152,3 +146,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[Matr
     sae.load_state_dict(state)
     meta = {**meta, "fingerprint": blob["fingerprint"]}
     return sae.to(device).eval().requires_grad_(False), meta
+
+
+def check_sae(meta: dict, ff: FeatureFile, path: str) -> None:
+    """The SAE must be the one the features were found with."""
+    if meta.get("layer", ff.layer) != ff.layer:
+        raise CafeError(f"{path}: SAE of layer {meta['layer']}, but {ff.path} is layer {ff.layer}")
+    if ff.sae_fingerprint and ff.sae_fingerprint != meta["fingerprint"]:
+        raise CafeError(
+            f"{ff.path}: made with SAE {ff.sae_fingerprint}, but {path} is {meta['fingerprint']}; "
+            f"re-run the features step"
+        )

@@ -1,4 +1,4 @@
-"""Streaming, resumable training of one layer's Matryoshka SAE, and the `cafe sae` command.
+"""The training loop of one layer's Matryoshka SAE: streaming (`feed`), resumable (`resume`).
 
 Loss per batch, with x = s*h the scaled input and v the fixed total variance of x (from a sample):
 
@@ -14,14 +14,9 @@ pure function of (file, seed, step), so a resumed run sees exactly the batches a
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -29,21 +24,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cafe.activations import TokenStream, layer_attrs, open_layer
-from cafe.activations.stream import DEFAULT_BUFFER_TOKENS
 from cafe.backbone import resolve_device
-from cafe.errors import CafeError
-from cafe.io import atomic_path, write_json
-from cafe.params import as_dict, parse_section
+from cafe.io import write_json
+from cafe.io.activations import layer_attrs, open_layer
 from cafe.sae.evaluate import EVAL_TOKENS, InputStats, estimate_threshold, evaluate, input_stats
+from cafe.sae.feed import TokenStream, read_ahead
 from cafe.sae.model import MatryoshkaSAE, SAEConfig, save_checkpoint
+from cafe.sae.resume import load_state, partial_path, run_key, save_state
 
 log = logging.getLogger(__name__)
 
 STATS_TOKENS = 1 << 15  # train tokens sampled for the input scale, mean and variance
 THRESHOLD_BATCHES = 16  # batches after training that estimate the BatchTopK threshold
 LOSS_WINDOW = 50  # final loss = mean over the last steps
-READ_AHEAD = 4  # batches a background thread reads (HDF5, shuffle, pinning) while a GPU trains
 LOSS_READ_EVERY = 50  # steps between reading losses back: each read waits for the device to finish
 
 
@@ -69,7 +62,7 @@ def matryoshka_loss(
         x_hat = x_hat + z[:, start:end] @ sae.W_d[:, start:end].T
         loss = loss + (x - x_hat).pow(2).sum(1).mean() / variance
         start = end
-    if sae.activation == "relu":
+    if sae.nonlinearity.l1_penalty:
         loss = loss + l1 * z.sum(1).mean()
     return loss
 
@@ -78,89 +71,6 @@ def matryoshka_loss(
 def remove_parallel_gradient(sae: MatryoshkaSAE) -> None:
     """Drop the gradient component along each unit decoder column (it would only change the column's norm)."""
     sae.W_d.grad -= sae.W_d * (sae.W_d * sae.W_d.grad).sum(0, keepdim=True)
-
-
-def partial_path(out: str | os.PathLike) -> Path:
-    """The resumable training state kept beside a checkpoint while it trains."""
-    return Path(f"{out}.partial")
-
-
-def run_key(config: SAEConfig, activations_hash: str) -> dict[str, Any]:
-    """What a saved state must match to be resumed (steps and checkpoint_every may change: no lr schedule)."""
-    settings = {k: v for k, v in as_dict(config).items() if k not in ("steps", "checkpoint_every")}
-    return {"config": settings, "activations_hash": activations_hash, "buffer_tokens": DEFAULT_BUFFER_TOKENS}
-
-
-def save_state(
-    path: Path, sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, step: int, tokens: int, key: dict[str, Any]
-) -> None:
-    """Write the training state atomically."""
-    state = {
-        "sae": sae.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "tokens_seen": tokens,
-        "key": key,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path, key: dict[str, Any], steps: int) -> dict[str, Any] | None:
-    """The saved training state if it exists, is readable and belongs to this run; else None (start afresh)."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged state only costs the steps since the last good checkpoint
-        log.warning("%s: unreadable training state (%s); starting afresh", path, exc)
-        return None
-    if state.get("key") != key or state.get("step", steps + 1) > steps:
-        log.warning("%s: training state of another config or activation file; starting afresh", path)
-        return None
-    return state
-
-
-def read_ahead(
-    batches: Iterator[torch.Tensor], device: torch.device, depth: int = READ_AHEAD
-) -> Iterator[torch.Tensor]:
-    """`batches` made by a background thread up to `depth` ahead, in order (pinned for an asynchronous copy to a
-    GPU); an error in the thread is raised here, and closing the generator stops the thread."""
-    done = object()
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put((batch.pin_memory() if device.type == "cuda" else batch, None)):
-                    return
-            put((done, None))
-        except BaseException as exc:
-            put((None, exc))
-
-    thread = threading.Thread(target=produce, name="sae-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, error = ready.get()
-            if error is not None:
-                raise error
-            if batch is done:
-                return
-            yield batch
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 class Trainer:
@@ -225,7 +135,7 @@ class Trainer:
     def finish(self) -> MatryoshkaSAE:
         """Set the BatchTopK threshold from the batches after training; the frozen SAE."""
         sae = self.sae.eval().requires_grad_(False)
-        if sae.activation == "batchtopk":
+        if sae.nonlinearity.learns_threshold:
             after = self.stream.batches(start=self.config.steps)
             sae.threshold.fill_(
                 estimate_threshold(sae, (next(after).to(self.device) for _ in range(THRESHOLD_BATCHES)))
@@ -300,39 +210,3 @@ def train(
         fingerprint,
     )
     return metrics
-
-
-def run_sae(args: argparse.Namespace) -> None:
-    """CLI: train one layer's SAE."""
-    train(args.activations, args.out, args.metrics, parse_section(SAEConfig, args.params, "sae"), args.device)
-
-
-SUMMARY_KEYS = ("explained_variance", "l0", "dead_fraction", "tokens_per_s", "steps")
-
-
-def summarise(metrics_paths: list[Path], out: Path) -> dict[str, dict]:
-    """One DVC metrics file over the layers (`layer{L}: {explained_variance, l0, ...}`) for `dvc metrics show`."""
-    summary = {}
-    for path in metrics_paths:
-        try:
-            metrics = json.loads(Path(path).read_text())
-            summary[f"layer{metrics['layer']}"] = {key: metrics[key] for key in SUMMARY_KEYS}
-        except (OSError, ValueError, KeyError) as exc:
-            raise CafeError(f"{path}: not an SAE metrics file from `cafe sae` ({exc!r})") from None
-    write_json(out, summary)
-    return summary
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cafe sae` and `cafe sae-summary`."""
-    summary = subparsers.add_parser("sae-summary", help="collect per-layer SAE metrics into one DVC metrics file")
-    summary.add_argument("metrics", nargs="+", type=Path, help="results/sae/layer{L}.json files")
-    summary.add_argument("--out", required=True, type=Path, help="results/metrics/sae.json")
-    summary.set_defaults(func=lambda args: summarise(args.metrics, args.out))
-    parser = subparsers.add_parser("sae", help="train the Matryoshka SAE of one layer (resumable)")
-    parser.add_argument("--params", required=True, help="params.yaml `sae:` section as JSON")
-    parser.add_argument("--activations", required=True, type=Path, help="layer{L}.h5 from `cafe activations`")
-    parser.add_argument("--out", required=True, type=Path, help="SAE checkpoint to write (layer{L}.pt)")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
-    parser.set_defaults(func=run_sae)

@@ -8,10 +8,11 @@ from snakemake.exceptions import WorkflowError
 
 from cafe.annotation.ingest import human_files
 from cafe.errors import CafeError
-from cafe.params import DEMO_BACKBONE, DEMO_IMAGES, validate_config
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES
+from cafe.params import validate_config
 
-try:
-    validate_config(config, workflow.source_path("../schemas/params.schema.yaml"))
+try:  # every value with its default filled in, so a rule's params change when a default does
+    config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -47,9 +48,9 @@ def image_inputs():
 def erf_params(method):
     """Only the values one ERF method depends on: changing IG steps does not rerun AttnLRP."""
     section = config["erf"]
-    return as_json({"batch_size": section.get("batch_size", 16), method: section.get(method, {})})
+    return as_json({"batch_size": section["batch_size"], method: section.get(method, {})})
 
 
 def annotation_params(*keys):
     """Only the annotation values a job depends on: a Fig 4 setting does not redraw every gallery."""
-    return as_json({key: config["annotation"][key] for key in keys if key in config["annotation"]})
+    return as_json({key: config["annotation"][key] for key in keys})

@@ -21,7 +21,7 @@ rule demo_backbone:
         checkpoint=DEMO_BACKBONE,
         metrics="results/backbone/demo.json",
     params:
-        cfg=as_json(config["demo"].get("backbone", {})),
+        cfg=as_json(config["demo"]["backbone"]),
         model=config["backbone"]["model"],
     log:
         "results/logs/demo_backbone.log",
@@ -44,7 +44,7 @@ rule ground_truth:
         figure=report("results/figures/ground_truth.png", caption="../report/ground_truth.rst", category="Demo"),
         metrics="results/metrics/ground_truth.json",
     params:
-        cfg=as_json(config.get("ground_truth", {})),
+        cfg=as_json(config["ground_truth"]),
         layers=LAYERS,
         methods=ERF_METHODS,
     log:

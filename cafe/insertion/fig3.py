@@ -12,11 +12,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.insertion.config import InsertionConfig
 from cafe.insertion.summary import HIGHER_IS_BETTER, auc_table, greedy_table, insertion_metrics, read_curve_aucs
 from cafe.io import save_figure, write_csv, write_json
-from cafe.params import parse_section
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-table", required=True, help="results/tables/insertion_auc.csv")
     p.add_argument("--out-figure", required=True, help="results/figures/fig3_insertion.png")
     p.add_argument("--metrics", required=True, help="results/metrics/insertion.json")
-    p.set_defaults(func=command)
+    p.set_defaults(func=run_fig3)
 
 
-def command(args: argparse.Namespace) -> None:
+def run_fig3(args: argparse.Namespace) -> None:
     """Aggregate every curve file, write table, metrics and figure."""
     config = parse_section(InsertionConfig, args.params, "insertion")
     aucs = read_curve_aucs([*args.curves, *args.greedy])

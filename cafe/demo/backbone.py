@@ -22,11 +22,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cafe.backbone import Backbone, tower_shape
+from cafe.config import as_dict, parse_section
 from cafe.demo import COMPOSITIONAL
 from cafe.errors import CafeError
 from cafe.images import list_images, load_images
 from cafe.io import atomic_path, write_json
-from cafe.params import as_dict, parse_section
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def save(path: str | Path, trained: Trained, model: str, config: DemoBackboneCon
         torch.save(blob, tmp)
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_train_demo_backbone(args: argparse.Namespace) -> None:
     config = parse_section(DemoBackboneConfig, args.params, "demo.backbone")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,4 +217,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (OpenCLIP format)")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write (accuracy, loss)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=run_train_demo_backbone)

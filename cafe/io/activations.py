@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from cafe.errors import CafeError
-from cafe.io import open_h5
+from cafe.io.atomic import open_h5
 
 CHUNK_BYTES = 1 << 20  # about 1 MiB per HDF5 chunk: large sequential reads, small enough to shuffle well
 DATASETS = ("train", "train_image", "train_token", "analysis", "analysis_image")
@@ -43,6 +43,11 @@ class LayerInfo:
     width: int
     manifest_hash: str
     tokens_per_image: int
+
+
+def layer_path(out_dir: str | os.PathLike, layer: int) -> Path:
+    """Where the activations of one layer live."""
+    return Path(out_dir) / f"layer{layer}.h5"
 
 
 def chunk_rows(n_rows: int, row_bytes: int) -> int:

@@ -1,4 +1,5 @@
-"""Shuffled batches of a layer file's train tokens, streamed chunk by chunk through a bounded buffer.
+"""The SAE's data feed: shuffled batches of a layer file's train tokens, streamed chunk by chunk through a bounded
+buffer, and read ahead by a background thread where a GPU trains.
 
 Epoch e visits the file's HDF5 chunks in an order seeded by (seed, e), groups them into windows of at most
 `buffer_tokens` rows, and yields each window's rows in a seeded random order. So every token appears exactly
@@ -11,17 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cafe.activations.store import open_layer, read_rows
+from cafe.io.activations import open_layer, read_rows
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER_TOKENS = 1 << 17  # 256 MiB of float16 at ViT-L width
+READ_AHEAD = 4  # batches a background thread reads (HDF5, shuffle, pinning) while a GPU trains
 
 
 class TokenStream:
@@ -90,3 +95,45 @@ class TokenStream:
         chunks = np.random.default_rng([self.seed, 2]).choice(self.n_chunks, n_chunks, replace=False)
         with open_layer(self.path) as handle:
             return torch.from_numpy(self._read(handle["train"], chunks)[:n]).float()
+
+
+def read_ahead(
+    batches: Iterator[torch.Tensor], device: torch.device, depth: int = READ_AHEAD
+) -> Iterator[torch.Tensor]:
+    """`batches` made by a background thread up to `depth` ahead, in order (pinned for an asynchronous copy to a
+    GPU); an error in the thread is raised here, and closing the generator stops the thread."""
+    done = object()
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch.pin_memory() if device.type == "cuda" else batch, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:
+            put((None, exc))
+
+    thread = threading.Thread(target=produce, name="sae-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is done:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join(timeout=5)

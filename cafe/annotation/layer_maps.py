@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from cafe.errors import CafeError
-from cafe.insertion.targets import read_erf_maps, read_features
 from cafe.io import open_h5
+from cafe.io.erf_maps import read_erf_maps
+from cafe.io.features import read_features
 from cafe.tokens import token_grid
 
 

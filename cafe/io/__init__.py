@@ -1,0 +1,25 @@
+"""The ground floor: atomic writes and guarded readers (`atomic`), and one module per file contract, each the
+only place that writes and reads its file: `manifest`, `activations`, `features`, `erf_maps`.
+"""
+
+from cafe.io.atomic import (
+    atomic_path,
+    current_umask,
+    file_hash,
+    open_h5,
+    save_figure,
+    write_csv,
+    write_json,
+    write_text,
+)
+
+__all__ = [
+    "atomic_path",
+    "current_umask",
+    "file_hash",
+    "open_h5",
+    "save_figure",
+    "write_csv",
+    "write_json",
+    "write_text",
+]
