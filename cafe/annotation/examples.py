@@ -144,7 +144,7 @@ def plot_fig4(selection: pd.DataFrame, shown: Shown) -> Figure:
         for r, name in enumerate(("image", "activation ○", "ERF ×")):
             axes[3 * block + r, 0].text(-0.08, 0.5, name, transform=axes[3 * block + r, 0].transAxes,
                                         rotation=90, ha="right", va="center", fontsize=8)  # fmt: skip
-    picked = ", ".join(f"layer {layer}: {SOURCES[s]}" for layer, s in _sources(selection))
+    picked = ", ".join(f"layer {layer}: {SOURCES[s]}" for layer, s in _sources(selection)) or "none found"
     fig.suptitle(f"Non-local SAE features at their highest activation (picked by {picked})", fontsize=9)
     fig.subplots_adjust(left=0.6 / fig.get_figwidth(), right=0.99, top=1 - 0.75 / fig.get_figheight(),
                         bottom=0.02, wspace=0.05, hspace=0.12)  # fmt: skip
