@@ -107,6 +107,15 @@ def test_stale_annotation_file_is_refused_before_serving(project: Path) -> None:
     assert tree_hashes(project) == before
 
 
+def test_a_sheet_of_another_sae_than_the_features_is_refused_before_any_file_is_made(project: Path) -> None:
+    sheet, path = sheet_of(project)
+    sheet.assign(sae_fingerprint="0ld5ae000000").to_csv(path, index=False)
+    before = tree_hashes(project)
+    with pytest.raises(CafeError, match="re-run the sheets step"):
+        session_of(project, "dora")
+    assert tree_hashes(project) == before
+
+
 def test_annotators_file_starts_blank_even_when_the_sheet_carries_answers(project: Path) -> None:
     sheet, path = sheet_of(project)
     sheet.assign(non_local="yes", note="from someone else").to_csv(path, index=False)

@@ -170,9 +170,6 @@ def open_session(
     sheet_path = Path(sheets_dir) / f"layer{layer}.csv"
     sheet = read_sheet(sheet_path)
     human = human_path(annotations_dir, layer, annotator)
-    if not human.exists():
-        annotate_init(layer, sheets_dir, annotations_dir, annotator)
-    validate_human(human, sheet, sheet_path)
     targets = read_layer(features, erf, layer, len(sheet))
     fingerprint = str(sheet["sae_fingerprint"].iloc[0])
     if targets.fingerprint != fingerprint or list(targets.feature) != list(sheet["feature"]):
@@ -180,6 +177,9 @@ def open_session(
             f"{sheet_path} (SAE {fingerprint}) does not match {features} (SAE {targets.fingerprint}): "
             "re-run the sheets step so that people label what the pipeline analyses"
         )
+    if not human.exists():
+        annotate_init(layer, sheets_dir, annotations_dir, annotator)
+    validate_human(human, sheet, sheet_path)
     paths = dict(zip(*read_manifest(manifest)[["index", "path"]].to_numpy().T))
     images = load_gallery_images(targets, MAX_TARGETS, images_root, paths, PAGE_SIZE)
     return Session(sheet, sheet_path, human, targets, images, threshold, show_score)
