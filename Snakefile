@@ -1,5 +1,5 @@
 """CaFE as a Snakemake DAG: images -> activations -> per-layer Matryoshka SAEs -> features -> ERF maps ->
-insertion tests (Fig 3) and annotation sheets -> human labels -> Fig 5.
+insertion tests (Fig 3) and annotation sheets -> human labels -> Fig 5, and the qualitative Figs 1 and 4.
 
     snakemake --cores all                                            # the embedded demo (params.yaml)
     snakemake --cores all --configfile workflow/configs/paper.yaml   # the paper's setting
@@ -27,6 +27,8 @@ rule all:
     input:
         rules.fig3.output,
         rules.fig5.output,
+        rules.fig1.output,
+        rules.fig4.output,
         rules.sae_summary.output,
         expand(rules.sheets.output.sheet, layer=LAYERS),
         ground_truth_outputs(),
@@ -58,6 +60,12 @@ rule analysis:
 rule ground_truth_all:
     input:
         ground_truth_outputs(),
+
+
+rule examples:
+    input:
+        rules.fig1.output,
+        rules.fig4.output,
 
 
 rule annotation_sheets:

@@ -33,7 +33,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compositional": ("cafe.ground_truth.compositional_report", "interventional truth of demo targets vs ERFs"),
     "sheets": ("cafe.annotation.sheets", "annotation sheet, galleries and HTML index of one layer"),
     "annotate-init": ("cafe.annotation.ingest", "start a human annotation file from a sheet (never overwrites)"),
+    "annotate": (
+        "cafe.annotation.server",
+        "label a layer's features in a browser by keys (local server, writes the CSV)",
+    ),
     "fig5": ("cafe.annotation.fig5", "validate human annotations and draw Fig 5"),
+    "fig1": ("cafe.annotation.examples", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
+    "fig4": ("cafe.annotation.examples", "Fig 4: non-local features across layers, image | activation map | ERF"),
     "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
     "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
     "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),

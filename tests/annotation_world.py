@@ -131,9 +131,9 @@ def fig5(project: Path) -> pd.DataFrame:
     )
 
 
-def annotate(project: Path, answers: dict[int, str]) -> Path:
+def annotate(project: Path, answers: dict[int, str], annotator: str | None = None) -> Path:
     """What a person does: start the file from the sheet and type answers into the non_local column."""
-    path = annotate_init(LAYER, project / "results/annotation/sheets", project / "data/annotations")
+    path = annotate_init(LAYER, project / "results/annotation/sheets", project / "data/annotations", annotator)
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     table["non_local"] = [answers.get(int(feature), "") for feature in table["feature"]]
     table.to_csv(path, index=False)

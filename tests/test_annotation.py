@@ -24,6 +24,7 @@ from annotation_world import (  # noqa: F401 (fixtures)
 )
 from PIL import Image
 
+from cafe.annotation.agreement import krippendorff_alpha
 from cafe.annotation.ingest import annotate_init
 from cafe.annotation.score import agreement, map_scores
 from cafe.cli import main
@@ -91,6 +92,38 @@ def test_simulated_annotator_gets_fig5_counts(project: Path) -> None:
     )
     assert metrics["overall"]["precision"] == 1.0 and metrics["overall"]["recall"] == 0.75
     assert (project / "results/figures/fig5_nonlocal.png").stat().st_size > 10_000
+
+
+def test_several_annotators_count_by_majority_with_ties_spread_and_agreement_stated(project: Path) -> None:
+    annotate(project, {0: "yes", 1: "yes", 2: "no", 3: "no", 4: "yes", 5: "no"})  # the top-level file: one person
+    annotate(project, {0: "yes", 1: "yes", 2: "no", 3: "yes", 4: "unsure"}, "alice")
+    annotate(project, {0: "no", 1: "yes", 2: "no", 3: "yes"}, "bob")
+    table = fig5(project)
+    human = table.set_index("source").loc["human"]
+    # majority: 0 yes (2:1), 1 yes, 2 no, 3 yes (2:1), 4 yes (1 label), 5 no (1 label); 6 and 7 unlabelled
+    assert (human["n_labelled"], human["n_non_local"], human["n_ties"], human["n_annotators"]) == (6, 4, 0, 3)
+    assert human["status"] == "partial"
+    people = table[table["source"] == "annotator"].set_index("annotator")["n_non_local"].to_dict()
+    assert people == {"layer3.csv": 3, "alice/layer3.csv": 3, "bob/layer3.csv": 2}
+    metrics = json.loads((project / "results/metrics/annotation.json").read_text())
+    layer = metrics["layers"][f"layer{LAYER}"]
+    assert layer["coverage"] == {
+        "n_features": N_FEATURES, "n_annotators": 3, "labelled_by_none": 2, "labelled_by_one": 2,
+        "labelled_by_two_or_more": 4, "ties": 0,
+    }  # fmt: skip
+    labels = np.array([[1, 1, 1], [1, 1, 1], [0, 0, 0], [0, 1, 1]], float)  # features 0-3, the top-level file first
+    labels[0, 2] = 0
+    assert layer["people"]["krippendorff_alpha"] == pytest.approx(krippendorff_alpha(labels), abs=1e-4)
+    assert layer["people"]["alpha_n_features"] == 4 and layer["people"]["kappa_n_features"] == 4
+    assert layer["automatic_vs_majority"]["n"] == 6
+    assert metrics["people"]["krippendorff_alpha"] == layer["people"]["krippendorff_alpha"]
+
+
+def test_a_tie_between_two_annotators_is_no_label(project: Path) -> None:
+    annotate(project, {1: "yes", 2: "yes"}, "alice")
+    annotate(project, {1: "yes", 2: "no"}, "bob")
+    human = fig5(project).set_index("source").loc["human"]
+    assert (human["n_labelled"], human["n_non_local"], human["n_ties"]) == (1, 1, 1)
 
 
 def test_blank_answers_count_as_not_yet_annotated(project: Path) -> None:

@@ -103,6 +103,8 @@ def test_spreadsheet_quirks_are_accepted_and_blank_lines_still_count(project: Pa
         ("0", False),
         ("", None),
         ("  ", None),
+        ("unsure", None),
+        ("U", None),
     ],
 )
 def test_answer_forms(text: str, answer: bool | None) -> None:

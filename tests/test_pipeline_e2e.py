@@ -2,7 +2,7 @@
 
 One scratch repository goes through the whole life of a study: a first run makes every product; a second
 run with nothing edited does nothing; an SAE parameter change reruns the SAEs and what depends on them but
-not the activations; an annotator's edit reruns Fig 5 alone.
+not the activations; an annotator's edit reruns only the figures that read labels (Figs 5, 1 and 4).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ PRODUCTS = (
     "results/figures/compositional.png",
     "results/tables/compositional.csv",
     "results/metrics/compositional.json",
+    "results/figures/fig1_examples.png",
+    "results/figures/fig4_examples.png",
     "results/tables/insertion_auc.csv",
     "results/metrics/sae.json",
     "results/metrics/insertion.json",
@@ -77,7 +79,7 @@ def test_sae_param_change_reruns_saes_but_not_activations(study):
     assert after.keys() == saes.keys() and all(after[k] > saes[k] for k in saes)
 
 
-def test_annotation_edit_reruns_only_fig5(study):
+def test_annotation_edit_reruns_only_the_figures_that_read_it(study):
     run(
         [
             "cafe",
@@ -94,16 +96,23 @@ def test_annotation_edit_reruns_only_fig5(study):
     sheet = pd.read_csv(study / "data/annotations/layer3.csv", dtype=str, keep_default_na=False)
     sheet["non_local"] = ["yes" if i % 2 else "no" for i in range(len(sheet))]
     sheet.to_csv(study / "data/annotations/layer3.csv", index=False)
-    others = {k: v for k, v in mtimes(study, "results/**/*").items() if "fig5" not in k and "annotation.json" not in k}
+    readers = ("fig5", "annotation.json", "fig1", "fig4")  # Figs 1 and 4 pick features by people's labels
+    others = {k: v for k, v in mtimes(study, "results/**/*").items() if not any(r in k for r in readers)}
     run(["dvc", "repro"], study)
     assert {k: v for k, v in mtimes(study, "results/**/*").items() if k in others} == others
     counts = pd.read_csv(study / "results/tables/fig5_nonlocal.csv")
     human = counts[(counts["layer"] == 3) & (counts["source"] == "human")].iloc[0]
     assert human["n_labelled"] == len(sheet) and human["n_non_local"] == (sheet["non_local"] == "yes").sum()
+    fig4 = pd.read_csv(study / "results/tables/fig4_examples.csv")
+    layer3 = fig4[fig4["layer"] == 3]
+    labelled_yes = set(sheet[sheet["non_local"] == "yes"]["feature"].astype(int))
+    assert set(layer3["source"]) == {"human"} and set(layer3["feature"]) <= labelled_yes
 
 
 def test_report_holds_the_figures(study):
     run(["snakemake", "--cores", "1", "--report", "report.html"], study)
     html = (study / "report.html").read_text()
-    for figure in ("fig3_insertion.png", "fig5_nonlocal.png", "ground_truth.png", "compositional.png"):
+    figures = ("fig3_insertion.png", "fig5_nonlocal.png", "ground_truth.png", "compositional.png")
+    figures += ("fig1_examples.png", "fig4_examples.png")
+    for figure in figures:
         assert figure in html, figure

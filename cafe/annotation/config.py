@@ -14,9 +14,13 @@ class AnnotationConfig:
     n_features: int = 32  # features per layer in the sheets (the paper: 100)
     gallery_k: int = 4  # images per gallery
     threshold: float = 0.5
+    fig1_per_group: int = 3  # Fig 1: local features shown on top, as many non-local ones below
+    fig4_per_layer: int = 2  # Fig 4: non-local features shown per layer
 
     def __post_init__(self) -> None:
-        if self.n_features < 1 or self.gallery_k < 1:
-            raise CafeError(f"params: annotation.n_features and annotation.gallery_k must be >= 1, got {self}")
+        counts = (self.n_features, self.gallery_k, self.fig1_per_group, self.fig4_per_layer)
+        if min(counts) < 1:
+            names = "n_features, gallery_k, fig1_per_group, fig4_per_layer"
+            raise CafeError(f"params: annotation {names} must be >= 1, got {self}")
         if not 0.0 <= self.threshold <= 1.0:
             raise CafeError(f"params: annotation.threshold must be in [0, 1] (the score's range), got {self.threshold}")

@@ -33,7 +33,7 @@ LOAD_CHUNK = 64
 OUTLINE = [patheffects.withStroke(linewidth=4, foreground="black")]
 
 
-def _overlay_cmap() -> ListedColormap:
+def overlay_cmap() -> ListedColormap:
     """inferno whose low end is transparent, so the image shows where a map is weak."""
     colours = colormaps["inferno"](np.linspace(0, 1, 256))
     colours[:, 3] = np.linspace(0, 1, 256) ** 0.6 * 0.8
@@ -46,14 +46,21 @@ def shown_targets(targets: LayerTargets, k: int) -> list[np.ndarray]:
 
 
 def load_gallery_images(
-    targets: LayerTargets, k: int, root: str | Path, paths: dict[int, str]
+    targets: LayerTargets, k: int, root: str | Path, paths: dict[int, str], size: int = DISPLAY_SIZE
 ) -> dict[int, np.ndarray]:
-    """The shown images as uint8 (S, S, 3), cropped like the model saw them, keyed by manifest index."""
+    """The shown images as uint8 (size, size, 3), cropped like the model saw them, keyed by manifest index."""
     wanted = sorted({int(targets.image[n, j]) for n, cols in enumerate(shown_targets(targets, k)) for j in cols})
+    return load_indexed_images(wanted, root, paths, size)
+
+
+def load_indexed_images(
+    wanted: list[int], root: str | Path, paths: dict[int, str], size: int = DISPLAY_SIZE
+) -> dict[int, np.ndarray]:
+    """Images by manifest index as uint8 (size, size, 3), cropped like the model saw them."""
     images = {}
     for start in tqdm(range(0, len(wanted), LOAD_CHUNK), desc="gallery images", unit="chunk", leave=False):
         chunk = wanted[start : start + LOAD_CHUNK]
-        batch = load_images(root, [paths[i] for i in chunk], DISPLAY_SIZE)
+        batch = load_images(root, [paths[i] for i in chunk], size)
         pixels = (batch.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         images.update(zip(chunk, pixels))
     return images
@@ -67,12 +74,41 @@ def blend(pixels: np.ndarray, heat: np.ndarray, cmap: ListedColormap) -> np.ndar
     return (pixels * (1 - alpha) + colour[..., :3] * 255 * alpha).astype(np.uint8)
 
 
-def _token_label(token: int, grid: int) -> str:
+@dataclass(frozen=True)
+class TargetViews:
+    """What a person sees of a feature's shown targets: activation and ERF heat in [0, 1] (k, g, g) and both peaks
+    as (row, col) patches (no activation peak where the target fires on no patch, e.g. at the CLS token only)."""
+
+    heat_act: np.ndarray
+    heat_erf: np.ndarray
+    act_peaks: list[tuple[int, int] | None]
+    erf_peaks: list[tuple[int, int]]
+
+
+def target_views(targets: LayerTargets, n: int, cols: np.ndarray) -> TargetViews:
+    """The views of feature row `n`'s target columns `cols` (shared by galleries, the labelling page, Figs 1/4)."""
+    act = np.clip(targets.act[n, cols], 0, None)
+    heat_act = act / np.maximum(act.max(axis=(-2, -1), keepdims=True), 1e-12)
+    heat_erf = evidence(np.nan_to_num(targets.erf[n, cols]))
+    heat_erf = heat_erf / np.maximum(heat_erf.max(axis=(-2, -1), keepdims=True), 1e-12)
+    act_rows, act_cols = peak(act)
+    erf_rows, erf_cols = peak(heat_erf)
+    fires = act.max(axis=(-2, -1)) > 0
+    return TargetViews(
+        heat_act,
+        heat_erf,
+        [(int(r), int(c)) if f else None for r, c, f in zip(act_rows, act_cols, fires)],
+        [(int(r), int(c)) for r, c in zip(erf_rows, erf_cols)],
+    )
+
+
+def token_label(token: int, grid: int) -> str:
+    """Where a token sits: CLS, or its patch as (row, col)."""
     return "CLS" if token == 0 else "({},{})".format(*divmod(token - 1, grid))
 
 
 @dataclass
-class _Panel:
+class Panel:
     """One half of a pair: the image, a map over it, and both peaks."""
 
     ax: object
@@ -82,7 +118,7 @@ class _Panel:
     title: object
 
     @classmethod
-    def build(cls, ax, grid: int) -> _Panel:
+    def build(cls, ax, grid: int) -> Panel:
         extent = (-0.5, grid - 0.5, grid - 0.5, -0.5)  # patch (row, col) = data (y, x)
         image = ax.imshow(np.zeros((2, 2, 3), np.uint8), extent=extent, interpolation="nearest")
         act_mark = ax.plot([], [], "o", ms=11, mfc="none", mec="white", mew=2, path_effects=OUTLINE)[0]
@@ -122,7 +158,7 @@ class GalleryFigure:
             hspace=0.3,
         )
         slots = [axes[i // cols, 2 * (i % cols) :][:2] for i in range(k)]
-        self.pairs = [(_Panel.build(act_ax, grid), _Panel.build(erf_ax, grid)) for act_ax, erf_ax in slots]
+        self.pairs = [(Panel.build(act_ax, grid), Panel.build(erf_ax, grid)) for act_ax, erf_ax in slots]
         for ax in axes.flat[2 * k :]:
             ax.remove()
         self.title = self.figure.suptitle("", fontsize=10, fontweight="bold")
@@ -131,7 +167,7 @@ class GalleryFigure:
             "out = ERF mass outside the activated patches, d = peak-to-ERF-centre distance"
         )
         self.figure.text(0.5, 0.01, legend, ha="center", va="bottom", fontsize=7, color="0.3")
-        self.grid, self.images, self.cmap = grid, images, _overlay_cmap()
+        self.grid, self.images, self.cmap = grid, images, overlay_cmap()
 
     def draw(
         self, targets: LayerTargets, n: int, cols: np.ndarray, scores: MapScores, title: str, suggest: bool
@@ -139,12 +175,7 @@ class GalleryFigure:
         """Fill the figure with feature row `n` of `targets` (its shown target columns `cols`)."""
         self.title.set_text(title)
         self.title.set_color("firebrick" if suggest else "black")
-        act = np.clip(targets.act[n, cols], 0, None)
-        heat_act = act / np.maximum(act.max(axis=(-2, -1), keepdims=True), 1e-12)
-        heat_erf = evidence(targets.erf[n, cols])
-        heat_erf = heat_erf / np.maximum(heat_erf.max(axis=(-2, -1), keepdims=True), 1e-12)
-        act_rows, act_cols = peak(act)
-        erf_rows, erf_cols = peak(heat_erf)
+        views = target_views(targets, n, cols)
         for slot, (act_panel, erf_panel) in enumerate(self.pairs):
             if slot >= len(cols):
                 act_panel.ax.set_visible(False)
@@ -152,17 +183,16 @@ class GalleryFigure:
                 continue
             j = cols[slot]
             pixels = self.images[int(targets.image[n, j])]
-            act_at = (act_rows[slot], act_cols[slot]) if act[slot].max() > 0 else None
-            erf_at = (erf_rows[slot], erf_cols[slot])
-            at = _token_label(int(targets.token[n, j]), self.grid)
+            act_at, erf_at = views.act_peaks[slot], views.erf_peaks[slot]
+            at = token_label(int(targets.token[n, j]), self.grid)
             act_panel.show(
-                blend(pixels, heat_act[slot], self.cmap),
+                blend(pixels, views.heat_act[slot], self.cmap),
                 act_at,
                 erf_at,
                 f"#{j + 1} img {targets.image[n, j]} z={targets.value[n, j]:.3g} {at}",
             )
             erf_panel.show(
-                blend(pixels, heat_erf[slot], self.cmap),
+                blend(pixels, views.heat_erf[slot], self.cmap),
                 act_at,
                 erf_at,
                 f"ERF  out {scores.outside[n, j]:.2f}  d {scores.distance[n, j]:.2f}",

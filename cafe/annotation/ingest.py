@@ -1,4 +1,7 @@
-"""Human annotation files (`data/annotations/layer{L}.csv`): start one from a sheet, and read one back validated.
+"""Human annotation files: start one from a sheet, find every annotator's file, and read one back validated.
+
+One person: `data/annotations/layer{L}.csv`; several: `data/annotations/<name>/layer{L}.csv` (both may coexist: the
+top-level file counts as one more annotator).
 
 Reading never writes: a malformed file raises a CafeError listing every bad cell (file, spreadsheet line, column,
 value) at once, so one fix-and-rerun round is enough.
@@ -8,23 +11,46 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
 
-from cafe.annotation.schema import as_int, describe_failures, human_schema, parse_answer
+from cafe.annotation.schema import as_int, describe_failures, human_schema, is_unsure, parse_answer
 from cafe.errors import CafeError
 from cafe.io import write_text
 
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("sae_fingerprint", "non_local", "note", "previous_answer")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 
 
-def human_path(annotations_dir: str | Path, layer: int) -> Path:
-    """Where a person's answers for `layer` live."""
-    return Path(annotations_dir) / f"layer{layer}.csv"
+def check_annotator(name: str) -> str:
+    """An annotator name that is safe as one folder name (letters, digits, _ and -; no /, .., or hidden file)."""
+    if not PLAIN_NAME.fullmatch(name):
+        raise CafeError(
+            f"annotator {name!r} is not a plain name: use 1-40 letters, digits, '_' or '-', starting with a "
+            "letter or digit (it becomes the folder data/annotations/<name>/)"
+        )
+    return name
+
+
+def human_path(annotations_dir: str | Path, layer: int, annotator: str | None = None) -> Path:
+    """Where a person's answers for `layer` live: the top-level file, or the named annotator's."""
+    folder = Path(annotations_dir) if annotator is None else Path(annotations_dir) / check_annotator(annotator)
+    return folder / f"layer{layer}.csv"
+
+
+def human_files(annotations_dir: str | Path, layer: int) -> dict[str, Path]:
+    """Every annotator's file for `layer`, keyed by its path under `annotations_dir` (`layer6.csv`,
+    `alice/layer6.csv`); folders that are not plain names (hidden, ...) are not annotators and are skipped."""
+    root = Path(annotations_dir)
+    folders = root.iterdir() if root.is_dir() else []
+    names = sorted(p.name for p in folders if p.is_dir() and PLAIN_NAME.fullmatch(p.name))
+    paths = [human_path(root, layer)] + [human_path(root, layer, name) for name in names]
+    return {path.relative_to(root).as_posix(): path for path in paths if path.is_file()}
 
 
 def read_cells(path: Path) -> pd.DataFrame:
@@ -52,7 +78,8 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
 
 
 def validate_human(path: Path, sheet: pd.DataFrame, sheet_path: Path) -> pd.DataFrame:
-    """A human file checked against its sheet, as (feature, non_local True/False/None, note); CafeError if bad."""
+    """A human file checked against its sheet, as (feature, non_local True/False/None, unsure, note); CafeError if
+    bad. `unsure` marks rows the person looked at without deciding (non_local None, but answered)."""
     cells = read_cells(path)
     layer, fingerprint = int(sheet["layer"].iloc[0]), str(sheet["sae_fingerprint"].iloc[0])
     schema = human_schema(layer, set(sheet["feature"]), fingerprint, sheet_path)
@@ -65,13 +92,16 @@ def validate_human(path: Path, sheet: pd.DataFrame, sheet_path: Path) -> pd.Data
     return pd.DataFrame({
         "feature": cells["feature"].map(as_int).astype(int),
         "non_local": cells["non_local"].map(parse_answer).astype(object),
+        "unsure": cells["non_local"].map(is_unsure).astype(bool),
         "note": notes,
     }).reset_index(drop=True)  # fmt: skip
 
 
-def annotate_init(layer: int, sheets_dir: str | Path, annotations_dir: str | Path) -> Path:
-    """Copy the layer's sheet to the human file, refusing to replace answers already there."""
-    source, target = Path(sheets_dir) / f"layer{layer}.csv", human_path(annotations_dir, layer)
+def annotate_init(
+    layer: int, sheets_dir: str | Path, annotations_dir: str | Path, annotator: str | None = None
+) -> Path:
+    """Copy the layer's sheet to the (annotator's) human file, refusing to replace answers already there."""
+    source, target = Path(sheets_dir) / f"layer{layer}.csv", human_path(annotations_dir, layer, annotator)
     exists = CafeError(
         f"{target} already exists and holds your answers; it was left as it is. To start again from "
         f"the current sheet, move it away first (git keeps the old version), then re-run annotate-init"
@@ -80,8 +110,13 @@ def annotate_init(layer: int, sheets_dir: str | Path, annotations_dir: str | Pat
         raise exists
     if not source.is_file():
         raise CafeError(f"{source}: sheet not found; generate the sheets first (see docs/annotating.md)")
+    text = source.read_text()
+    if annotator is not None:  # the sheet carries the top-level file's answers: another person starts blank
+        sheet = pd.read_csv(source, dtype=str, keep_default_na=False)
+        sheet[[c for c in ("non_local", "note", "previous_answer") if c in sheet]] = ""
+        text = sheet.to_csv(index=False)
     try:
-        write_text(target, source.read_text(), replace=False)  # a file created since the check above is kept too
+        write_text(target, text, replace=False)  # a file created since the check above is kept too
     except FileExistsError:
         raise exists from None
     log.info("started %s from %s: fill the non_local column (yes/no), then commit it", target, source)
@@ -89,7 +124,7 @@ def annotate_init(layer: int, sheets_dir: str | Path, annotations_dir: str | Pat
 
 
 def run_annotate_init(args: argparse.Namespace) -> None:
-    annotate_init(args.layer, args.sheets_dir, args.annotations_dir)
+    annotate_init(args.layer, args.sheets_dir, args.annotations_dir, args.annotator)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,4 +133,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--layer", type=int, required=True)
     cmd.add_argument("--sheets-dir", type=Path, default=Path("results/annotation/sheets"))
     cmd.add_argument("--annotations-dir", type=Path, default=Path("data/annotations"))
+    cmd.add_argument("--annotator", help="a plain name: write data/annotations/<name>/layer{L}.csv (several people)")
     cmd.set_defaults(func=run_annotate_init)

@@ -14,18 +14,23 @@ SHEET_COLUMNS = (
     "top_images", "top_tokens", "top_values", "gallery", "sae_fingerprint",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("layer", "feature", "sae_fingerprint", "non_local")
-YES, NO = ("yes", "y", "true", "1"), ("no", "n", "false", "0")
-ANSWER_FORMS = "yes/no, y/n, true/false or 1/0 (any case), blank = not yet annotated"
+YES, NO, UNSURE = ("yes", "y", "true", "1"), ("no", "n", "false", "0"), ("unsure", "u")
+ANSWER_FORMS = "yes/no, y/n, true/false or 1/0 (any case), unsure/u = looked at, no decision, blank = not yet"
 
 
 def parse_answer(text: str) -> bool | None:
-    """A person's answer as True/False, None when blank; raises ValueError for anything else."""
+    """A person's answer as True/False, None when blank or unsure; raises ValueError for anything else."""
     value = text.strip().lower()
     if value in YES or value in NO:
         return value in YES
-    if value == "":
+    if value == "" or value in UNSURE:
         return None
     raise ValueError(f"{text!r} is not an answer ({ANSWER_FORMS})")
+
+
+def is_unsure(text: str) -> bool:
+    """Whether a cell says the person looked and could not decide (answered, but no label)."""
+    return text.strip().lower() in UNSURE
 
 
 def as_int(text: str) -> int | None:

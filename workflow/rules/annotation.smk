@@ -14,7 +14,7 @@ rule sheets:
         galleries=directory("results/annotation/galleries/layer{layer}"),
         index="results/annotation/index/layer{layer}.html",
     params:
-        cfg=as_json(config["annotation"]),
+        cfg=annotation_params("n_features", "gallery_k", "threshold"),
         images=IMAGES,
     log:
         "results/logs/sheets/layer{layer}.log",
@@ -26,8 +26,9 @@ rule sheets:
 
 
 def annotation_files(wildcards=None):
-    """The human files that exist now: a layer nobody has annotated yet is not an error."""
-    return [f"data/annotations/layer{layer}.csv" for layer in LAYERS if Path(f"data/annotations/layer{layer}.csv").exists()]
+    """The human files that exist now, one person's (data/annotations/layer{L}.csv) and each annotator's
+    (data/annotations/<name>/layer{L}.csv): a layer nobody has annotated yet is not an error."""
+    return [str(path) for layer in LAYERS for path in human_files("data/annotations", layer).values()]
 
 
 rule fig5:
@@ -39,9 +40,58 @@ rule fig5:
         table="results/tables/fig5_nonlocal.csv",
         metrics="results/metrics/annotation.json",
     params:
-        cfg=as_json(config["annotation"]),
+        cfg=annotation_params("threshold"),
     log:
         "results/logs/fig5.log",
     shell:
         "cafe fig5 --params {params.cfg:q} --sheets {input.sheets} --annotations-dir data/annotations "
         "--out-figure {output.figure} --out-table {output.table} --metrics {output.metrics} > {log} 2>&1"
+
+
+def qualitative_inputs(wildcards):
+    """Fig 1 and Fig 4 read every layer's sheet, features and ERF maps, and the human files."""
+    return {
+        "images": image_inputs(),
+        "sheets": expand("results/annotation/sheets/layer{layer}.csv", layer=LAYERS),
+        "features": expand("results/features/layer{layer}.h5", layer=LAYERS),
+        "erf": expand(f"results/erf/layer{{layer}}/{MAIN_METHOD}.h5", layer=LAYERS),
+        "manifest": "results/data/manifest.csv",
+        "annotations": annotation_files(),
+    }
+
+
+QUALITATIVE = (
+    "--params {params.cfg:q} --sheets {input.sheets} --features {input.features} --erf {input.erf} "
+    "--manifest {input.manifest} --images-root {params.images:q} --annotations-dir data/annotations "
+    "--out-figure {output.figure} --out-table {output.table} > {log} 2>&1"
+)
+
+
+rule fig1:
+    input:
+        unpack(qualitative_inputs),
+    output:
+        figure=report("results/figures/fig1_examples.png", caption="../report/fig1.rst", category="Fig 1"),
+        table="results/tables/fig1_examples.csv",
+    params:
+        cfg=annotation_params("threshold", "fig1_per_group"),
+        images=IMAGES,
+    log:
+        "results/logs/fig1.log",
+    shell:
+        "cafe fig1 " + QUALITATIVE
+
+
+rule fig4:
+    input:
+        unpack(qualitative_inputs),
+    output:
+        figure=report("results/figures/fig4_examples.png", caption="../report/fig4.rst", category="Fig 4"),
+        table="results/tables/fig4_examples.csv",
+    params:
+        cfg=annotation_params("threshold", "fig4_per_layer"),
+        images=IMAGES,
+    log:
+        "results/logs/fig4.log",
+    shell:
+        "cafe fig4 " + QUALITATIVE

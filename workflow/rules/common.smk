@@ -10,6 +10,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from cafe.compute import ComputeConfig
+from cafe.annotation.ingest import human_files
 from cafe.errors import CafeError
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, parse_section
 from cafe.io.hashes import HASH_CACHE
@@ -76,3 +77,8 @@ def ground_truth_params(*keys):
     """Only the ground_truth values one rule depends on (defaults filled in): a new Shapley threshold does not
     rescore the maps against the planted masks."""
     return as_json({key: config["ground_truth"][key] for key in keys})
+
+
+def annotation_params(*keys):
+    """Only the annotation values a job depends on: a Fig 4 setting does not redraw every gallery."""
+    return as_json({key: config["annotation"][key] for key in keys})
