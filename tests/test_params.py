@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_utils import REPO
+from workflow_utils import REPO, TINY_PARAMS
 
 from cafe.erf.config import ATTENTION_RULES
 from cafe.erf.registry import ATTRIBUTION_METHODS, METHODS, method_class
@@ -128,9 +128,10 @@ def test_params_files_state_only_what_differs_from_the_defaults(name):
     assert restated_defaults(config, defaults()) == []
 
 
-def test_params_yaml_keeps_every_section_that_dvc_tracks():
+@pytest.mark.parametrize("name", ["params.yaml", "the tiny demo's (tests)"])
+def test_params_files_keep_every_section_that_dvc_tracks(name):
     """DVC tracks params by section and fails on a section absent from params.yaml."""
-    config = yaml.safe_load((REPO / "params.yaml").read_text())
+    config = yaml.safe_load((REPO / "params.yaml").read_text()) if name == "params.yaml" else TINY_PARAMS
     tracked = {
         p
         for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()

@@ -59,6 +59,7 @@ TINY_PARAMS: dict[str, Any] = {
     },
     "annotation": {"n_features": 4, "gallery_k": 2, "threshold": 0.5},
     "ground_truth": {"patch_overlap": 0.25, "kind_purity": 0.8},
+    "compute": {},  # defaults (fp32); present because DVC tracks the section
 }
 
 
