@@ -131,7 +131,8 @@ def test_requests_without_the_token_or_host_change_nothing(project: Path) -> Non
         before = tree_hashes(project)
         answer = {"feature": 1, "answer": "yes"}
         assert request(f"{base}/api/answer", answer)[0] == 403
-        assert request(f"{base}/api/answer", answer, {"X-Cafe-Token": token[:-1] + "x"})[0] == 403
+        wrong = token[:-1] + ("y" if token.endswith("x") else "x")  # one character off, never the token itself
+        assert request(f"{base}/api/answer", answer, {"X-Cafe-Token": wrong})[0] == 403
         assert request(f"{base}/api/answer?token={token}", answer)[0] == 403  # writes need the header
         assert request(f"{base}/api/state")[0] == 403
         assert request(f"{base}/api/answer", answer, {"X-Cafe-Token": token, "Host": "evil.example:80"})[0] == 403
