@@ -29,6 +29,7 @@ from cafe.ground_truth.config import GroundTruthConfig
 from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
 from cafe.manifest import BAD_IMAGES, DataConfig
+from cafe.sae.feed import RESIDENT_MODES
 from cafe.sae.model import SAEConfig
 from cafe.sae.nonlinearity import ACTIVATIONS
 
@@ -96,6 +97,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
             "attention_rule": {"enum": list(ATTENTION_RULES)},
             "canvas": {"enum": list(CANVASES)},
             "sae_activation": {"enum": list(ACTIVATIONS)},
+            "sae_resident": {"enum": list(RESIDENT_MODES)},
             "precision": {"enum": list(PRECISIONS)},
             "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
             "bad_images": {"enum": list(BAD_IMAGES)},

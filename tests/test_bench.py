@@ -30,8 +30,11 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_quick_bench_measures_every_stage_with_throughput_and_utilisation(quick_results: dict) -> None:
     stages = quick_results["models"]["cafe-demo-vit"]["stages"]
-    sae = [name for name in stages if name.startswith("sae.train[")]
-    assert set(STAGES) <= set(stages) and len(sae) == 2
+    streamed = [r for name, r in stages.items() if name.startswith("sae.train[")]
+    resident = [r for name, r in stages.items() if name.startswith("sae.train.resident[")]
+    assert set(STAGES) <= set(stages) and len(streamed) == len(resident) == 2
+    assert [r["params"]["feed"] for r in streamed + resident] == ["stream"] * 2 + ["resident"] * 2
+    assert all(r["params"]["loop_tokens_per_s"] > 0 for r in streamed + resident)
     for name, record in stages.items():
         assert record["throughput"] > 0 and record["peak_memory_mb"] > 0, name
         assert 0 < record["utilisation"] <= 1.5, (name, record["utilisation"])

@@ -17,6 +17,7 @@ from cafe.erf.registry import ATTRIBUTION_METHODS, METHODS, method_class
 from cafe.errors import CafeError
 from cafe.insertion.canvases import CANVASES
 from cafe.params import Params, defaults, load_schema, merge, resolve, validate_config
+from cafe.sae.feed import RESIDENT_MODES
 from cafe.sae.nonlinearity import ACTIVATIONS
 
 SCHEMA_PATH = REPO / "workflow/schemas/params.schema.yaml"
@@ -43,6 +44,7 @@ def enum_of(path: str) -> list[str]:
         ("erf.methods", ATTRIBUTION_METHODS),
         ("insertion.canvases", tuple(CANVASES)),
         ("sae.activation", tuple(ACTIVATIONS)),
+        ("sae.resident", RESIDENT_MODES),
         ("erf.attnlrp.attention", ATTENTION_RULES),
     ],
 )
@@ -151,6 +153,7 @@ def test_overrides_merge_key_by_key_into_the_defaults():
     [
         ({"insertion": {"canvases": ["grey"]}}, "grey", sorted(CANVASES)),
         ({"sae": {"activation": "topk"}}, "topk", sorted(ACTIVATIONS)),
+        ({"sae": {"resident": "gpu"}}, "gpu", sorted(RESIDENT_MODES)),
         ({"erf": {"methods": ["occlusion"]}}, "occlusion", sorted(ATTRIBUTION_METHODS)),
     ],
 )

@@ -1,9 +1,13 @@
-"""Streaming, resumable Matryoshka SAE training on tokens made of known sparse atoms."""
+"""Resumable Matryoshka SAE training on tokens made of known sparse atoms, streamed from disk or resident on the
+training device (the same batches either way)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import tracemalloc
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from cafe.errors import CafeError
 from cafe.sae import SAEConfig, load_sae, train
 from cafe.sae.command import summarise
 from cafe.sae.evaluate import input_stats
-from cafe.sae.feed import TokenStream
+from cafe.sae.feed import ResidentStream, TokenStream, available_ram, open_stream
 from cafe.sae.resume import partial_path, run_key
 from cafe.sae.train import Trainer
 
@@ -209,3 +213,100 @@ def test_read_ahead_keeps_the_order_raises_the_readers_error_and_stops_when_clos
     next(endless)
     endless.close()
     assert not any(t.name == "sae-read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.fixture()
+def chunked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """3000 train tokens of width 16 in HDF5 chunks of 64 rows (47 chunks: windows of several chunks shuffle)."""
+    monkeypatch.setattr("cafe.io.activations.CHUNK_BYTES", 64 * 2 * 16)
+    return write_layer(tmp_path / "layer2.h5", sparse_tokens(3000, 1), sparse_tokens(4 * 17, 2).reshape(4, 17, 16), 2)
+
+
+def test_resident_feed_yields_the_streamed_batches_over_epochs_and_from_any_start(chunked_file: Path) -> None:
+    streamed = TokenStream(chunked_file, batch_size=50, seed=3, buffer_tokens=256)
+    resident = ResidentStream(chunked_file, batch_size=50, device=torch.device("cpu"), seed=3, buffer_tokens=256)
+    assert resident.resident and not streamed.resident and resident.tokens.dtype == torch.float16
+    per_epoch = sum(1 for _ in streamed.epoch(0))
+    n = 2 * per_epoch + 7  # into a third epoch, short last batches of every window included
+    expected = list(islice(streamed.batches(), n))
+    got = list(islice(resident.batches(), n))
+    assert len({len(b) for b in expected}) > 1
+    for i, (a, b) in enumerate(zip(expected, got, strict=True)):
+        assert b.dtype == torch.float32 and torch.equal(a, b), i
+    for start in (37, per_epoch, per_epoch + 1):
+        for i, b in enumerate(islice(resident.batches(start=start), 12)):
+            assert torch.equal(b, expected[start + i]), (start, i)
+
+
+def test_resident_load_reads_the_file_a_window_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cafe.io.activations.CHUNK_BYTES", 1 << 14)
+    train = np.random.default_rng(0).standard_normal((200_000, 16)).astype(np.float16)  # 6.4 MB
+    path = write_layer(tmp_path / "big.h5", train, np.zeros((1, 5, 16), np.float16))
+    tracemalloc.start()
+    resident = ResidentStream(path, batch_size=256, device=torch.device("cpu"), buffer_tokens=4096)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert torch.equal(resident.tokens, torch.from_numpy(train))
+    assert peak < 1_000_000  # host buffers of one 128 KB window at a time, never the file nor a float32 copy
+
+
+def test_a_trained_sae_is_the_same_resident_or_streamed(chunked_file: Path, tmp_path: Path) -> None:
+    config = replace(CONFIG, steps=60, batch_size=128, checkpoint_every=1000)  # 7680 tokens: 2.6 epochs
+    metrics, saes = {}, {}
+    for mode in ("always", "never"):
+        out = tmp_path / f"{mode}.pt"
+        metrics[mode] = train(chunked_file, out, out.with_suffix(".json"), replace(config, resident=mode), "cpu")
+        saes[mode] = load_sae(out)
+    assert metrics["always"]["feed"] == "resident" and metrics["never"]["feed"] == "stream"
+    assert metrics["always"]["loss"] == metrics["never"]["loss"]
+    (resident, meta), (streamed, streamed_meta) = saes["always"], saes["never"]
+    for name, value in streamed.state_dict().items():
+        assert torch.equal(resident.state_dict()[name], value), name
+    assert meta["fingerprint"] == streamed_meta["fingerprint"] and "resident" not in meta["config"]
+
+
+def test_a_run_streamed_until_interrupted_resumes_resident(
+    chunked_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streamed = replace(CONFIG, steps=60, batch_size=128, checkpoint_every=25, resident="never")
+    reference = train(chunked_file, tmp_path / "ref.pt", tmp_path / "ref.json", streamed, "cpu")
+    real_step = interrupt_at(monkeypatch, 40)
+    with pytest.raises(KeyboardInterrupt):
+        train(chunked_file, tmp_path / "s.pt", tmp_path / "s.json", streamed, "cpu")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = train(chunked_file, tmp_path / "s.pt", tmp_path / "s.json", replace(streamed, resident="always"), "cpu")
+    assert resumed["resumed_from"] == 25 and resumed["feed"] == "resident" and resumed["loss"] == reference["loss"]
+    (sae, _), (ref, _) = load_sae(tmp_path / "s.pt"), load_sae(tmp_path / "ref.pt")
+    for name, value in ref.state_dict().items():
+        assert torch.equal(sae.state_dict()[name], value), name
+
+
+def test_auto_keeps_the_tokens_resident_only_within_its_share_of_free_memory(
+    chunked_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpu, nbytes = torch.device("cpu"), 3000 * 16 * 2
+    with caplog.at_level(logging.INFO, logger="cafe.sae.feed"):
+        assert not open_stream(chunked_file, 64, 0, cpu, "auto", free=nbytes).resident  # 100 % of free memory
+    assert "streamed from disk" in caplog.text and "100% > 75%" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cafe.sae.feed"):
+        assert open_stream(chunked_file, 64, 0, cpu, "auto", free=2 * nbytes).resident
+    assert "loaded onto cpu" in caplog.text and "50% <= 75%" in caplog.text
+    assert not open_stream(chunked_file, 64, 0, cpu, "never", free=1 << 40).resident
+    assert open_stream(chunked_file, 64, 0, cpu, "always", free=nbytes).resident  # all of it: the user vouches
+
+
+def test_always_without_room_for_the_tokens_names_the_file_and_the_numbers(chunked_file: Path) -> None:
+    numbers = r"always, but its train tokens take 9\.6e-05 GB in float16, 9\.6e-05 GB free on cpu"
+    with pytest.raises(CafeError, match=numbers) as err:
+        open_stream(chunked_file, 64, 0, torch.device("cpu"), "always", free=3000 * 16 * 2 - 1)
+    assert chunked_file.name in str(err.value) and "never" in str(err.value)
+    with pytest.raises(CafeError, match="sae.resident must be one of"):
+        replace(CONFIG, resident="gpu")
+
+
+def test_available_ram_reads_meminfo_and_falls_back_to_free_pages(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384 kB\nMemFree:     1 kB\nMemAvailable:    2048 kB\n")
+    assert available_ram(meminfo) == 2048 * 1024
+    assert available_ram(tmp_path / "absent") > 0

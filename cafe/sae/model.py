@@ -22,9 +22,11 @@ from torch import nn
 from cafe.config import as_dict, parse_section
 from cafe.errors import CafeError
 from cafe.io.features import FeatureFile
+from cafe.sae.feed import check_resident
 from cafe.sae.nonlinearity import nonlinearity
 
 CHECKPOINT_VERSION = 1
+RUN_ONLY = ("resident",)  # SAEConfig fields that say how training runs, never what it computes
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,11 @@ class SAEConfig:
     batch_size: int = 1024
     checkpoint_every: int = 500  # steps between resumable training states
     seed: int = 0
+    resident: str = "auto"  # train tokens loaded onto the training device or streamed (cafe/sae/feed.py)
 
     def __post_init__(self) -> None:
         nonlinearity(self.activation)  # an unknown name is an error that lists the known ones
+        check_resident(self.resident)
         if not self.groups or list(self.groups) != sorted(self.groups) or self.groups[-1] != 1.0 or self.groups[0] <= 0:
             raise CafeError(
                 f"params: sae.groups must rise strictly to 1.0 (fractions of the latents), got {list(self.groups)}"
@@ -53,6 +57,10 @@ class SAEConfig:
         for name in ("expansion", "k", "steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise CafeError(f"params: sae.{name} must be >= 1, got {getattr(self, name)}")
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that shape the trained SAE, as data (its checkpoint's config): all but RUN_ONLY."""
+        return {k: v for k, v in as_dict(self).items() if k not in RUN_ONLY}
 
     def prefix_sizes(self, n_latents: int) -> list[int]:
         """Nested prefix lengths (in latents) of the Matryoshka loss."""
@@ -122,7 +130,7 @@ def save_checkpoint(path: str | Path, sae: MatryoshkaSAE, config: SAEConfig, met
         "version": CHECKPOINT_VERSION,
         "d_in": sae.d_in,
         "n_latents": sae.n_latents,
-        "config": as_dict(config),
+        "config": config.settings(),
         **meta,
     }
     fp = fingerprint(state, {k: v for k, v in meta.items() if k != "metrics"})  # same weights + config, same fp

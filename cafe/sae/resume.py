@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from cafe.config import as_dict
 from cafe.io import atomic_path
 from cafe.sae.feed import DEFAULT_BUFFER_TOKENS
 from cafe.sae.model import MatryoshkaSAE, SAEConfig
@@ -24,8 +23,9 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 
 def run_key(config: SAEConfig, activations_hash: str) -> dict[str, Any]:
-    """What a saved state must match to be resumed (steps and checkpoint_every may change: no lr schedule)."""
-    settings = {k: v for k, v in as_dict(config).items() if k not in ("steps", "checkpoint_every")}
+    """What a saved state must match to be resumed (steps and checkpoint_every may change: no lr schedule; the
+    feed may change: both give the same batches)."""
+    settings = {k: v for k, v in config.settings().items() if k not in ("steps", "checkpoint_every")}
     return {"config": settings, "activations_hash": activations_hash, "buffer_tokens": DEFAULT_BUFFER_TOKENS}
 
 
