@@ -18,6 +18,7 @@ import open_clip
 import torch
 from torch import nn
 
+from cafe.blocks import block_at_tokens
 from cafe.compute import full_precision
 from cafe.devices import select_device
 from cafe.errors import CafeError
@@ -214,6 +215,13 @@ class Backbone:
         """Residual stream after block `layer`, running only blocks 1..layer."""
         self.check_layer(layer)
         return self.run_blocks(self.embed(pixels), 0, layer)
+
+    def forward_at(self, pixels: torch.Tensor, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Residual stream after block `layer` at one token per row (B, D): blocks 1..layer-1 in full, block
+        `layer` for that token only (cafe.blocks), which is all a scalar target reads."""
+        self.check_layer(layer)
+        x = self.run_blocks(self.embed(pixels), 0, layer - 1)
+        return block_at_tokens(self.visual.transformer.resblocks[layer - 1], x, tokens.to(x.device))
 
     def forward_layers(self, pixels: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         """Residual streams after each requested block from one pass that stops at the deepest one."""

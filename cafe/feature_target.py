@@ -27,13 +27,17 @@ class FeatureTarget:
         with full_precision(resid.device):
             return self.sae.encode(resid.to(self.sae.W_e.dtype))
 
-    def from_residual(self, resid: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """z for each row, encoding only the target token of each row."""
+    def encode_at(self, resid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """z of each row's feature from its target token's residual (B, D)."""
         rows = torch.arange(resid.shape[0], device=resid.device)
         with full_precision(resid.device):  # one token per row: full precision costs nothing
-            z = self.sae.encode(resid[rows, tokens.to(resid.device)].to(self.sae.W_e.dtype))
+            z = self.sae.encode(resid.to(self.sae.W_e.dtype))
         return z[rows, features.to(resid.device)]
+
+    def at_tokens(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Residual after block L at each row's target token, (B, D); block L runs for that token only."""
+        return self.backbone.forward_at(pixels, self.layer, tokens)
 
     def __call__(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z_{features[b]}(pixels[b], tokens[b]) for every row b, shape (B,)."""
-        return self.from_residual(self.residual(pixels), tokens, features)
+        return self.encode_at(self.at_tokens(pixels, tokens), features)

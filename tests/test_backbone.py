@@ -4,6 +4,7 @@ to do."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -58,6 +59,49 @@ def test_one_pass_serves_every_layer_and_stops_at_the_deepest(tiny_backbone, pix
     assert calls == [0, 1]  # block 3 never runs
     for layer, stream in streams.items():
         torch.testing.assert_close(stream, tiny_backbone.forward_to(pixels, layer))
+
+
+class Wrapped(torch.nn.Module):
+    """A block of another kind (here: a standard one behind a wrapper), which the one-token path must run whole."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.inner = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["standard", "other-block"])
+def test_the_one_token_last_block_equals_the_full_forward_at_that_token(tiny_backbone, pixels, wrapped):
+    backbone = Backbone(tiny_backbone.visual, (0.5,) * 3, (0.5,) * 3, "tiny", "test")
+    if wrapped:
+        backbone.visual = copy.deepcopy(tiny_backbone.visual)
+        blocks = backbone.visual.transformer.resblocks
+        backbone.visual.transformer.resblocks = torch.nn.ModuleList(Wrapped(b) for b in blocks)
+    tokens = torch.tensor([0, 5, tiny_backbone.n_tokens - 1])
+    rows = torch.arange(3)
+    for layer in range(1, tiny_backbone.depth + 1):
+        x = pixels.clone().requires_grad_(True)
+        full = backbone.forward_to(x, layer)[rows, tokens]
+        (grad_full,) = torch.autograd.grad(full.square().sum(), x)
+        one = backbone.forward_at(x, layer, tokens)
+        (grad_one,) = torch.autograd.grad(one.square().sum(), x)
+        torch.testing.assert_close(one, full)
+        torch.testing.assert_close(grad_one, grad_full)  # IG and gradient attributions go through it too
+
+
+def test_the_one_token_last_block_skips_other_tokens_work(tiny_backbone, pixels):
+    """Block L's MLP sees one row per image, not all T tokens: the saving is real, not just a re-indexing."""
+    seen: list[tuple[int, ...]] = []
+    mlp = tiny_backbone.visual.transformer.resblocks[1].mlp
+    handle = mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            tiny_backbone.forward_at(pixels, 2, torch.tensor([0, 1, 2]))
+    finally:
+        handle.remove()
+    assert seen == [(3, tiny_backbone.width)]
 
 
 def test_a_layer_outside_the_tower_is_named(tiny_backbone, pixels):

@@ -42,14 +42,17 @@ def patch_lxt() -> list[str]:
 
 
 def gradient_x_input(target: Any, pixels: Any, tokens: Any, features: Any) -> Any:
-    """Per-patch gradient x input of the targets: under lxt's patches, its LRP maps."""
+    """Per-patch gradient x input of the targets: under lxt's patches, its LRP maps. Every block runs through its
+    own (patched) modules, block L too (not the target's one-token block, which calls functional attention)."""
     import torch
 
     from cafe.erf.base import patch_sum
 
     x = pixels.detach().requires_grad_(True)
+    rows = torch.arange(len(tokens))
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(target(x, tokens, features).sum(), x)
+        z = target.encode_at(target.residual(x)[rows, tokens], features)
+        (grad,) = torch.autograd.grad(z.sum(), x)
     return patch_sum(x.detach() * grad, target.backbone.patch_size)
 
 

@@ -45,7 +45,8 @@ def hooked_value(
         target.backbone.visual(pixels)
     finally:
         handle.remove()
-    return target.from_residual(captured["resid"], tokens, features)
+    rows = torch.arange(len(tokens), device=pixels.device)
+    return target.encode_at(captured["resid"][rows, tokens.to(pixels.device)], features)
 
 
 def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
@@ -66,7 +67,7 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
 
     return {
         "target.truncated": ctx.measure(
-            f"z_k(I, t) at layer {layer}: truncated forward (blocks 1..{layer})",
+            f"z_k(I, t) at layer {layer}: truncated forward (block {layer} at the target token only)",
             "targets",
             n,
             run(FeatureTarget.__call__),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from cafe.blocks import is_standard_block
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
@@ -26,14 +27,7 @@ def check_supported(visual: nn.Module) -> None:
     if getattr(visual.conv1, "bias", None) is not None:
         raise CafeError("erf attnlrp: the patch embedding has a bias; relevance could not be read at the pixels")
     for i, block in enumerate(visual.transformer.resblocks, start=1):
-        attn = getattr(block, "attn", None)
-        if not (
-            isinstance(block, ResidualAttentionBlock)
-            and isinstance(attn, nn.MultiheadAttention)
-            and attn.batch_first
-            and attn._qkv_same_embed_dim
-            and attn.bias_k is None
-        ):
+        if not is_standard_block(block):
             raise CafeError(
                 f"erf attnlrp: block {i} ({type(block).__name__}) is not a standard OpenCLIP "
                 f"ResidualAttentionBlock with batch-first nn.MultiheadAttention; no LRP rules for it"

@@ -21,10 +21,9 @@ def pre_activation(
     target: FeatureTarget, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor
 ) -> torch.Tensor:
     """W_e (s*h - b_d) of each row's feature at its token: z before the SAE's nonlinearity, (B,)."""
-    resid = target.residual(pixels)
+    resid = target.at_tokens(pixels, tokens)
     rows = torch.arange(resid.shape[0], device=resid.device)
-    pre = target.sae.pre_activation(resid[rows, tokens.to(resid.device)])
-    return pre[rows, features.to(resid.device)]
+    return target.sae.pre_activation(resid)[rows, features.to(resid.device)]
 
 
 def greedy_order(
