@@ -20,7 +20,7 @@ from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 from cafe.insertion.canvases import make_canvas
 from cafe.insertion.config import InsertionConfig
-from cafe.insertion.curves import compose, curves, keep_masks
+from cafe.insertion.curves import compose, curves, keep_masks, measure
 from cafe.insertion.orders import rank_patches, step_counts, target_rng
 from cafe.insertion.run import layer_curves
 from cafe.insertion.selection import activation_scores, erf_scores, sample_targets, select_targets
@@ -116,6 +116,34 @@ def test_batched_curves_equal_one_forward_per_step(tiny_backbone, tiny_sae, imag
                 with torch.no_grad():
                     z = target(tiny_backbone.normalize(pixels), torch.tensor([[3, 7][c]]), torch.tensor([c + 1]))
                 assert curve[c, step] == pytest.approx(z.item(), rel=1e-5, abs=1e-6)
+
+
+def test_seeds_of_a_target_share_their_equal_masked_images_and_measure_each_once(tiny_backbone, tiny_sae, images):
+    """Two orders of one target that agree on their first half: the empty, full and shared-prefix images run once."""
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    canvas = make_canvas("mean", images[:1], tiny_backbone, 1.0)
+    first = np.random.default_rng(0).permutation(16)
+    orders = np.stack([first, np.concatenate([first[:8], first[8:][::-1]])])
+    counts = step_counts(16, 4)  # 0, 4, 8, 12, 16 patches: steps 0-2 equal, 3 differs, 4 equal
+    forwarded = []
+
+    def counted(pixels, tokens, features):
+        forwarded.append(len(pixels))
+        return target(pixels, tokens, features)
+
+    masks = keep_masks(orders, counts)
+    z = measure(target, images[:1], canvas, masks, np.zeros(2, int), np.array([3, 3]), np.array([1, 1]), 64, counted)
+    distinct = len({(m.numpy().tobytes()) for m in masks.reshape(-1, 16)})
+    assert sum(forwarded) == distinct < masks.shape[0] * masks.shape[1]
+    with torch.no_grad():
+        each = target(
+            tiny_backbone.normalize(
+                compose(images[[0] * 16], canvas[[0] * 16], masks.reshape(-1, 16), tiny_backbone.patch_size)
+            ),
+            torch.full((16,), 3),
+            torch.full((16,), 1),
+        )
+    np.testing.assert_allclose(z.ravel(), each.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_steps_are_grid_aligned_and_insert_every_patch():

@@ -51,14 +51,26 @@ def measure(
     n_curves, n_masks = masks.shape[:2]
     flat = masks.reshape(n_curves * n_masks, -1)
     curve = np.repeat(np.arange(n_curves), n_masks)
+    keep, copy_of = distinct_rows(np.column_stack([image_of[curve], tokens[curve], features[curve], flat.numpy()]))
     backbone, out = target.backbone, []
-    for start in range(0, len(flat), batch_size):
-        rows = curve[start : start + batch_size]
+    for start in range(0, len(keep), batch_size):
+        picked = keep[start : start + batch_size]
+        rows = curve[picked]
         img = torch.as_tensor(image_of[rows], device=images.device)
-        pixels = compose(images[img], canvases[img], flat[start : start + batch_size], backbone.patch_size)
+        pixels = compose(images[img], canvases[img], flat[picked], backbone.patch_size)
         z = scalar(backbone.normalize(pixels), torch.as_tensor(tokens[rows]), torch.as_tensor(features[rows]))
         out.append(z.float().cpu())
-    return torch.cat(out).view(n_curves, n_masks).numpy()
+    return torch.cat(out)[copy_of].view(n_curves, n_masks).numpy()
+
+
+def distinct_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first occurrence of each distinct row, in order; for every row, the position of its copy among them):
+    one target's seeds share the empty and full images and often their first steps, measured once."""
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return first[order], position[inverse.ravel()]
 
 
 def split_curves(z: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
