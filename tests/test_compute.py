@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from layer_files import write_layer
 
+import cafe.compute as compute
 import cafe.erf.lrp as lrp
 from cafe.compute import PRECISIONS, ComputeConfig, precision_scope
 from cafe.config import parse_section
@@ -97,3 +100,18 @@ def test_sae_training_autocasts_the_forward_and_keeps_float32_master_weights(tmp
     assert all(p.dtype == torch.float32 for p in trainer.sae.parameters())
     state = trainer.optimizer.state_dict()["state"]
     assert state and all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+
+
+@pytest.mark.parametrize(("flags", "warned"), [("fpu avx2 fma", True), ("avx2 avx512f avx512_bf16", False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(tmp_path, monkeypatch, caplog, flags, warned):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    read = compute.cpu_flags
+    monkeypatch.setattr(compute, "cpu_flags", lambda: read(cpuinfo))
+    compute._warn_if_slow_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="cafe.compute"):
+        for _ in range(2):
+            with precision_scope("bf16", "cpu"):
+                pass
+    assert sum("emulated" in r.message for r in caplog.records) == (1 if warned else 0)
+    compute._warn_if_slow_bf16.cache_clear()
