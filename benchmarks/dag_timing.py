@@ -61,6 +61,13 @@ def per_rule(log: str) -> dict[str, dict[str, float]]:
     return dict(totals)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has bf16 instructions (timings differ a lot between machines)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{name} ({'with' if 'avx512_bf16' in text or 'amx_bf16' in text else 'no'} bf16 instructions)"
+
+
 def main() -> None:
     """Run the DAG once on a fresh copy and write the timing JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,6 +87,10 @@ def main() -> None:
         if run.returncode:
             raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
     result = {
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "cpu": cpu_model(),
         "cores": args.cores,
         "seconds": seconds,
         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
