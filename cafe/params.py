@@ -26,6 +26,7 @@ from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig
 from cafe.ground_truth.config import GroundTruthConfig
+from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
 from cafe.manifest import BAD_IMAGES, DataConfig
@@ -101,6 +102,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
             "precision": {"enum": list(PRECISIONS)},
             "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
             "bad_images": {"enum": list(BAD_IMAGES)},
+            "image_decode": {"enum": list(DECODERS)},
         }
     )
     return schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from layer_files import write_layer
 
 from cafe.activations import ActivationsConfig, extract
@@ -215,3 +217,53 @@ def test_skipped_images_are_counted_in_every_layer_file(manifest: Path, image_fo
     for layer in (1, 3):
         with open_layer(layer_path(tmp_path / "acts", layer)) as handle:
             assert handle.attrs["skipped_images"] == 2
+
+
+def test_decoding_on_the_device_gives_the_activations_of_pil_decoding(tiny_backbone: Backbone, tmp_path: Path) -> None:
+    """decode: device, run on the CPU. Its images are within 1 level of PIL's (measured here: max 1, mean 0.005
+    levels; tests/test_images.py); through the tiny tower (values up to about ±4) that moved the stored activations
+    by at most 0.0135 and 0.0014 on average (measured), a few float16 steps (0.002 at that scale). Bounds a bit
+    above: 0.02 per value, 0.002 on average; an image off by a pixel or a channel moves them by whole units."""
+    images = make_image_folder(tmp_path / "images", {"a": 6, "b": 4}, size=45, ext=".jpg")
+    manifest = tmp_path / "manifest.csv"
+    write_csv(manifest, make_manifest(DataConfig(str(images), n_train=6, n_analysis=4)))
+    pil = run(tiny_backbone, manifest, images, tmp_path / "pil", [1, 3], decode="cpu")
+    device = run(tiny_backbone, manifest, images, tmp_path / "device", [1, 3], decode="device")
+    for want, got in zip(pil, device):
+        with open_layer(want) as a, open_layer(got) as b:
+            for name in ("train", "analysis"):
+                difference = np.abs(b[name][:].astype(np.float32) - a[name][:].astype(np.float32))
+                assert difference.max() <= 0.02 and difference.mean() <= 0.002, (name, difference.max())
+            np.testing.assert_array_equal(b["analysis_image"][:], a["analysis_image"][:])
+
+
+def test_background_writes_give_the_same_bytes_as_writes_on_the_forward_thread(
+    tiny_backbone: Backbone, manifest: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    written = {
+        queue: run(tiny_backbone, manifest, image_folder, tmp_path / f"q{queue}", [1, 3], write_queue=queue)
+        for queue in (0, 1, 3)
+    }
+    for layer_files in zip(*written.values()):
+        assert len({path.read_bytes() for path in layer_files}) == 1, layer_files
+
+
+@pytest.mark.parametrize("write_queue", [0, 1])
+def test_an_error_on_the_writer_thread_stops_extraction_with_its_message_and_no_files(
+    tiny_backbone: Backbone,
+    manifest: Path,
+    image_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_queue: int,
+) -> None:
+    forward = tiny_backbone.forward_layers
+
+    def overflowing(pixels: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        return {layer: h * 1e6 for layer, h in forward(pixels, layers).items()}  # beyond float16's 65504
+
+    monkeypatch.setattr(tiny_backbone, "forward_layers", overflowing)
+    with pytest.raises(CafeError, match=r"layer 1 has values beyond float16 range \(max \|h\| = \d"):
+        run(tiny_backbone, manifest, image_folder, tmp_path / "acts", [1, 2], write_queue=write_queue)
+    assert list((tmp_path / "acts").iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "activations writer"]

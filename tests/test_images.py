@@ -14,7 +14,15 @@ from conftest import make_image_folder
 from PIL import Image
 
 from cafe.errors import CafeError
-from cafe.images import check_images, image_batches, image_problem, list_images, load_images
+from cafe.images import (
+    check_images,
+    decode_device,
+    device_decodes,
+    image_batches,
+    image_problem,
+    list_images,
+    load_images,
+)
 from cafe.io.manifest import read_manifest, read_skipped
 from cafe.manifest import DataConfig, make_manifest, register
 
@@ -218,3 +226,128 @@ def test_checking_in_worker_processes_finds_the_same_files(tmp_path: Path) -> No
 def test_bad_images_setting_is_checked() -> None:
     with pytest.raises(CafeError, match="data.bad_images must be one of"):
         DataConfig(bad_images="ignore")
+
+
+def _photo(width: int, height: int, seed: int) -> Image.Image:
+    """Photo-like content: smooth colour fields with fine grain (pure noise is no camera's JPEG)."""
+    rng = np.random.default_rng(seed)
+    fields = rng.integers(0, 256, (height // 6 + 2, width // 6 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(fields).resize((width, height), Image.Resampling.BICUBIC)).astype(int)
+    return Image.fromarray(np.clip(smooth + rng.integers(-12, 13, smooth.shape), 0, 255).astype(np.uint8))
+
+
+def _decoding_folder(root: Path) -> list[str]:
+    """JPEGs of odd sizes (wide, tall, smaller than the model's size), gray, CMYK and progressive, and a PNG."""
+    (root / "a").mkdir(parents=True)
+    files = {
+        "wide.jpg": (_photo(97, 61, 0), {}),
+        "tall.jpg": (_photo(33, 50, 1), {}),
+        "large.JPEG": (_photo(203, 151, 2), {"quality": 90}),
+        "small.jpg": (_photo(21, 17, 3), {}),
+        "gray.jpg": (_photo(64, 41, 4).convert("L"), {}),
+        "cmyk.jpg": (_photo(45, 45, 5).convert("CMYK"), {}),
+        "progressive.jpg": (_photo(120, 90, 6), {"progressive": True}),
+        "scene.png": (_photo(40, 30, 7), {}),
+    }
+    for name, (image, options) in files.items():
+        image.save(root / "a" / name, **options)
+    return [f"a/{name}" for name in files]
+
+
+def _batches(root: Path, paths: list[str], size: int, device: torch.device | None, workers: int = 0) -> tuple:
+    """Every image of `paths` through `image_batches` (batches of 3), as (indices, images)."""
+    rows = pd.DataFrame({"index": np.arange(len(paths)) + 10, "path": paths})
+    batches = list(image_batches(root, rows, size, batch_size=3, num_workers=workers, decode_on=device))
+    return torch.cat([i for i, _ in batches]), torch.cat([b for _, b in batches])
+
+
+@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2)])
+def test_decoding_on_the_device_matches_pil_within_resize_rounding(tmp_path: Path, size: int, workers: int) -> None:
+    """The device path (run here on the CPU) against PIL's. Decoding is the same libjpeg-turbo on both (measured:
+    identical pixels); both resize in PIL's two passes with uint8 rounding between, with fixed-point (PIL) or float
+    coefficients (torch), so a pixel may land one level apart (measured on these images at sizes 32, 64 and 224: max
+    1 level, mean 0.004 levels). Bounds a bit above: 2 levels per pixel, mean 0.02 levels. A crop one pixel off,
+    a wrong scale or channel order moves the max by tens of levels and the mean by far more."""
+    paths = _decoding_folder(tmp_path / "images")
+    cpu = torch.device("cpu")
+    indices, device = _batches(tmp_path / "images", paths, size, cpu, workers)
+    want_indices, pil = _batches(tmp_path / "images", paths, size, None)
+    assert indices.tolist() == want_indices.tolist() == list(range(10, 10 + len(paths)))
+    assert device.shape == pil.shape == (len(paths), 3, size, size) and device.dtype == torch.float32
+    levels = (device - pil).abs() * 255
+    assert levels.max() <= 2 and levels.mean() <= 0.02, (levels.max(), levels.mean())
+    for name in ("cmyk.jpg", "scene.png"):  # decoded by PIL on both paths
+        assert torch.equal(device[paths.index(f"a/{name}")], pil[paths.index(f"a/{name}")])
+    gray = device[paths.index("a/gray.jpg")]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_only_huffman_coded_gray_or_colour_jpegs_go_to_the_device(tmp_path: Path) -> None:
+    paths = _decoding_folder(tmp_path)
+    takes = {p: device_decodes((tmp_path / p).read_bytes()) for p in paths}
+    assert [p for p, yes in takes.items() if not yes] == ["a/cmyk.jpg", "a/scene.png"]
+    assert not device_decodes(b"") and not device_decodes(b"\xff\xd8\xff\xd9") and not device_decodes(b"GIF89a")
+
+
+def test_auto_decodes_on_the_device_only_on_cuda_with_jpeg_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.io
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *args, **kwargs: None)  # a GPU build with nvJPEG
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert decode_device("auto", cuda, ["a/x.png", "b/y.JPEG"]) == cuda
+    assert decode_device("auto", cuda, ["a/x.png"]) is None
+    assert decode_device("auto", cpu, ["b/y.JPEG"]) is None
+    assert decode_device("cpu", cuda, ["b/y.JPEG"]) is None
+    assert decode_device("device", cpu, ["a/x.png"]) == cpu
+
+
+def test_a_device_torchvision_cannot_decode_on_falls_back_to_pil_or_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torchvision.io
+
+    def no_nvjpeg(*args, **kwargs):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_nvjpeg)
+    cuda = torch.device("cuda", 0)
+    assert decode_device("auto", cuda, ["b/y.JPEG"]) is None
+    assert "cannot decode JPEGs on cuda:0" in caplog.text and "nvJPEG" in caplog.text
+    with pytest.raises(CafeError, match="activations.decode: torchvision cannot decode JPEGs on cuda:0"):
+        decode_device("device", cuda, ["b/y.JPEG"])
+
+
+def test_a_jpeg_the_device_decoder_refuses_is_decoded_by_pil(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torchvision.io
+
+    paths = _decoding_folder(tmp_path / "images")
+    refused = (tmp_path / "images" / "a" / "tall.jpg").read_bytes()
+    decode = torchvision.io.decode_jpeg
+
+    def picky(data, *args, **kwargs):  # a decoder that refuses one file, and any batch holding it
+        batch = data if isinstance(data, list) else [data]
+        if any(bytes(one.numpy()) == refused for one in batch):
+            raise RuntimeError("unsupported")
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
+    _, device = _batches(tmp_path / "images", paths, 32, torch.device("cpu"))
+    _, pil = _batches(tmp_path / "images", paths, 32, None)
+    assert torch.equal(device[paths.index("a/tall.jpg")], pil[paths.index("a/tall.jpg")])
+    assert (device - pil).abs().max() * 255 <= 2
+    assert "tall.jpg" in caplog.text and "decoding it with PIL" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_an_unreadable_file_on_the_device_path_is_the_same_error_naming_it(tmp_path: Path, damage: str) -> None:
+    paths = _decoding_folder(tmp_path / "images")
+    broken = tmp_path / "images" / "a" / "large.JPEG"
+    if damage == "truncated":
+        broken.write_bytes(broken.read_bytes()[:2000])
+    else:
+        broken.unlink()
+    for device in (torch.device("cpu"), None):
+        with pytest.raises(CafeError, match="large.JPEG: cannot read image"):
+            _batches(tmp_path / "images", paths, 32, device)

@@ -1,10 +1,13 @@
-"""Atomic writes: all or nothing, readable by collaborators; unreadable HDF5 files are named."""
+"""Atomic writes: all or nothing, readable by collaborators; unreadable HDF5 files are named; background writes
+keep their order and hand their failures back."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from cafe.errors import CafeError
 from cafe.io import atomic_path, open_h5, write_text
 from cafe.io.atomic import temp_prefix
+from cafe.io.background import BackgroundWriter
 
 
 def test_an_interrupted_write_leaves_neither_a_half_file_nor_a_temporary(tmp_path: Path) -> None:
@@ -66,3 +70,50 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: P
         assert not stale.exists() and running.exists() and other.exists()
     finally:
         alive.kill()
+
+
+def test_background_jobs_run_in_order_and_a_failure_surfaces_on_the_callers_thread() -> None:
+    done: list[int] = []
+    with BackgroundWriter(depth=2) as jobs:
+        for i in range(5):
+            jobs.put(lambda i=i: done.append(i))
+        jobs.close()
+        assert done == [0, 1, 2, 3, 4]
+
+    def broken() -> None:
+        raise CafeError("layer 3: cannot write")
+
+    jobs = BackgroundWriter(depth=1)
+    jobs.put(broken)
+    with pytest.raises(CafeError, match="layer 3: cannot write"):  # at a later put, or at close at the latest
+        for i in range(100):
+            jobs.put(lambda i=i: done.append(10 + i))
+        jobs.close()
+    with pytest.raises(CafeError, match="layer 3: cannot write"):
+        jobs.close()  # joins the thread; the failure stays the answer
+    assert done == [0, 1, 2, 3, 4] and not jobs.thread.is_alive()  # nothing after the failed job ran
+
+
+def test_leaving_the_block_on_an_error_drops_the_waiting_jobs_and_joins() -> None:
+    started, done = threading.Event(), []
+    jobs = BackgroundWriter(depth=2)
+
+    def slow() -> None:  # still running when the block is left, then finishes
+        started.set()
+        while not jobs.dropping:
+            time.sleep(0.001)
+        done.append("slow")
+
+    with pytest.raises(RuntimeError, match="forward failed"), jobs:
+        jobs.put(slow)
+        jobs.put(lambda: done.append("queued"))
+        started.wait()
+        raise RuntimeError("forward failed")
+    assert done == ["slow"] and not jobs.thread.is_alive()
+
+
+def test_without_a_queue_jobs_run_at_once_on_the_callers_thread() -> None:
+    threads: list[str] = []
+    jobs = BackgroundWriter(depth=0)
+    jobs.put(lambda: threads.append(threading.current_thread().name))
+    assert threads == [threading.current_thread().name] and jobs.thread is None

@@ -15,6 +15,7 @@ from workflow_utils import REPO, TINY_PARAMS
 from cafe.erf.config import ATTENTION_RULES
 from cafe.erf.registry import ATTRIBUTION_METHODS, METHODS, method_class
 from cafe.errors import CafeError
+from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES
 from cafe.params import Params, defaults, load_schema, merge, resolve, validate_config
 from cafe.sae.feed import RESIDENT_MODES
@@ -46,6 +47,7 @@ def enum_of(path: str) -> list[str]:
         ("sae.activation", tuple(ACTIVATIONS)),
         ("sae.resident", RESIDENT_MODES),
         ("erf.attnlrp.attention", ATTENTION_RULES),
+        ("activations.decode", DECODERS),
     ],
 )
 def test_schema_enums_equal_the_registries(path, registry):
@@ -155,6 +157,7 @@ def test_overrides_merge_key_by_key_into_the_defaults():
         ({"sae": {"activation": "topk"}}, "topk", sorted(ACTIVATIONS)),
         ({"sae": {"resident": "gpu"}}, "gpu", sorted(RESIDENT_MODES)),
         ({"erf": {"methods": ["occlusion"]}}, "occlusion", sorted(ATTRIBUTION_METHODS)),
+        ({"activations": {"decode": "gpu"}}, "gpu", sorted(DECODERS)),
     ],
 )
 def test_unknown_names_are_rejected_at_validation_with_the_known_names(section, value, known):

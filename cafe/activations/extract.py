@@ -1,15 +1,20 @@
 """One forward pass per image batch through blocks 1..max(layers) writes the residual stream of every requested
 layer: the train images' tokens (all, or a seeded subsample per image) and all tokens of the analysis images.
+
+The feed and the writes stay off the forward's path: JPEGs can be decoded on the backbone's device
+(`activations.decode`, cafe.images), and each batch's float16 values go to the host (asynchronously on CUDA) and
+into HDF5 on a writer thread (`activations.write_queue` batches may wait for it) while the next batch runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +27,15 @@ from tqdm import tqdm
 from cafe.backbone import Backbone
 from cafe.compute import precision_scope
 from cafe.errors import CafeError
-from cafe.images import image_batches
+from cafe.images import DECODERS, Batch, decode_device, image_batches
 from cafe.io import atomic_path, file_hash
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
+from cafe.io.background import BackgroundWriter
 from cafe.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
+
+FLOAT16_OVERFLOW = 65520.0  # |x| from here on rounds to inf in float16 (its max, 65504, plus half a step)
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,17 @@ class ActivationsConfig:
     batch_size: int = 64
     tokens_per_image: int | None = None  # train tokens kept per image: None = all, else a seeded subsample
     seed: int = 0  # seeds the per-image token subsample
-    num_workers: int = 0  # image-decoding worker processes
+    num_workers: int = 0  # image-decoding worker processes (with decode on the device, they only read files)
+    decode: str = "auto"  # JPEGs decoded by PIL in the workers (cpu), on the backbone's device, or auto: on CUDA
+    write_queue: int = 1  # batches that may wait for the HDF5 writer thread (host memory); 0: no thread
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise CafeError(f"params: activations.batch_size must be >= 1, got {self.batch_size}")
+        if self.decode not in DECODERS:
+            raise CafeError(f"params: activations.decode must be one of {DECODERS}, got {self.decode!r}")
+        if self.write_queue < 0:
+            raise CafeError(f"params: activations.write_queue must be >= 0, got {self.write_queue}")
         if self.tokens_per_image is not None and self.tokens_per_image < 1:
             raise CafeError(f"params: activations.tokens_per_image must be null or >= 1, got {self.tokens_per_image}")
 
@@ -72,45 +86,78 @@ def _check_disk(out_dir: Path, n_bytes: int) -> None:
         )
 
 
-def _to_half(resid: torch.Tensor, layer: int) -> np.ndarray:
-    """float16 on the CPU; a value beyond float16's range is an error, not a silent inf."""
-    half = resid.to(torch.float16)
-    if not torch.isfinite(half).all():
+@dataclass(frozen=True)
+class _Half:
+    """One layer's float16 values on their way to the host, with max |h| (the range check) and the event after
+    which both are there (None: already there)."""
+
+    values: torch.Tensor
+    max_abs: torch.Tensor
+    ready: torch.cuda.Event | None
+
+
+def _start_half(resid: torch.Tensor) -> _Half:
+    """Convert to float16 and start the copy to the host; on CUDA nothing waits, so the next forward is queued at
+    once."""
+    low, high = torch.aminmax(resid)
+    half, max_abs = resid.to(torch.float16), torch.maximum(-low, high).float()
+    if resid.device.type != "cuda":
+        return _Half(half, max_abs, None)
+    ready = torch.cuda.Event()
+    host = _Half(half.to("cpu", non_blocking=True), max_abs.to("cpu", non_blocking=True), ready)
+    ready.record()
+    return host
+
+
+def _host_half(half: _Half, layer: int) -> np.ndarray:
+    """The float16 values on the host once copied; a value beyond float16's range is an error, not a silent inf."""
+    if half.ready is not None:
+        half.ready.synchronize()
+    max_abs = float(half.max_abs)
+    if not max_abs < FLOAT16_OVERFLOW:  # rounding is monotonic: only the largest |h| can overflow (NaN fails too)
         raise CafeError(
             f"activations: layer {layer} has values beyond float16 range "
-            f"(max |h| = {resid.abs().max().item():.3g}); cannot store them as float16"
+            f"(max |h| = {max_abs:.3g}); cannot store them as float16"
         )
-    return half.cpu().numpy()
+    return half.values.numpy()
 
 
 def _run_split(
     backbone: Backbone,
     rows: pd.DataFrame,
-    images_root: Path,
+    batches: Iterable[Batch],
     layers: list[int],
-    config: ActivationsConfig,
     write: Callable[[np.ndarray, dict[int, torch.Tensor]], None],
     precision: str = "fp32",
 ) -> None:
-    """Forward every image of one split once, in `precision` (cafe.compute); `write(indices, {layer: residual
-    (B, T, D)})` stores them."""
-    loader = image_batches(
-        images_root,
-        rows,
-        backbone.image_size,
-        config.batch_size,
-        config.num_workers,
-        pin_memory=backbone.device.type == "cuda",
-    )
+    """Forward every image batch of one split once, in `precision` (cafe.compute); `write(indices, {layer:
+    residual (B, T, D)})` stores them."""
     start, split = time.perf_counter(), rows["split"].iloc[0]
     with torch.inference_mode(), tqdm(total=len(rows), desc=f"activations {split}", unit="img") as bar:
-        for indices, images in loader:
+        for indices, images in batches:
             with precision_scope(precision, backbone.device):
                 resid = backbone.forward_layers(backbone.normalize(images), layers)
             write(indices.numpy(), resid)
             bar.update(len(indices))
     seconds = time.perf_counter() - start
     log.info("%s: %d images in %.1f s (%.1f images/s)", split, len(rows), seconds, len(rows) / max(seconds, 1e-9))
+
+
+def _feed(
+    backbone: Backbone, images_root: Path, config: ActivationsConfig, paths: pd.Series
+) -> Callable[[pd.DataFrame], Iterable[Batch]]:
+    """The image batches of a split's rows, decoded where `config.decode` says."""
+    device = decode_device(config.decode, backbone.device, paths)
+    log.info("JPEGs decoded %s (activations.decode: %s)", f"on {device}" if device else "by PIL", config.decode)
+    return functools.partial(
+        image_batches,
+        images_root,
+        size=backbone.image_size,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        pin_memory=backbone.device.type == "cuda",
+        decode_on=device,
+    )
 
 
 def _open_writers(
@@ -146,21 +193,34 @@ def _open_writers(
 
 
 class _Sink:
-    """Routes each batch's residuals to the layer writers: a token subsample for train, all for analysis."""
+    """Routes each batch's residuals to the layer writers through the writer thread: a token subsample for
+    train, all tokens for analysis."""
 
-    def __init__(self, writers: dict[int, LayerWriter], n_tokens: int, keep: int, seed: int):
-        self.writers, self.n_tokens, self.keep, self.seed = writers, n_tokens, keep, seed
+    def __init__(
+        self, writers: dict[int, LayerWriter], n_tokens: int, keep: int, seed: int, jobs: BackgroundWriter
+    ) -> None:
+        self.writers, self.n_tokens, self.keep, self.seed, self.jobs = writers, n_tokens, keep, seed, jobs
 
     def train(self, images: np.ndarray, resid: dict[int, torch.Tensor]) -> None:
         tokens = np.stack([token_subsample(int(i), self.n_tokens, self.keep, self.seed) for i in images])
-        for layer, h in resid.items():
-            picked = torch.from_numpy(tokens).to(h.device)
-            rows = torch.arange(len(images), device=h.device)[:, None]
-            self.writers[layer].add_train(images, tokens, _to_half(h[rows, picked], layer))
+        device = next(iter(resid.values())).device
+        picked = torch.from_numpy(tokens)
+        picked = (picked.pin_memory() if device.type == "cuda" else picked).to(device, non_blocking=True)
+        rows = torch.arange(len(images), device=device)[:, None]
+        halves = {layer: _start_half(h[rows, picked]) for layer, h in resid.items()}
+        self.jobs.put(functools.partial(self._write_train, images, tokens, halves))
 
     def analysis(self, images: np.ndarray, resid: dict[int, torch.Tensor]) -> None:
-        for layer, h in resid.items():
-            self.writers[layer].add_analysis(images, _to_half(h, layer))
+        halves = {layer: _start_half(h) for layer, h in resid.items()}
+        self.jobs.put(functools.partial(self._write_analysis, images, halves))
+
+    def _write_train(self, images: np.ndarray, tokens: np.ndarray, halves: dict[int, _Half]) -> None:
+        for layer, half in halves.items():
+            self.writers[layer].add_train(images, tokens, _host_half(half, layer))
+
+    def _write_analysis(self, images: np.ndarray, halves: dict[int, _Half]) -> None:
+        for layer, half in halves.items():
+            self.writers[layer].add_analysis(images, _host_half(half, layer))
 
 
 def extract(
@@ -191,9 +251,12 @@ def extract(
         writers = _open_writers(
             stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis), skipped
         )
-        sink = _Sink(writers, backbone.n_tokens, keep, config.seed)
-        _run_split(backbone, train, Path(images_root), layers, config, sink.train, precision)
-        _run_split(backbone, analysis, Path(images_root), layers, config, sink.analysis, precision)
+        jobs = stack.enter_context(BackgroundWriter(config.write_queue, "activations writer"))  # joined first
+        sink = _Sink(writers, backbone.n_tokens, keep, config.seed, jobs)
+        batches = _feed(backbone, Path(images_root), config, pd.concat([train["path"], analysis["path"]]))
+        _run_split(backbone, train, batches(train), layers, sink.train, precision)
+        _run_split(backbone, analysis, batches(analysis), layers, sink.analysis, precision)
+        jobs.close()
         for writer in writers.values():
             writer.finish()
     return [layer_path(out_dir, layer) for layer in layers]

@@ -43,13 +43,28 @@ def random_targets(n: int, backbone: Backbone, n_latents: int, seed: int = 0) ->
     return tokens, torch.randint(0, n_latents, (n,), generator=rng)
 
 
-def image_folder(root: Path, n_train: int, n_analysis: int, size: int, seed: int = 0) -> tuple[Path, Path]:
-    """Random RGB PNGs in one class folder under `root/images`, and the manifest splitting them: (manifest, images)."""
+def photo(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """A photo-like RGB image: smooth colour fields with fine grain (noise alone would make JPEGs far slower to
+    decode than a camera's)."""
+    fields = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(fields).resize((width, height), Image.Resampling.BICUBIC)).astype(np.int16)
+    return Image.fromarray(np.clip(smooth + rng.integers(-12, 13, smooth.shape), 0, 255).astype(np.uint8))
+
+
+def image_folder(
+    root: Path, n_train: int, n_analysis: int, size: int, seed: int = 0, jpeg: bool = False
+) -> tuple[Path, Path]:
+    """Images in one class folder under `root/images`, and the manifest splitting them: (manifest, images). Random
+    RGB PNGs of size x size, or with `jpeg` photo-like JPEGs of ImageNet's usual shape (4:3, the shorter side 5/3
+    of the model's size: 373 x 497 for 224, like ImageNet's 375 x 500) at PIL's default quality."""
     rng = np.random.default_rng(seed)
-    (root / "images" / "noise").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "bench").mkdir(parents=True, exist_ok=True)
     for i in range(n_train + n_analysis):
-        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "images" / "noise" / f"{i:05d}.png")
+        if jpeg:
+            photo(size * 5 // 3 * 4 // 3, size * 5 // 3, rng).save(root / "images" / "bench" / f"{i:05d}.jpg")
+        else:
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / "bench" / f"{i:05d}.png")
     manifest = root / "manifest.csv"
     write_csv(manifest, make_manifest(DataConfig(str(root / "images"), n_train, n_analysis, seed)))
     return manifest, root / "images"

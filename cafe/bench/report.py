@@ -107,6 +107,12 @@ def goals(results: dict[str, Any]) -> list[str]:
             f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
             f"extraction {s['extraction']['utilisation']:.2f}"
         )
+        lines.append(
+            f"  - extraction feed (JPEG decode + resize), images/s: PIL "
+            f"{_fmt(s['extraction.feed.cpu']['throughput'])}, on the device "
+            f"{_fmt(s['extraction.feed.device']['throughput'])}; the forward alone "
+            f"{_fmt(s['extraction.forward']['throughput'])}"
+        )
         sae = [r for name, r in s.items() if name.startswith("sae.train")]
         lines.append("  - SAE training: " + "; ".join(sae_goal(r, results["peak"]["flop_per_s"]) for r in sae))
     return lines

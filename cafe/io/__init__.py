@@ -1,5 +1,6 @@
-"""The ground floor: atomic writes and guarded readers (`atomic`), and one module per file contract, each the
-only place that writes and reads its file: `manifest`, `activations`, `features`, `erf_maps`.
+"""The ground floor: atomic writes and guarded readers (`atomic`), writes on a background thread (`background`),
+and one module per file contract, each the only place that writes and reads its file: `manifest`, `activations`,
+`features`, `erf_maps`.
 """
 
 from cafe.io.atomic import (
