@@ -118,26 +118,24 @@ def _ranked_curves(
     canvases: torch.Tensor,
     image_of: np.ndarray,
 ) -> list:
-    """Insertion and deletion curves of the score ranking, one per seed; identical orders are measured once."""
+    """Insertion and deletion curves of the score ranking, one per seed; images that seeds share (all of them where
+    the orders are equal) are measured once (`measure`)."""
     orders = np.concatenate(
         [seeded_orders(s, config.seeds, target.layer, f, r) for s, f, r in zip(scores, targets.feature, targets.rank)]
     )
     of_target = np.repeat(np.arange(len(targets)), config.seeds)
     seed = np.tile(np.arange(config.seeds), len(targets))
-    unique, inverse = np.unique(np.column_stack([of_target, orders]), axis=0, return_inverse=True)
-    t = unique[:, 0]
     ins, dels = curves(
         target,
         images,
         canvases,
-        unique[:, 1:],
+        orders,
         counts,
-        image_of[t],
-        targets.token[t],
-        targets.feature[t],
+        image_of[of_target],
+        targets.token[of_target],
+        targets.feature[of_target],
         config.batch_size,
     )
-    ins, dels = ins[inverse.ravel()], dels[inverse.ravel()]
     ends = ins[:, [0, -1]]
     return [("insertion", of_target, seed, ins, ends), ("deletion", of_target, seed, dels, ends)]
 
