@@ -30,7 +30,7 @@ FLAGS = (
 
 
 def need_chromium() -> None:
-    """Skip where Debian's chromium is not installed (CI installs it: a skip fails there, CI=true)."""
+    """Skip where Debian's chromium is not installed (CI installs it; a skip fails under CI=true, see conftest)."""
     if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random OpenCLIP tower, a tiny SAE on it, and a tiny ImageFolder on disk."""
+"""Shared fixtures: a tiny random OpenCLIP tower, a tiny SAE on it, a tiny ImageFolder on disk, the one finished
+tiny demo; and two hooks: a skip fails under CI=true (skips_fail_in_ci.py), $CAFE_TEST_TIMING records where the
+time goes (timing_record.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skips_fail_in_ci import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
+from timing_record import pytest_fixture_setup, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401 (hooks)
 
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.sae import MatryoshkaSAE

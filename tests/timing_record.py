@@ -1,0 +1,67 @@
+"""pytest hooks (imported by tests/conftest.py): with $CAFE_TEST_TIMING set to a path, write there a JSON of where
+the suite's time went: every test's setup/call/teardown seconds and marks, every fixture setup of 0.1 s or more
+(the shared tiny demo, the SLURM cluster...), the machine and its load. `benchmarks/ci_timing.py` prints it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cafe.bench.machine import cpu_model
+
+TESTS: dict[str, dict] = {}
+FIXTURES: list[dict] = []
+MARKS = ("e2e", "slurm", "fault")
+STARTED = {"time": time.perf_counter(), "load": os.getloadavg()[0]}
+
+
+def _target() -> Path | None:
+    path = os.environ.get("CAFE_TEST_TIMING")
+    return Path(path) if path else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    began = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - began
+    if _target() and seconds >= 0.1:
+        test = request.node.nodeid if request.node else ""
+        FIXTURES.append({"name": fixturedef.argname, "scope": fixturedef.scope, "seconds": seconds, "for": test})
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not _target():
+        return
+    entry = TESTS.setdefault(
+        report.nodeid,
+        {"id": report.nodeid, "file": report.nodeid.split("::")[0], "outcome": "passed", "marks": [],
+         "setup": 0.0, "call": 0.0, "teardown": 0.0},
+    )  # fmt: skip
+    entry[report.when] = report.duration
+    entry["marks"] = sorted(set(entry["marks"]) | {m for m in MARKS if m in report.keywords})
+    if report.failed or (report.skipped and entry["outcome"] != "failed"):
+        entry["outcome"] = report.outcome
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = _target()
+    if not target:
+        return
+    tests = [{**t, "seconds": t["setup"] + t["call"] + t["teardown"]} for t in TESTS.values()]
+    record = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_1min": {"before": STARTED["load"], "after": os.getloadavg()[0]},
+        "wall_seconds": time.perf_counter() - STARTED["time"],
+        "tests": sorted(tests, key=lambda t: -t["seconds"]),
+        "fixtures": sorted(FIXTURES, key=lambda f: -f["seconds"]),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=1) + "\n")
+
