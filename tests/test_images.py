@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_image_folder
+from lost_files import count_lost, files_lost, hashes
 from PIL import Image
 
 from cafe.errors import CafeError
@@ -155,10 +156,14 @@ def _odd_image(kind: str, path: Path) -> Path:
     "pass the check and load as the same gray levels as a plain 8-bit RGB file",
 )
 @pytest.mark.parametrize("kind", ["cmyk", "gray", "gray16", "rgba", "palette", "exif_rotated", "tiny"])
-def test_odd_but_valid_images_pass_the_check_and_keep_their_gray_levels(tmp_path: Path, kind: str) -> None:
+def test_odd_but_valid_images_pass_the_check_and_keep_their_gray_levels(
+    tmp_path: Path, kind: str, record_property
+) -> None:
     path = _odd_image(kind, tmp_path / kind)
+    before = hashes(tmp_path)
     assert image_problem(path) is None
     image = load_images(tmp_path, [path.name], 16)[0]
+    assert count_lost(record_property, files_lost(before)) == []  # read, never rewritten
     assert image.shape == (3, 16, 16)
     if kind != "tiny":  # the same gray ramp as from a plain 8-bit RGB file, whatever the mode it was stored in
         Image.fromarray(np.stack([_gradient()] * 3, -1)).save(tmp_path / "reference.png")
@@ -189,11 +194,13 @@ def _broken_folder(root: Path) -> dict[str, str]:
     "broken images among those drawn (zero bytes, truncated JPEG, a text file named .JPEG, a truncated PNG)",
     "the manifest step, before any extraction, lists every one with a count in one error (data.bad_images: error)",
 )
-def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path) -> None:
+def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path, record_property) -> None:
     broken = _broken_folder(tmp_path / "images")
     params = json.dumps({"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6})
+    before = hashes(tmp_path / "images")
     with pytest.raises(CafeError) as err:
         run_cli(["manifest", "--params", params, "--out", str(tmp_path / "m.csv"), "--workers", "2"])
+    assert count_lost(record_property, files_lost(before)) == []  # the image folder untouched
     message = str(err.value)
     assert "4 of 20 images cannot be read" in message and "bad_images: skip" in message
     for name, why in broken.items():
@@ -205,10 +212,12 @@ def test_every_broken_image_is_reported_at_once_with_a_count(tmp_path: Path) -> 
     "the same broken images with data.bad_images: skip",
     "left out of the manifest, listed in skipped_images.csv beside it (and counted in the activation files)",
 )
-def test_skip_leaves_broken_images_out_and_lists_them_beside_the_manifest(tmp_path: Path) -> None:
+def test_skip_leaves_broken_images_out_and_lists_them_beside_the_manifest(tmp_path: Path, record_property) -> None:
     broken = _broken_folder(tmp_path / "images")
     params = {"images": str(tmp_path / "images"), "n_train": 14, "n_analysis": 6, "bad_images": "skip"}
+    before = hashes(tmp_path / "images")
     run_cli(["manifest", "--params", json.dumps(params), "--out", str(tmp_path / "m.csv")])
+    assert count_lost(record_property, files_lost(before)) == []  # the image folder untouched
     manifest, skipped = read_manifest(tmp_path / "m.csv"), read_skipped(tmp_path / "skipped_images.csv")
     assert sorted(skipped["path"]) == sorted(broken) and list(skipped.columns) == ["path", "class", "reason"]
     assert len(manifest) == 16 and not manifest["path"].isin(list(broken)).any()

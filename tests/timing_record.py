@@ -64,4 +64,3 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=1) + "\n")
-

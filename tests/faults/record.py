@@ -1,5 +1,6 @@
 """pytest plugin for tests/faults/table.py: records each fault case's marker, outcome and `files_lost` property
-into the JSON file named by $CAFE_FAULT_RECORD (loaded only by table.py, with `-p record`)."""
+into the JSON file named by $CAFE_FAULT_RECORD (loaded only by table.py, with `-p record`). A case that counted
+no files (tests/lost_files.py) records `files_lost: null`, never a default 0."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "fault": marker.args[0],
             "expected": marker.args[1],
             "existing": bool(marker.kwargs.get("existing", False)),
+            "generated": bool(marker.kwargs.get("generated", False)),
             "outcome": report.outcome,
-            "files_lost": int(props.get("files_lost", 0)),
+            "files_lost": props.get("files_lost"),
             "seconds": round(report.duration, 2),
         }
     )

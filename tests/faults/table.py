@@ -1,5 +1,6 @@
-"""Run the fault suite and print its table for the README: one row per fault, what cafe must do, and how many
-of its cases were answered so; then the totals (cases tried, answered clearly, files lost: must be 0).
+"""Run the fault suite and print its table for the README: one row per fault, what cafe must do, how many of its
+cases were answered so and the files lost (counted from the files, tests/lost_files.py); the generated schema
+mutations in their own row; then the totals of real faults and of mutations (files lost: must be 0).
 
     python tests/faults/table.py                 # the whole suite (the kill/rerun cases take a few minutes)
     python tests/faults/table.py -m "not e2e"    # the fast cases only; extra arguments go to pytest
@@ -29,28 +30,53 @@ def run_suite(pytest_args: list[str], record: Path) -> int:
 
 
 def table(records: list[dict]) -> str:
-    """Markdown: one row per fault (parametrised cases pooled), then the totals."""
-    rows: dict[str, dict] = {}
-    for r in records:
-        row = rows.setdefault(r["fault"], {**r, "tried": 0, "answered": 0, "lost": 0, "seconds": 0.0})
-        row["tried"] += 1
-        row["answered"] += r["outcome"] == "passed"
-        row["lost"] += r["files_lost"]
-        row["seconds"] += r["seconds"]
+    """Markdown: one row per fault (parametrised cases pooled), the generated schema mutations in a row of their
+    own after the real faults, then the totals of each. Files lost are those the cases counted from the files;
+    a row none of whose cases counts files (nothing on disk at stake) says so instead of 0."""
+    real = [r for r in records if not r.get("generated")]
+    generated = [r for r in records if r.get("generated")]
     lines = ["| fault | expected behaviour | result | files lost |", "| --- | --- | --- | --- |"]
-    for row in rows.values():
-        verdict = "answered" if row["answered"] == row["tried"] else "**NOT answered**"
-        count = f" ({row['answered']}/{row['tried']} cases)" if row["tried"] > 1 else ""
-        before = "; already so before the suite" if row["existing"] else ""
-        lines.append(f"| {row['fault']} | {row['expected']} | {verdict}{count}{before} | {row['lost']} |")
-    tried, answered = len(records), sum(r["outcome"] == "passed" for r in records)
-    lost, seconds = sum(r["files_lost"] for r in records), sum(r["seconds"] for r in records)
-    lines.append("")
-    lines.append(
-        f"Cases tried: **{tried}**; answered clearly: **{answered}**; files lost: **{lost}** "
-        f"({len(rows)} faults; {seconds:.0f} s of test time)."
-    )
+    lines += [_row(rows) for rows in _by_fault(real).values()]
+    lines += [_row(rows, "generated: ") for rows in _by_fault(generated).values()]
+    lines += ["", _totals("Real faults", real)]
+    if generated:
+        lines.append(_totals("Generated schema mutations", generated))
     return "\n".join(lines)
+
+
+def _by_fault(records: list[dict]) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for r in records:
+        rows.setdefault(r["fault"], []).append(r)
+    return rows
+
+
+def _row(cases: list[dict], prefix: str = "") -> str:
+    first, tried = cases[0], len(cases)
+    answered = sum(r["outcome"] == "passed" for r in cases)
+    verdict = "answered" if answered == tried else "**NOT answered**"
+    count = f" ({answered}/{tried} cases)" if tried > 1 else ""
+    before = "; already so before the suite" if first["existing"] else ""
+    return f"| {prefix}{first['fault']} | {first['expected']} | {verdict}{count}{before} | {_lost(cases)} |"
+
+
+def _lost(cases: list[dict]) -> str:
+    """Sum of the counted files lost, with how many cases counted when not all did; "not counted" if none did."""
+    counted = [r["files_lost"] for r in cases if r.get("files_lost") is not None]
+    if not counted:
+        return "not counted (no file at stake)"
+    return f"{sum(counted)}" + (f" (counted in {len(counted)}/{len(cases)})" if len(counted) < len(cases) else "")
+
+
+def _totals(what: str, records: list[dict]) -> str:
+    answered = sum(r["outcome"] == "passed" for r in records)
+    counted = [r["files_lost"] for r in records if r.get("files_lost") is not None]
+    faults = len(_by_fault(records))
+    lost = f"**{sum(counted)}**, counted from the files in {len(counted)} cases" if counted else "not counted"
+    return (
+        f"{what}: cases tried **{len(records)}** ({faults} fault{'s' * (faults != 1)}); answered clearly: "
+        f"**{answered}**; files lost: {lost} ({sum(r['seconds'] for r in records):.0f} s of test time)."
+    )
 
 
 def main() -> int:

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from layer_files import write_layer
+from lost_files import count_lost, files_lost, hashes
 
 from cafe.activations import ActivationsConfig, extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
-from cafe.io import file_hash, write_csv
+from cafe.io import write_csv
 from cafe.io.activations import LayerWriter, layer_path
 from cafe.manifest import DataConfig, make_manifest
 from cafe.sae import model as sae_model
@@ -56,13 +57,13 @@ def test_disk_full_during_hdf5_write_keeps_the_previous_file(
     manifest, out = tmp_path / "manifest.csv", tmp_path / "acts"
     write_csv(manifest, make_manifest(DataConfig(str(image_folder), n_train=6, n_analysis=4)))
     extract(tiny_backbone, manifest, image_folder, [1], out, ActivationsConfig(batch_size=4))
-    before = file_hash(layer_path(out, 1))
+    before = hashes(tmp_path)
     monkeypatch.setattr(LayerWriter, "_put", no_space)
     with pytest.raises(CafeError, match="no space left on device") as err:
         extract(tiny_backbone, manifest, image_folder, [1], out, ActivationsConfig(batch_size=4))
+    assert count_lost(record_property, files_lost(before)) == []
     assert str(layer_path(out, 1)) in str(err.value) and "previous file is kept" in str(err.value)
-    assert file_hash(layer_path(out, 1)) == before and leftovers(out) == []
-    record_property("files_lost", 0 if file_hash(layer_path(out, 1)) == before else 1)
+    assert leftovers(out) == []
 
 
 @pytest.mark.fault(
@@ -74,7 +75,7 @@ def test_disk_full_during_checkpoint_save_keeps_the_previous_checkpoint(
 ) -> None:
     out = tmp_path / "sae" / "layer1.pt"
     train(tokens_file, out, out.with_suffix(".json"), SAE, "cpu")
-    before = file_hash(out)
+    before = hashes(tmp_path)
     real_save = torch.save
 
     def half_then_full(obj, path, *args, **kwargs):
@@ -85,24 +86,24 @@ def test_disk_full_during_checkpoint_save_keeps_the_previous_checkpoint(
     monkeypatch.setattr(sae_model.torch, "save", half_then_full)
     with pytest.raises(CafeError, match="no space left on device") as err:
         train(tokens_file, out, out.with_suffix(".json"), replace(SAE, seed=1), "cpu")
-    assert str(out) in str(err.value)
-    assert file_hash(out) == before and leftovers(out.parent) == []
+    assert count_lost(record_property, files_lost(before)) == []  # the checkpoint, its metrics and the tokens
+    assert str(out) in str(err.value) and leftovers(out.parent) == []
     load_sae(out)
-    record_property("files_lost", 0 if file_hash(out) == before else 1)
 
 
 @pytest.mark.fault(
     "NaN/Inf values in an activation file handed to SAE training",
     "stopped before training with the file and the count of bad values; no checkpoint, no training state",
 )
-def test_nan_activations_stop_sae_training_naming_the_file(tmp_path: Path) -> None:
+def test_nan_activations_stop_sae_training_naming_the_file(tmp_path: Path, record_property) -> None:
     rng = np.random.default_rng(0)
     tokens = (rng.standard_normal((2048, 16)) + 2).astype(np.float16)
     tokens[::7, 3] = np.nan
     path = write_layer(tmp_path / "layer1.h5", tokens, rng.standard_normal((8, 17, 16)).astype(np.float16))
-    out = tmp_path / "layer1.pt"
+    out, before = tmp_path / "layer1.pt", hashes(tmp_path)
     with pytest.raises(CafeError, match="NaN/Inf values") as err:
         train(path, out, tmp_path / "m.json", SAE, "cpu")
+    assert count_lost(record_property, files_lost(before)) == []  # the activation file handed in
     assert str(path) in str(err.value) and "re-run the `activations` step" in str(err.value)
     assert not out.exists() and not partial_path(out).exists()
 
@@ -111,7 +112,9 @@ def test_nan_activations_stop_sae_training_naming_the_file(tmp_path: Path) -> No
     "NaN/Inf appearing in the middle of an activation file (past the statistics sample)",
     "stopped at the step whose batch held it, cause named; no checkpoint of NaN weights",
 )
-def test_nan_in_a_later_batch_stops_at_that_step(tokens_file: Path, tmp_path: Path, monkeypatch) -> None:
+def test_nan_in_a_later_batch_stops_at_that_step(
+    tokens_file: Path, tmp_path: Path, monkeypatch, record_property
+) -> None:
     real = TokenStream.batches
 
     def poisoned(self, start=0):
@@ -119,9 +122,10 @@ def test_nan_in_a_later_batch_stops_at_that_step(tokens_file: Path, tmp_path: Pa
             yield batch.clone().fill_(float("nan")) if step == 25 else batch
 
     monkeypatch.setattr(TokenStream, "batches", poisoned)
-    out = tmp_path / "layer1.pt"
+    out, before = tmp_path / "layer1.pt", hashes(tmp_path)
     with pytest.raises(CafeError, match="at step 26; the activation batch holds NaN/Inf") as err:
         train(tokens_file, out, tmp_path / "m.json", SAE, "cpu")
+    assert count_lost(record_property, files_lost(before)) == []
     assert "No checkpoint was written" in str(err.value)
     assert not out.exists()
     state = torch.load(partial_path(out), weights_only=True)  # the step-20 state, from before the NaN
@@ -132,10 +136,11 @@ def test_nan_in_a_later_batch_stops_at_that_step(tokens_file: Path, tmp_path: Pa
     "SAE training diverges (learning rate far too high)",
     "stopped with the step and the cause (lower sae.lr); no checkpoint, no NaN training state",
 )
-def test_diverging_sae_stops_with_step_and_cause(tokens_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "layer1.pt"
+def test_diverging_sae_stops_with_step_and_cause(tokens_file: Path, tmp_path: Path, record_property) -> None:
+    out, before = tmp_path / "layer1.pt", hashes(tmp_path)
     with pytest.raises(CafeError, match=r"at step \d+|after step \d+") as err:
         train(tokens_file, out, tmp_path / "m.json", replace(SAE, lr=1e30), "cpu")
+    assert count_lost(record_property, files_lost(before)) == []
     assert "training diverged: lower sae.lr (now 1e+30)" in str(err.value)
     assert not out.exists()
     if partial_path(out).exists():

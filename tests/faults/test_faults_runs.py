@@ -1,6 +1,7 @@
-"""Fault suite, slow cases on copies of the one finished tiny-demo run: `kill -9` during each long step, two runs
-at once in one checkout, broken or mismatched files handed to the next step, a broken annotation edit seen on the
-console, and the recovery commands Snakemake prints. Each case's `fault` marker is a row of the README's table.
+"""Fault suite, slow cases on copies of the one finished tiny-demo run: `kill -9` while each kind of writer works,
+two runs at once in one checkout, broken or mismatched files handed to the next step, a broken annotation edit
+seen on the console, and the recovery commands Snakemake prints. Each case's `fault` marker is a row of the
+README's table; each counts its lost files from the files (tests/lost_files.py) before it asserts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from lost_files import count_lost, files_lost, hashes, opens
 from workflow_utils import TINY_PARAMS, copy_workspace, env, run
 
 from cafe import cli
@@ -29,26 +30,6 @@ NOT_RESULTS = ("per_s", "seconds", "resumed_from")  # speed, and the record of a
 
 
 # ---------------------------------------------------------------------------------------------- file checks
-
-
-def opens(path: Path) -> bool:
-    """Whether a file at a final path opens as what its name says (a complete activation file included)."""
-    try:
-        if path.suffix == ".h5":
-            with h5py.File(path, "r") as handle:
-                return path.parent.name != "activations" or int(handle.attrs.get("complete", 0)) == 1
-        if path.suffix in (".pt", ".partial"):
-            torch.load(path, map_location="cpu", weights_only=True)
-        elif path.suffix == ".csv":
-            pd.read_csv(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".png":
-            with Image.open(path) as image:
-                image.verify()
-        return True
-    except Exception:
-        return False
 
 
 def unreadable(root: Path) -> list[str]:
@@ -134,57 +115,60 @@ def appeared(root: Path, pattern: str) -> Callable[[], bool]:
     return lambda: any(root.glob(pattern))
 
 
+# One case per kind of writer (cafe/io/atomic.py): every other product is written by one of these the same way
+# (ERF and features HDF5 whole, like Fig 5's files, into an `atomic_path` temporary; insertion CSV, sheets CSV,
+# galleries and HTML by write_csv / atomic_path / write_text, as Fig 5's table, figure and metrics).
 KILL_CASES = {
-    # step: (products deleted then rebuilt, when to kill)
-    "extraction": (
+    # writer (the step killed): (products deleted then rebuilt, when to kill)
+    "streamed HDF5 (extraction)": (
         ["results/activations/layer1.h5", "results/activations/layer3.h5"],
         lambda root: appeared(root, "results/activations/.layer1.h5.*.tmp"),
     ),
-    "SAE training": (
+    "torch checkpoint and resumable state (SAE training)": (
         ["results/sae/layer1.pt", "results/sae/layer1.json"],
         lambda root: appeared(root, "results/sae/layer1.pt.partial"),  # mid-training: the step-20 state of 40
     ),
-    "ERF": (["results/erf/layer1/attnlrp.h5"], lambda root: log_started(root, "results/logs/erf/layer1_attnlrp.log")),
-    "insertion": (
-        ["results/insertion/layer1/attnlrp.csv"],
-        lambda root: log_started(root, "results/logs/insertion/layer1_attnlrp.log"),
-    ),
-    "sheets": (
-        ["results/annotation/sheets/layer1.csv", "results/annotation/index/layer1.html"],
-        lambda root: log_started(root, "results/logs/sheets/layer1.log"),
-    ),
-    "Fig 5": (
+    "PNG, CSV and JSON products (Fig 5)": (
         ["results/figures/fig5_nonlocal.png", "results/tables/fig5_nonlocal.csv", "results/metrics/annotation.json"],
         lambda root: appeared(root, "results/logs/fig5.log"),
     ),
 }
+FIG5 = KILL_CASES["PNG, CSV and JSON products (Fig 5)"][0]
+
+
+def products(root: Path) -> dict[Path, str]:
+    """Hashes of every product and human annotation file of a workspace (tests/lost_files.py)."""
+    return hashes(root / "results", root / "data" / "annotations")
 
 
 @pytest.mark.fault(
-    "`kill -9` of the whole run (Snakemake and its job) during extraction, SAE training, ERF, insertion, sheets, Fig 5",
+    "`kill -9` of the whole run (Snakemake and its job) while each kind of writer works: the streamed activation "
+    "HDF5 (extraction), the torch checkpoint and its resumable state (SAE training), the PNG/CSV/JSON products "
+    "(Fig 5)",
     "no file at a final path that fails to open; the rerun, after the recovery Snakemake prints (`snakemake "
     "--unlock`, no other flag), finishes with the same results as an uninterrupted run",
 )
-@pytest.mark.parametrize("step", list(KILL_CASES))
+@pytest.mark.parametrize("writer", list(KILL_CASES))
 def test_kill_9_then_rerun_as_printed_gives_the_uninterrupted_results(
-    step: str, finished_tiny_demo: Path, tmp_path: Path, record_property
+    writer: str, finished_tiny_demo: Path, tmp_path: Path, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
-    products, ready = KILL_CASES[step]
-    for product in products:
+    targets, ready = KILL_CASES[writer]
+    before = products(root)
+    for product in targets:
         (root / product).unlink()
     for log in (root / "results" / "logs").rglob("*.log"):  # the finished run's: a new one means the job started
         log.unlink()
-    cmd = ["snakemake", "--cores", "1", *products]
+    cmd = ["snakemake", "--cores", "1", *targets]
     proc = start(root, cmd)
-    wait_until(proc, ready(root), f"{step} was under way")
+    wait_until(proc, ready(root), f"the {writer} writer was under way")
     kill_run(proc)
-    assert not all((root / p).exists() for p in products), f"{step} had finished before the kill"
-    broken = unreadable(root)
-    record_property("files_lost", len(broken))
-    assert broken == []
+    assert not all((root / p).exists() for p in targets), f"{writer}: the step had finished before the kill"
+    broken = [str(root / path) for path in unreadable(root)]  # half files at final paths, right after the kill
     rerun_as_printed(root, cmd)
-    for product in products:
+    lost = count_lost(record_property, sorted({*broken, *files_lost(before, remade=[root / p for p in targets])}))
+    assert broken == [] and lost == []
+    for product in targets:
         same_content(root / product, finished_tiny_demo / product)
     assert unreadable(root) == []
     assert list((root / "results").rglob("*.tmp")) == []  # the killed writers' temporaries went with the rerun
@@ -202,8 +186,8 @@ def test_a_second_run_in_the_same_checkout_is_refused(
     first: str, finished_tiny_demo: Path, tmp_path: Path, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
-    products = KILL_CASES["Fig 5"][0]
-    for product in [*products, "results/logs/fig5.log"]:  # a new log means the first run's job started
+    before = products(root)
+    for product in [*FIG5, "results/logs/fig5.log"]:  # a new log means the first run's job started
         (root / product).unlink()
     proc = start(root, ["snakemake", "--cores", "1", "fig5"] if first == "snakemake" else ["dvc", "repro", "fig5"])
     wait_until(proc, lambda: (root / "results/logs/fig5.log").is_file(), "the first run's job started")
@@ -213,11 +197,10 @@ def test_a_second_run_in_the_same_checkout_is_refused(
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     assert proc.wait(timeout=600) == 0, (root / "run.out").read_text()[-3000:]
+    lost = count_lost(record_property, files_lost(before, remade=[root / p for p in FIG5]))
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
-    broken = unreadable(root)
-    record_property("files_lost", len(broken))
-    assert broken == []
-    for product in products:
+    assert lost == []
+    for product in FIG5:
         same_content(root / product, finished_tiny_demo / product)
 
 
@@ -293,13 +276,15 @@ DAMAGED = {
 @pytest.mark.parametrize("damage", [truncate, overwrite_header], ids=["truncated", "corrupt"])
 @pytest.mark.parametrize("path", list(DAMAGED))
 def test_damaged_file_handed_to_the_next_step_is_named(
-    path: str, damage, finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys
+    path: str, damage, finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     step, advice = DAMAGED[path]
     damage(root / path)
+    before = products(root)
     out = tmp_path / "out" / OUT_NAMES[step]
     code, err = run_step(root, step_argv(step, out), monkeypatch, capsys)
+    assert count_lost(record_property, files_lost(before)) == []
     assert code == 2 and f"cafe {step}: error: {path}" in err, err
     assert advice in err, err
     assert not out.exists()
@@ -345,12 +330,15 @@ def test_file_of_another_backbone_layer_or_sae_is_refused(
     tmp_path: Path,
     monkeypatch,
     capsys,
+    record_property,
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     if edit is not None:
         edit_attrs(root / edit[0], **edit[1])
+    before = products(root)
     out = tmp_path / "out" / OUT_NAMES[step]
     code, err = run_step(root, step_argv(step, out, **inputs), monkeypatch, capsys)
+    assert count_lost(record_property, files_lost(before)) == []
     assert code == 2 and message in err, err
     assert not out.exists()
 
@@ -371,20 +359,20 @@ def start_annotation(root: Path, monkeypatch, capsys) -> Path:
     existing=True,
 )
 def test_annotation_file_for_another_sae_is_refused(
-    finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys
+    finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     human = start_annotation(root, monkeypatch, capsys)
     sheet = pd.read_csv(human, dtype=str, keep_default_na=False)
     human.write_text(sheet.assign(sae_fingerprint="0123456789ab", non_local="yes").to_csv(index=False))
-    before = (root / "results/figures/fig5_nonlocal.png").read_bytes()
+    before = products(root)
     argv = ["fig5", "--params", as_json("annotation"), "--sheets", "results/annotation/sheets/layer1.csv",
             "results/annotation/sheets/layer3.csv", "--annotations-dir", "data/annotations",
             "--out-figure", "results/figures/fig5_nonlocal.png", "--out-table", "results/tables/fig5_nonlocal.csv",
             "--metrics", "results/metrics/annotation.json"]  # fmt: skip
     code, err = run_step(root, argv, monkeypatch, capsys)
+    assert count_lost(record_property, files_lost(before)) == []  # the figure and the person's file included
     assert code == 2 and "data/annotations/layer1.csv:2" in err and "from another SAE" in err, err
-    assert (root / "results/figures/fig5_nonlocal.png").read_bytes() == before
 
 
 @pytest.mark.fault(
@@ -395,30 +383,31 @@ def test_annotation_file_for_another_sae_is_refused(
     "runner", [["snakemake", "--cores", "1", "fig5"], ["dvc", "repro", "fig5"]], ids=["snakemake", "dvc"]
 )
 def test_a_failing_jobs_message_reaches_the_console(
-    runner: list[str], finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys
+    runner: list[str], finished_tiny_demo: Path, tmp_path: Path, monkeypatch, capsys, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     human = start_annotation(root, monkeypatch, capsys)
     lines = human.read_text().splitlines()
     lines[1] = lines[1].replace("1,0,,", "1,0,maybe,", 1)
     human.write_text("\n".join(lines) + "\n")
-    edited = human.read_bytes()
+    before = products(root)
     result = run(runner, root, check=False)
     console = result.stdout + result.stderr
+    # the person's file untouched; Snakemake removes a failing job's old outputs (its design), none is half written
+    assert count_lost(record_property, files_lost(before, removed=[root / p for p in FIG5])) == []
     assert result.returncode != 0
     assert "data/annotations/layer1.csv:2: column 'non_local': value 'maybe' is not an answer" in console, console[
         -3000:
     ]
-    # the person's file untouched; Snakemake removes a failing job's old outputs (its design), none is half written
-    assert human.read_bytes() == edited and unreadable(root) == []
 
 
 @pytest.mark.fault(
     "the recovery commands Snakemake prints, typed as printed: `snakemake --unlock`, `-n`, `--report`, `--touch`",
     "each works without --cores (no rule needs the core count when the DAG loads)",
 )
-def test_recovery_commands_work_without_extra_flags(finished_tiny_demo: Path, tmp_path: Path) -> None:
+def test_recovery_commands_work_without_extra_flags(finished_tiny_demo: Path, tmp_path: Path, record_property) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
+    before = products(root)
     said = lambda cmd: (lambda r: r.stdout + r.stderr)(run(cmd, root))  # noqa: E731 - run checks the exit code
     assert "Unlocked working directory" in said(["snakemake", "--unlock"])
     assert "Nothing to be done" in said(["snakemake", "-n"])
@@ -426,3 +415,4 @@ def test_recovery_commands_work_without_extra_flags(finished_tiny_demo: Path, tm
     assert (root / "report.html").stat().st_size > 10_000
     said(["snakemake", "--touch"])
     assert "Nothing to be done" in said(["snakemake", "-n"])
+    assert count_lost(record_property, files_lost(before)) == []
