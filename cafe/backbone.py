@@ -20,7 +20,7 @@ from torch import nn
 
 from cafe.blocks import block_at_tokens
 from cafe.compute import full_precision
-from cafe.devices import select_device
+from cafe.devices import resolve_device
 from cafe.errors import CafeError
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,6 @@ def tower_shape(model: str) -> TowerShape:
         image_size=int(vision["image_size"]),
         patch_size=int(vision["patch_size"]),
     )
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' is one GPU of this process's own (given by the scheduler or claimed on the node, see
-    `cafe.devices`), or the CPU where there is none; any other value is taken as it is."""
-    choice = select_device(device)
-    if device == "auto" and choice == "cuda" and not torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        log.warning("CUDA_VISIBLE_DEVICES=%s but CUDA is not usable here: using the CPU", visible)
-        return torch.device("cpu")
-    return torch.device(choice)
 
 
 def _is_path(pretrained: str) -> bool:

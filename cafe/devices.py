@@ -6,8 +6,8 @@ GPUs (Snakemake assigns no device ids) each get their own instead of all landing
 - Otherwise the process claims a free GPU of the node with an exclusive `flock` on `<lock dir>/gpu<i>.lock`,
   held until the process ends (a killed process frees it: the kernel drops the lock), and narrows
   `CUDA_VISIBLE_DEVICES` to that one device. This must happen before CUDA initialises in the process, so GPUs
-  are counted from the `/dev/nvidia<i>` device files, never by asking CUDA; `cafe.backbone.resolve_device`
-  calls `select_device` before any `torch.cuda` call.
+  are counted from the `/dev/nvidia<i>` device files, never by asking CUDA; `resolve_device` calls
+  `select_device` before any `torch.cuda` call.
 - With every GPU busy it waits (saying so in the log) up to `CAFE_GPU_WAIT` seconds (default 24 h), then
   stops with an error. `snakemake --resources gpu=N` (N = the node's GPUs) keeps it from waiting at all.
 
@@ -24,8 +24,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cafe.errors import CafeError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +167,16 @@ def _make_shared_dir(directory: Path) -> None:
         pass
     except OSError as exc:
         raise CafeError(f"{LOCK_DIR_ENV}: cannot create the GPU lock folder {directory}: {exc}") from exc
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is one GPU of this process's own (given by the scheduler or claimed on the node, see the module),
+    or the CPU where there is none; any other value is taken as it is."""
+    import torch  # here: what only counts or claims GPUs needs no torch
+
+    choice = select_device(device)
+    if device == "auto" and choice == "cuda" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        log.warning("CUDA_VISIBLE_DEVICES=%s but CUDA is not usable here: using the CPU", visible)
+        return torch.device("cpu")
+    return torch.device(choice)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import resolve_device
 from cafe.config import parse_section
+from cafe.devices import resolve_device
 from cafe.errors import CafeError
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.io.features import write_features

@@ -26,8 +26,8 @@ def run_bench(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     if args.fidelity:
-        from cafe.backbone import resolve_device
         from cafe.bench.fidelity import run_fidelity
+        from cafe.devices import resolve_device
 
         out = DEFAULT_FIDELITY_OUT if args.out == DEFAULT_OUT else args.out
         run_fidelity(args.models, out, resolve_device(args.device))

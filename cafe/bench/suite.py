@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import resolve_device
 from cafe.bench.context import Context
 from cafe.bench.erf import erf_depth, erf_methods
 from cafe.bench.extraction import extraction
@@ -28,6 +27,7 @@ from cafe.bench.profiles import profile
 from cafe.bench.reference import autograd_reference, truncated_vs_hooked
 from cafe.bench.report import markdown, table
 from cafe.bench.sae_training import sae_training
+from cafe.devices import resolve_device
 from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.io import write_json, write_text
 

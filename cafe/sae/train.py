@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import resolve_device
 from cafe.compute import precision_scope
+from cafe.devices import resolve_device
 from cafe.errors import CafeError
 from cafe.io import write_json
 from cafe.io.activations import layer_attrs, open_layer
