@@ -25,6 +25,11 @@ from cafe.io import open_h5
 
 MIN_TOP_IMAGES = 3
 OBJECT_COLUMNS = ("path", "object", "kind", "causal")
+# the counterfactuals table (cafe/ground_truth/interventions.py writes it, compositional_report reads it)
+COUNTERFACTUAL_COLUMNS = [
+    "layer", "feature", "slot", "image", "path", "token", "token_on", "parts", "present", "kept", "value", "z"
+]  # fmt: skip
+MAX_PARTS = 4  # 2**4 scenes per target; the demo world has at most 2 causal parts per scene
 
 
 @dataclass(frozen=True)
@@ -105,3 +110,13 @@ def cause_regions(world: World, path: str, kinds: tuple[str, ...], grid: int, ov
         if ids:
             parts.append(np.logical_or.reduce([patches[obj] for obj in ids]))
     return parts
+
+
+def causal_parts(world: World, path: str) -> list[tuple[str, list[int]]]:
+    """(kind, object ids) of each causal part of an image, kinds sorted (the bit order of `present`)."""
+    parts: dict[str, list[int]] = {}
+    for obj, kind in world.objects.get(path, []):
+        parts.setdefault(kind, []).append(obj)
+    if len(parts) > MAX_PARTS:
+        raise CafeError(f"{path}: {len(parts)} causal parts; counterfactuals handle at most {MAX_PARTS}")
+    return sorted(parts.items())

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.ground_truth.causes import World, load_world, object_patches
+from cafe.ground_truth.causes import COUNTERFACTUAL_COLUMNS, World, causal_parts, load_world, object_patches
 from cafe.ground_truth.compositional import (
     BASELINES,
     SCORE_COLUMNS,
@@ -29,8 +29,6 @@ from cafe.ground_truth.compositional import (
     truth_table,
 )
 from cafe.ground_truth.config import GroundTruthConfig
-from cafe.ground_truth.interventions import COLUMNS as COUNTERFACTUAL_COLUMNS
-from cafe.ground_truth.interventions import causal_parts
 from cafe.io import save_figure, write_csv, write_json
 from cafe.io.erf_maps import read_erf_maps
 from cafe.io.features import FeatureFile, read_features

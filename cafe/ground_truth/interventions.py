@@ -31,7 +31,7 @@ from cafe.config import parse_section
 from cafe.demo import DemoConfig, render_scene, scene_index
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
-from cafe.ground_truth.causes import World, load_world
+from cafe.ground_truth.causes import COUNTERFACTUAL_COLUMNS, World, causal_parts, load_world
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.images import eval_transform
 from cafe.io import write_csv
@@ -40,21 +40,9 @@ from cafe.io.manifest import read_manifest
 from cafe.sae.model import check_sae, load_sae
 
 log = logging.getLogger(__name__)
-COLUMNS = ["layer", "feature", "slot", "image", "path", "token", "token_on", "parts", "present", "kept", "value", "z"]
-MAX_PARTS = 4  # 2**4 scenes per target; the demo world has at most 2 causal parts per scene
 # how closely the re-rendered original must reproduce the recorded z (found on float16 activations): a share of
 # the feature's maximum, plus an absolute floor for nearly silent features
 TOLERANCE, FLOOR = 0.02, 1e-3
-
-
-def causal_parts(world: World, path: str) -> list[tuple[str, list[int]]]:
-    """(kind, object ids) of each causal part of an image, kinds sorted (the bit order of `present`)."""
-    parts: dict[str, list[int]] = {}
-    for obj, kind in world.objects.get(path, []):
-        parts.setdefault(kind, []).append(obj)
-    if len(parts) > MAX_PARTS:
-        raise CafeError(f"{path}: {len(parts)} causal parts; counterfactuals handle at most {MAX_PARTS}")
-    return sorted(parts.items())
 
 
 def token_on(world: World, path: str, token: int, grid: int) -> str:
@@ -87,7 +75,7 @@ def plan(ff: FeatureFile, manifest: pd.DataFrame, world: World) -> pd.DataFrame:
             kept = "+".join(k for i, k in enumerate(kinds) if present >> i & 1)
             target = [ff.layer, int(ff.feature[n]), j, int(index), path, token, where, "+".join(kinds)]
             rows.append(target + [present, kept, float(ff.value[n, j])])
-    return pd.DataFrame(rows, columns=COLUMNS[:-1])
+    return pd.DataFrame(rows, columns=COUNTERFACTUAL_COLUMNS[:-1])
 
 
 def omitted(world: World, path: str, present: int) -> frozenset[int]:
