@@ -6,7 +6,9 @@
 Copies the working tree (tracked and untracked, not ignored; so no results/) into a temporary folder, runs
 `snakemake --cores N` there with that copy's `cafe` on PYTHONPATH, and writes benchmarks/results/dag_timing.json:
 total seconds, the machine's load before and after (a busy machine makes the total meaningless), and per rule
-the number of jobs and their summed seconds (from Snakemake's own start/finish timestamps in its log).
+the number of jobs, their summed seconds (from Snakemake's own start/finish timestamps in its log) and their
+summed start-up seconds (interpreter and imports, which each `cafe` job states in its log); then the start-up
+share of all job-seconds, and the seconds before the first job started (Snakemake loading the DAG).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 RULE = re.compile(r"^(?:local)?rule (\w+):$")
 JOBID = re.compile(r"^\s+jobid: (\d+)$")
 FINISHED = re.compile(r"^Finished job(?:id)?:? (\d+)")
+LOG = re.compile(r"^\s+log: (\S+)$")
+STARTUP = re.compile(r"cafe\.cli: start-up ([\d.]+) s")
 
 
 def copy_tree(dest: Path) -> None:
@@ -61,6 +65,48 @@ def per_rule(log: str) -> dict[str, dict[str, float]]:
     return dict(totals)
 
 
+def job_logs(log: str) -> dict[str, list[str]]:
+    """The log files of each rule's jobs, as Snakemake lists them when it starts a job."""
+    rule, logs = None, defaultdict(list)
+    for line in log.splitlines():
+        if m := RULE.match(line.strip()):
+            rule = m.group(1)
+        elif (m := LOG.match(line)) and rule:
+            logs[rule] += m.group(1).split(", ")
+    return dict(logs)
+
+
+def startup_seconds(work: Path, logs: dict[str, list[str]]) -> dict[str, float]:
+    """Per rule, the summed start-up seconds its jobs' logs state (`cafe.cli: start-up X s`)."""
+    return {
+        rule: sum(float(m.group(1)) for name in names if (work / name).is_file()
+                  for m in STARTUP.finditer((work / name).read_text(errors="replace")))
+        for rule, names in logs.items()
+    }  # fmt: skip
+
+
+def with_startup(rules: dict[str, dict[str, float]], startup: dict[str, float]) -> dict:
+    """The per-rule table with start-up seconds, sorted by job-seconds, and the totals with the start-up share."""
+    table = {rule: {**r, "startup_seconds": round(startup.get(rule, 0.0), 2)} for rule, r in rules.items()}
+    job_seconds = sum(r["seconds"] for r in rules.values())
+    total = sum(startup.get(rule, 0.0) for rule in rules)
+    return {
+        "rules": dict(sorted(table.items(), key=lambda kv: -kv[1]["seconds"])),
+        "job_seconds": job_seconds,
+        "startup_seconds": round(total, 2),
+        "startup_share": round(total / job_seconds, 3) if job_seconds else None,
+    }
+
+
+def first_job_after(log: str, began: float) -> float | None:
+    """Seconds from the run's launch (a `time.time()`) to the first job's start stamp: loading the DAG."""
+    for line in log.splitlines():
+        if m := STAMP.match(line.strip()):
+            stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            return max(stamp.timestamp() - began, 0.0)
+    return None
+
+
 def cpu_model() -> str:
     """The CPU's model name and whether it has bf16 instructions (timings differ a lot between machines)."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
@@ -78,7 +124,7 @@ def main() -> None:
         work = Path(tmp)
         copy_tree(work)
         env = {**os.environ, "PYTHONPATH": str(work)}
-        load_before, began = os.getloadavg()[0], time.perf_counter()
+        load_before, began, launched = os.getloadavg()[0], time.perf_counter(), time.time()
         run = subprocess.run(
             ["snakemake", "--cores", str(args.cores)], cwd=work, env=env, capture_output=True, text=True
         )
@@ -86,6 +132,7 @@ def main() -> None:
         log = run.stdout + run.stderr
         if run.returncode:
             raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
+        jobs = with_startup(per_rule(log), startup_seconds(work, job_logs(log)))
     result = {
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -94,12 +141,14 @@ def main() -> None:
         "cores": args.cores,
         "seconds": seconds,
         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-        "rules": dict(sorted(per_rule(log).items(), key=lambda kv: -kv[1]["seconds"])),
+        "dag_load_seconds": first_job_after(log, launched),
+        **jobs,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({"seconds": round(seconds), "load": result["load_average_1min"]}))
+    keys = ("seconds", "dag_load_seconds", "job_seconds", "startup_seconds", "startup_share", "load_average_1min")
+    print(json.dumps({key: result[key] for key in keys}))
 
 
 if __name__ == "__main__":
