@@ -8,15 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skips_fail_in_ci
+import timing_record
 import torch
 from PIL import Image
-from skips_fail_in_ci import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
-from timing_record import pytest_fixture_setup, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401 (hooks)
 
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.sae import MatryoshkaSAE
 
 torch.set_num_threads(2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The two hook modules as plugins of the whole session: a conftest's own hooks miss session fixtures."""
+    for plugin in (skips_fail_in_ci, timing_record):
+        if not config.pluginmanager.is_registered(plugin):
+            config.pluginmanager.register(plugin, f"cafe-{plugin.__name__}")
 
 
 @pytest.fixture(scope="module")

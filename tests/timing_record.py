@@ -16,7 +16,7 @@ from cafe.bench.machine import cpu_model
 TESTS: dict[str, dict] = {}
 FIXTURES: list[dict] = []
 MARKS = ("e2e", "slurm", "fault")
-STARTED = {"time": time.perf_counter(), "load": os.getloadavg()[0]}
+STARTED = {"time": time.perf_counter(), "load": os.getloadavg()[0], "test": ""}
 
 
 def _target() -> Path | None:
@@ -29,9 +29,14 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureR
     began = time.perf_counter()
     yield
     seconds = time.perf_counter() - began
-    if _target() and seconds >= 0.1:
-        test = request.node.nodeid if request.node else ""
-        FIXTURES.append({"name": fixturedef.argname, "scope": fixturedef.scope, "seconds": seconds, "for": test})
+    if _target() and seconds >= 0.1:  # "for": the test whose setup made it (a shared fixture's first user)
+        FIXTURES.append(
+            {"name": fixturedef.argname, "scope": fixturedef.scope, "seconds": seconds, "for": STARTED["test"]}
+        )
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    STARTED["test"] = nodeid
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -197,7 +197,8 @@ def test_a_second_run_in_the_same_checkout_is_refused(
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     assert proc.wait(timeout=600) == 0, (root / "run.out").read_text()[-3000:]
-    lost = count_lost(record_property, files_lost(before, remade=[root / p for p in FIG5]))
+    remade = [*FIG5, "results/records/fig5.json"]  # `dvc repro fig5` ends by rewriting the stage's record
+    lost = count_lost(record_property, files_lost(before, remade=[root / p for p in remade]))
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
     assert lost == []
     for product in FIG5:
