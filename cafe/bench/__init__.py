@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from cafe.bench.harness import add_arguments
 from cafe.bench.profiles import MODELS
 
 DEFAULT_OUT = Path("benchmarks/results/latest.json")
@@ -16,6 +17,7 @@ DEFAULT_FIDELITY_OUT = Path("benchmarks/results/fidelity.json")
 
 def run_bench(args: argparse.Namespace) -> None:
     """CLI: run the suite; the stages' own INFO logs (and OpenCLIP's) are quietened unless -v."""
+    from cafe.bench.harness import from_arguments
     from cafe.bench.suite import run_suite  # the stages import torch & co.; `cafe --help` should not
 
     if not args.verbose:
@@ -30,9 +32,9 @@ def run_bench(args: argparse.Namespace) -> None:
         from cafe.bench.fidelity import run_fidelity
 
         out = DEFAULT_FIDELITY_OUT if args.out == DEFAULT_OUT else args.out
-        run_fidelity(args.models, out, resolve_device(args.device))
+        run_fidelity(args.models, out, resolve_device(args.device), from_arguments(args))
         return
-    run_suite(args.models, args.quick, args.out, args.device, args.threads)
+    run_suite(args.models, args.quick, args.out, from_arguments(args), args.device, args.threads)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,4 +58,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="instead: each precision mode against fp32, gated (ERF maps, insertion AUC, SAE; bf16 speed ratios)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    add_arguments(parser)
     parser.set_defaults(func=run_bench)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from scipy.stats import rankdata
 from cafe.backbone import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
 from cafe.bench.machine import describe
+from cafe.bench.harness import Harness
 from cafe.bench.measure import Timer
 from cafe.compute import PRECISIONS, precision_scope
 from cafe.erf import ErfConfig, make_method
@@ -228,20 +229,31 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         f"forward_layer{depth}": forward,
         f"attnlrp_layer{depth}": lambda: method.attribute(*args),
     }
-    seconds = {}
-    for mode in ("fp32", "bf16"):
-        for name, job in jobs.items():
-            with precision_scope(mode, device):
-                seconds[f"{name}.{mode}"] = timer.best(job).seconds
-            log.info("%s %s: %.3f s", name, mode, seconds[f"{name}.{mode}"])
-    ratios = {name: seconds[f"{name}.fp32"] / seconds[f"{name}.bf16"] for name in jobs}
+    seconds, ratios = {}, {}
+    for name, job in jobs.items():  # fp32 and bf16 in alternating pairs: the ratio of runs adjacent in time
+        fp32, bf16, ratio = timer.pair(_in_mode(job, "fp32", device), _in_mode(job, "bf16", device))
+        seconds[name] = {"fp32": asdict(fp32), "bf16": asdict(bf16)}
+        ratios[name] = ratio
+        log.info("%s bf16 over fp32: %.2fx (median of %d pairs)", name, ratio["median"], len(ratio["runs"]))
+    share = {name: ratios[name]["median"] / ratios["matmul_4096"]["median"] for name in jobs}
     return {
         "seconds": seconds,
-        "bf16_over_fp32": ratios,
-        "attnlrp_share_of_matmul_ratio": ratios[f"attnlrp_layer{depth}"] / ratios["matmul_4096"],
-        "forward_share_of_matmul_ratio": ratios[f"forward_layer{depth}"] / ratios["matmul_4096"],
+        "bf16_over_fp32": {name: r["median"] for name, r in ratios.items()},
+        "bf16_over_fp32_pairs": ratios,
+        "attnlrp_share_of_matmul_ratio": share[f"attnlrp_layer{depth}"],
+        "forward_share_of_matmul_ratio": share[f"forward_layer{depth}"],
         "targets": n,
     }
+
+
+def _in_mode(job, mode: str, device: torch.device):
+    """`job` run under precision `mode`."""
+
+    def run():
+        with precision_scope(mode, device):
+            return job()
+
+    return run
 
 
 def step_verdicts(record: dict[str, Any]) -> dict[str, dict[str, bool]]:
@@ -340,15 +352,17 @@ def markdown(results: dict[str, Any]) -> str:
             s = record["speed"]
             lines += ["", f"Speed, bf16 over fp32 throughput: {s['bf16_over_fp32']}; AttnLRP reaches "
                       f"{s['attnlrp_share_of_matmul_ratio']:.2f} of the matmul ratio, the forward "
-                      f"{s['forward_share_of_matmul_ratio']:.2f}"]  # fmt: skip
+                      f"{s['forward_share_of_matmul_ratio']:.2f}; void: "
+                      f"{ {k: r['void'] for k, r in s['bf16_over_fp32_pairs'].items()} }"]  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
 
-def run_fidelity(models: list[str], out: Path, device: torch.device) -> dict[str, Any]:
-    """Measure every model, write `out` (JSON) and its markdown twin; returns the results."""
-    timer = Timer(device, repeats=2, warmup=1, budget_s=1.0)
-    results: dict[str, Any] = {"machine": describe(device), "gates": GATES, "models": {}}
+def run_fidelity(models: list[str], out: Path, device: torch.device, harness: Harness) -> dict[str, Any]:
+    """Measure every model on an admitted machine, write `out` (JSON) and its markdown twin; returns the results."""
+    timer = Timer(harness, device, repeats=5, warmup=1)
+    results: dict[str, Any] = {"machine": {**describe(device), "admission": harness.admit()}, "gates": GATES,
+                               "models": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cafe-fidelity-") as tmp:
         for alias in models:
             results["models"][alias] = fidelity_model(alias, device, timer, Path(tmp))

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import random_images, random_targets
 from cafe.feature_target import FeatureTarget
 
@@ -65,8 +65,9 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
 
         return call
 
-    return {
-        "target.truncated": ctx.measure(
+    return ctx.compare(
+        "target.truncated",
+        Stage(
             f"z_k(I, t) at layer {layer}: truncated forward (block {layer} at the target token only)",
             "targets",
             n,
@@ -74,7 +75,8 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
             ctx.arch.forward(layer, n),
             params,
         ),
-        "target.hooked": ctx.measure(
+        "target.hooked",
+        Stage(
             f"baseline: full-tower forward, hook capturing block {layer}",
             "targets",
             n,
@@ -82,4 +84,4 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
             ctx.arch.forward(ctx.backbone.depth, n),
             params,
         ),
-    }
+    )

@@ -20,6 +20,7 @@ from cafe.bench.erf import erf_depth, erf_methods
 from cafe.bench.extraction import extraction
 from cafe.bench.fixtures import load_tower, random_sae
 from cafe.bench.flops import FLOP_MODEL
+from cafe.bench.harness import Harness, summary
 from cafe.bench.insertion import insertion
 from cafe.bench.lxt import lxt_attnlrp
 from cafe.bench.machine import describe, matmul_peak
@@ -64,28 +65,40 @@ COMPARISONS = [
 
 
 def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Speed-up of each of our stages over its baseline (throughput ratio), with the ratio FLOPs alone predict."""
-    return [
-        {
-            "what": what,
-            "ours": ours,
-            "baseline": base,
-            "speedup": stages[ours]["throughput"] / stages[base]["throughput"],
-            "flop_ratio": (stages[base]["flops"] / stages[base]["count"])
-            / (stages[ours]["flops"] / stages[ours]["count"]),
+    """Speed-up of each of our stages over its baseline (throughput ratio per alternating pair: median, min, max),
+    with the ratio FLOPs alone predict. lxt runs in a subprocess of its own, so its ratio is of two runs at
+    different times, and is marked void."""
+    rows = []
+    for what, ours, base in COMPARISONS:
+        if ours not in stages or base not in stages:
+            continue
+        versus = stages[base].get("versus") or {
+            "speedup": summary([stages[ours]["throughput"] / stages[base]["throughput"]]),
+            "void": "not interleaved: the baseline ran at another time, in another process",
         }
-        for what, ours, base in COMPARISONS
-        if ours in stages and base in stages
-    ]
+        rows.append(
+            {
+                "what": what,
+                "ours": ours,
+                "baseline": base,
+                "speedup": versus["speedup"]["median"],
+                "speedup_min": versus["speedup"]["min"],
+                "speedup_max": versus["speedup"]["max"],
+                "void": versus["void"],
+                "flop_ratio": (stages[base]["flops"] / stages[base]["count"])
+                / (stages[ours]["flops"] / stages[ours]["count"]),
+            }
+        )
+    return rows
 
 
-def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> dict[str, Any]:
+def run_model(name: str, quick: bool, harness: Harness, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Every stage of one model alias (demo, vitl)."""
     p = profile(name, quick, device.type == "cuda")
     # One untimed run first, on every device: the steady state a pipeline job reaches after its first batch
     # (CUDA context and kernels; on the CPU, the allocator's first touch of GBs of activations, which made a
     # single cold run of AttnLRP on ViT-L/14 1.6x slower than every later one).
-    timer = Timer(device, p.repeats, warmup=0 if quick else 1)
+    timer = Timer(harness, device, p.repeats, warmup=0 if quick else 1)
     backbone = load_tower(p.model, device)
     ctx = Context(p, backbone, random_sae(backbone.width, p.sae_expansion, device), timer, workdir)
     results: dict[str, dict[str, Any] | str] = {}
@@ -118,14 +131,15 @@ def add_utilisation(results: dict[str, Any]) -> None:
 
 
 def run_suite(
-    models: list[str], quick: bool, out: Path, device: str = "auto", threads: int | None = None
+    models: list[str], quick: bool, out: Path, harness: Harness, device: str = "auto", threads: int | None = None
 ) -> dict[str, Any]:
-    """Benchmark `models`, write `out` (JSON) and its markdown twin, print the table; returns the results."""
+    """Benchmark `models` on an admitted machine, write `out` (JSON) and its markdown twin, print the table."""
     if threads:
         torch.set_num_threads(threads)
-    timer = Timer(resolve_device(device), warmup=1)
+    timer = Timer(harness, resolve_device(device), repeats=3, warmup=1)
     machine = {
         **describe(timer.device),
+        "admission": harness.admit(),
         "memory": cpu_memory_kind()
         if timer.device.type == "cpu"
         else "torch.cuda.max_memory_allocated during the stage",
@@ -142,7 +156,9 @@ def run_suite(
     }
     with tempfile.TemporaryDirectory(prefix="cafe-bench-") as tmp:
         for name in models:
-            results["models"][profile(name, quick).model] = run_model(name, quick, timer.device, Path(tmp) / name)
+            results["models"][profile(name, quick).model] = run_model(
+                name, quick, harness, timer.device, Path(tmp) / name
+            )
     last_peak = matmul_peak(timer, quick)  # measured again at the end: a busy start must not flatter the ratios
     results["peak"] = {
         **max(first_peak, last_peak, key=lambda peak: peak["flop_per_s"]),
