@@ -26,7 +26,7 @@ STAGES = [
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
-    assert main(["bench", "--quick", "--models", "demo", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--models", "demo", "--out", str(out), "--allow-busy", "--wait", "0"]) == 0
     assert out.with_suffix(".md").read_text().startswith("# cafe bench")
     return json.loads(out.read_text())
 

@@ -27,8 +27,8 @@ from scipy.stats import rankdata
 
 from cafe.backbone import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
-from cafe.bench.machine import describe
 from cafe.bench.harness import Harness
+from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.compute import PRECISIONS, precision_scope
 from cafe.erf import ErfConfig, make_method
