@@ -67,13 +67,14 @@ def per_rule(log: str) -> dict[str, dict[str, float]]:
     return dict(totals)
 
 
-def run_dag(cores: int, logs: list[str]) -> None:
+def run_dag(cores: int, resources: list[str], logs: list[str]) -> None:
     """Snakemake on a fresh copy of the working tree; its log appended to `logs`."""
     with tempfile.TemporaryDirectory(prefix="cafe-dag-") as tmp:
         work = Path(tmp)
         copy_tree(work)
         env = {**os.environ, "PYTHONPATH": str(work)}
-        run = subprocess.run(["snakemake", "--cores", str(cores)], cwd=work, env=env, capture_output=True, text=True)
+        command = ["snakemake", "--cores", str(cores), *(["--resources", *resources] if resources else [])]
+        run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
         logs.append(run.stdout + run.stderr)
         if run.returncode:
             raise SystemExit(f"snakemake failed ({run.returncode}):\n{logs[-1][-4000:]}")
@@ -83,19 +84,21 @@ def main() -> None:
     """Run the DAG once on a fresh copy and write the timing JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--resources", nargs="+", default=[], help="passed to snakemake, e.g. gpu=1")
     parser.add_argument("--repeats", type=int, default=1, help="whole DAG runs, each on a fresh copy (default 1)")
     parser.add_argument("--out", type=Path, default=OUT)
     add_arguments(parser)
     args = parser.parse_args()
     harness = from_arguments(args)
     admission, logs = harness.admit(), []
-    figure = harness.time(lambda: run_dag(args.cores, logs), repeats=args.repeats, warmup=0)
+    figure = harness.time(lambda: run_dag(args.cores, args.resources, logs), repeats=args.repeats, warmup=0)
     result = {
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
         "machine": {**describe(torch.device("cpu")), "admission": admission},
         "cores": args.cores,
+        "resources": args.resources,
         "seconds": figure.stats()["median"],
         "figure": figure.record(),
         "rules": dict(sorted(per_rule(logs[-1]).items(), key=lambda kv: -kv[1]["seconds"])),

@@ -23,6 +23,11 @@ def run_bench(args: argparse.Namespace) -> None:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("cafe.bench").setLevel(logging.INFO)
+    if args.budget:
+        from cafe.bench.budget import budget_table
+
+        print(budget_table(args.budget), end="")
+        return
     if args.threads:
         import torch
 
@@ -58,5 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="instead: each precision mode against fp32, gated (ERF maps, insertion AUC, SAE; bf16 speed ratios)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--budget",
+        type=Path,
+        metavar="FILE",
+        help="instead: print the paper-scale time budget per precision from a GPU check or bench result JSON",
+    )
     add_arguments(parser)
     parser.set_defaults(func=run_bench)

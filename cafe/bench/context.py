@@ -36,6 +36,7 @@ class Context:
     sae: MatryoshkaSAE
     timer: Timer
     workdir: Path
+    precision: str = "fp32"  # what SAE training runs in; the other stages run in the caller's precision_scope
 
     @property
     def arch(self) -> Architecture:

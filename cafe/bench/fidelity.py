@@ -70,6 +70,7 @@ class Setting:
     insertion_steps: int  # 0: no insertion test
     sae_images: int  # 0: no SAE training
     speed_targets: int  # 0: no throughput ratio
+    sae_steps: int = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
     modes: tuple[str, ...] = PRECISIONS  # fp32 first
     methods: tuple[str, ...] = METHODS
 
@@ -79,7 +80,6 @@ SETTINGS = {
     # ViT-L/14 on a 2-core CPU: the one-backward methods only (IG and KernelSHAP take hours there), 2 targets
     "vitl": Setting("ViT-L-14", 6, 2, 2, 4, 24, 0, 0, 2, methods=("attnlrp", "gradient")),
 }
-SAE_STEPS = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
 CPU_MODES = ("fp32", "bf16")  # tf32 changes nothing on a CPU (its flags act on CUDA matmuls only)
 
 
@@ -201,7 +201,8 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
         writer.add_train(np.arange(n), np.tile(np.arange(t), (n, 1)), resid[:n])
         writer.add_analysis(np.arange(n, n + 32), resid[n:])
         writer.finish()
-    config = SAEConfig(expansion=setting.expansion, steps=SAE_STEPS, batch_size=256, checkpoint_every=SAE_STEPS)
+    steps = setting.sae_steps
+    config = SAEConfig(expansion=setting.expansion, steps=steps, batch_size=256, checkpoint_every=steps)
     out = {}
     for mode in setting.modes:
         metrics = train(path, workdir / f"{mode}.pt", workdir / f"{mode}.json", config, str(backbone.device), mode)
@@ -289,9 +290,8 @@ def step_verdicts(record: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return verdicts
 
 
-def fidelity_model(alias: str, device: torch.device, timer: Timer, workdir: Path) -> dict[str, Any]:
-    """Every mode against fp32 on one model."""
-    setting = SETTINGS[alias]
+def fidelity_model(setting: Setting, device: torch.device, timer: Timer, workdir: Path) -> dict[str, Any]:
+    """Every mode of `setting` against fp32 on its model (fp32 and bf16 only on a CPU)."""
     if device.type == "cpu":
         setting = replace(setting, modes=CPU_MODES)
     backbone = load_tower(setting.model, device)
@@ -365,7 +365,7 @@ def run_fidelity(models: list[str], out: Path, device: torch.device, harness: Ha
                                "models": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cafe-fidelity-") as tmp:
         for alias in models:
-            results["models"][alias] = fidelity_model(alias, device, timer, Path(tmp))
+            results["models"][alias] = fidelity_model(SETTINGS[alias], device, timer, Path(tmp))
     write_json(out, results)
     write_text(out.with_suffix(".md"), markdown(results))
     return results

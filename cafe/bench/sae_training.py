@@ -58,7 +58,11 @@ def measure_feed(ctx: Context, path: Path, config: SAEConfig, what: str, params:
     runs: list[dict[str, Any]] = []  # the metrics of every run, warm-up included
 
     def run() -> None:
-        runs.append(train(path, path.with_suffix(".pt"), path.with_suffix(".json"), config, str(ctx.timer.device)))
+        runs.append(
+            train(
+                path, path.with_suffix(".pt"), path.with_suffix(".json"), config, str(ctx.timer.device), ctx.precision
+            )
+        )
 
     record = ctx.measure(what, "tokens", tokens, run, sae_train_flops(width, latents, tokens), dict(params))
     loop = max(r["tokens_per_s"] for r in runs)
