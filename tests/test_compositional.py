@@ -16,12 +16,13 @@ from scipy import stats
 from cafe.demo import DemoConfig, render_scene, scene_index, write_demo
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import load_world
-from cafe.ground_truth.compositional import score_map, spearman, summarize_group, truth_table
+from cafe.ground_truth.compositional import score_map, summarize_group, truth_table
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.interventions import counterfactuals, token_on
 from cafe.ground_truth.shapley import cause_label, shapley_shares, shapley_values
 from cafe.images import eval_transform
 from cafe.io.features import FeatureFile
+from cafe.stats import spearman
 
 CONFIG = GroundTruthConfig()
 TOYS = {"min": min, "max": max, "a_alone": lambda a, b: a}  # z as a function of which parts are present
@@ -204,7 +205,7 @@ def test_map_scores_read_known_shares() -> None:
 def test_spearman_matches_scipy_and_summary_recovers_known_statistics() -> None:
     rng = np.random.default_rng(1)
     pairs = rng.random((40, 2))
-    assert spearman(pairs[None])[0] == pytest.approx(stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+    assert spearman(pairs[:, 0], pairs[:, 1]) == pytest.approx(stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
     truth = rng.random(60)
     labels = np.array(["AND", "OR", "single"] * 20)
     weaker = np.where(labels == "AND", 0.1, 0.3)

@@ -23,7 +23,6 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from cafe.backbone import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
@@ -39,7 +38,7 @@ from cafe.insertion.orders import rank_patches, step_counts
 from cafe.io import write_json, write_text
 from cafe.io.activations import LayerInfo, LayerWriter
 from cafe.sae import SAEConfig, train
-from cafe.stats import bootstrap_ci, trapezoid_auc
+from cafe.stats import bootstrap_ci, spearman, trapezoid_auc
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,6 @@ SETTINGS = {
     "vitl": Setting("ViT-L-14", 6, 2, 2, 4, 24, 0, 0, 2, methods=("attnlrp", "gradient")),
 }
 CPU_MODES = ("fp32", "bf16")  # tf32 changes nothing on a CPU (its flags act on CUDA matmuls only)
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation per row of (N, ...) arrays (ties get average ranks; a constant row gives NaN)."""
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
-    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (ra * rb).sum(1) / np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
@@ -138,7 +128,7 @@ def map_fidelity(mode_maps: dict, ref_maps: dict) -> dict[str, dict[str, Any]]:
         maps = mode_maps[name]["maps"]
         k = max(1, ref["maps"][0].size // 10)
         record = {
-            "spearman": spread(rank_correlation(maps, ref["maps"])),
+            "spearman": spread(spearman(maps.reshape(len(maps), -1), ref["maps"].reshape(len(maps), -1))),
             "topk_overlap": spread(topk_overlap(maps, ref["maps"], k)),
         }
         if name == "attnlrp":
