@@ -11,6 +11,8 @@ from pathlib import Path
 from cafe.bench.harness import add_arguments
 from cafe.bench.profiles import MODELS
 
+STAGE_NAMES = ["extraction", "sae", "target", "erf", "lxt", "insertion", "reference", "depth"]  # cafe.bench.suite
+
 DEFAULT_OUT = Path("benchmarks/results/latest.json")
 DEFAULT_FIDELITY_OUT = Path("benchmarks/results/fidelity.json")
 
@@ -39,7 +41,7 @@ def run_bench(args: argparse.Namespace) -> None:
         out = DEFAULT_FIDELITY_OUT if args.out == DEFAULT_OUT else args.out
         run_fidelity(args.models, out, resolve_device(args.device), from_arguments(args))
         return
-    run_suite(args.models, args.quick, args.out, from_arguments(args), args.device, args.threads)
+    run_suite(args.models, args.quick, args.out, from_arguments(args), args.device, args.threads, args.stages)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="instead: each precision mode against fp32, gated (ERF maps, insertion AUC, SAE; bf16 speed ratios)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGE_NAMES,
+        help="only these stages (default: all): a short re-measurement of one figure",
+    )
     parser.add_argument(
         "--budget",
         type=Path,

@@ -56,6 +56,8 @@ def depth_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for model, m in results["models"].items():
         d = m["erf_depth"]
+        if not d["points"]:  # not measured this run (--stages)
+            continue
         curve = ", ".join(f"L{p['layer']}: {_fmt(p['seconds'] / d['targets'])}" for p in d["points"])
         fit = d["fit"]
         rows.append(
@@ -113,21 +115,26 @@ def goals(results: dict[str, Any]) -> list[str]:
     lines = []
     for model, m in results["models"].items():
         s = m["stages"]
-        lrp, ref = s["erf.attnlrp"], s["reference.autograd"]
-        lines.append(
-            f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
-            f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
-            f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
-            f"extraction {s['extraction']['utilisation']:.2f}"
-        )
-        lines.append(
-            f"  - extraction feed (JPEG decode + resize), images/s: PIL "
-            f"{_fmt(s['extraction.feed.cpu']['throughput'])}, on the device "
-            f"{_fmt(s['extraction.feed.device']['throughput'])}; the forward alone "
-            f"{_fmt(s['extraction.forward']['throughput'])}"
-        )
+        if {"erf.attnlrp", "reference.autograd", "insertion", "extraction"} <= set(s):
+            lrp, ref = s["erf.attnlrp"], s["reference.autograd"]
+            lines.append(
+                f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
+                f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
+                f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
+                f"extraction {s['extraction']['utilisation']:.2f}"
+            )
+        if "extraction.forward" in s:
+            lines.append(
+                f"  - extraction feed (JPEG decode + resize), images/s: PIL "
+                f"{_fmt(s['extraction.feed.cpu']['throughput'])}, on the device "
+                f"{_fmt(s['extraction.feed.device']['throughput'])}; the forward alone "
+                f"{_fmt(s['extraction.forward']['throughput'])}"
+            )
         sae = [r for name, r in s.items() if name.startswith("sae.train")]
-        lines.append("  - SAE training: " + "; ".join(sae_goal(r, results["peak"]["flop_per_s"]) for r in sae))
+        if sae:
+            lines.append(
+                f"  - {model} SAE training: " + "; ".join(sae_goal(r, results["peak"]["flop_per_s"]) for r in sae)
+            )
     return lines
 
 

@@ -37,13 +37,14 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # each stage returns {record name: record, or why it could not be measured}
 STAGES: dict[str, Callable[[Context], dict[str, dict[str, Any] | str]]] = {
-    "activation extraction": extraction,
-    "SAE training": sae_training,
-    "truncated forward": truncated_vs_hooked,
-    "ERF methods": erf_methods,
+    "extraction": extraction,
+    "sae": sae_training,
+    "target": truncated_vs_hooked,  # the one-token last block vs a full tower with a hook
+    "erf": erf_methods,
     "lxt": lxt_attnlrp,
-    "insertion curves": insertion,
-    "autograd reference": autograd_reference,
+    "insertion": insertion,
+    "reference": autograd_reference,
+    "depth": lambda ctx: {},  # the ERF depth curve, measured after the stages (its own record)
 }
 # (what is compared, our stage, what a user would otherwise write)
 COMPARISONS = [
@@ -92,8 +93,10 @@ def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_model(name: str, quick: bool, harness: Harness, device: torch.device, workdir: Path) -> dict[str, Any]:
-    """Every stage of one model alias (demo, vitl)."""
+def run_model(
+    name: str, quick: bool, harness: Harness, device: torch.device, workdir: Path, only: list[str] | None = None
+) -> dict[str, Any]:
+    """The stages `only` names (default: every stage) of one model alias (demo, vitl)."""
     p = profile(name, quick, device.type == "cuda")
     # One untimed run first, on every device: the steady state a pipeline job reaches after its first batch
     # (CUDA context and kernels; on the CPU, the allocator's first touch of GBs of activations, which made a
@@ -102,14 +105,14 @@ def run_model(name: str, quick: bool, harness: Harness, device: torch.device, wo
     backbone = load_tower(p.model, device)
     ctx = Context(p, backbone, random_sae(backbone.width, p.sae_expansion, device), timer, workdir)
     results: dict[str, dict[str, Any] | str] = {}
-    for title, stage in tqdm(STAGES.items(), desc=p.model, unit="stage"):
+    chosen = only or list(STAGES)
+    for title in tqdm(chosen, desc=p.model, unit="stage"):
         began = time.perf_counter()
-        results.update(stage(ctx))
+        results.update(STAGES[title](ctx))
         log.info("%s: %s done in %.1f s", p.model, title, time.perf_counter() - began)
     stages = {name: r for name, r in results.items() if isinstance(r, dict)}
     skipped = {name: r for name, r in results.items() if isinstance(r, str)}
-    depth = erf_depth(ctx)
-    log.info("%s: ERF depth curve done", p.model)
+    depth = erf_depth(ctx) if "depth" in chosen else {"points": []}
     return {
         "alias": name,
         "depth": backbone.depth,
@@ -131,7 +134,13 @@ def add_utilisation(results: dict[str, Any]) -> None:
 
 
 def run_suite(
-    models: list[str], quick: bool, out: Path, harness: Harness, device: str = "auto", threads: int | None = None
+    models: list[str],
+    quick: bool,
+    out: Path,
+    harness: Harness,
+    device: str = "auto",
+    threads: int | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `models` on an admitted machine, write `out` (JSON) and its markdown twin, print the table."""
     if threads:
@@ -150,6 +159,7 @@ def run_suite(
         "schema": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": quick,
+        "stages": only or list(STAGES),
         "machine": machine,
         "flop_model": FLOP_MODEL,
         "models": {},
@@ -157,7 +167,7 @@ def run_suite(
     with tempfile.TemporaryDirectory(prefix="cafe-bench-") as tmp:
         for name in models:
             results["models"][profile(name, quick).model] = run_model(
-                name, quick, harness, timer.device, Path(tmp) / name
+                name, quick, harness, timer.device, Path(tmp) / name, only
             )
     last_peak = matmul_peak(timer, quick)  # measured again at the end: a busy start must not flatter the ratios
     results["peak"] = {
