@@ -86,6 +86,7 @@ def compare(alias: str, device: torch.device, timer: Timer, layer: int | None, w
             "kernelshap", target, replace(config, kernelshap=replace(config.kernelshap, samples=samples, solver=solver))
         )
         calls[solver] = lambda m=method: m.attribute(images, tokens, features)
+    forwards = {solver: forwards_of(target, call) for solver, call in calls.items()}  # also the untimed warm-up
     batched, captum, ratio = timer.pair(calls["batched"], calls["captum"])
     logging.info("%s: captum / batched seconds %.2f (median of %d pairs)", alias, 1 / ratio["median"], timer.repeats)
     record = {
@@ -100,7 +101,7 @@ def compare(alias: str, device: torch.device, timer: Timer, layer: int | None, w
         "speedup": summary(1 / r for r in ratio["runs"]),  # captum's seconds over the batched solver's, per pair
         "order": ratio["order"],
         "void": ratio["void"],
-        "forwards": {solver: forwards_of(target, call) for solver, call in calls.items()},
+        "forwards": forwards,
     }
     if with_profile:
         record["profile"] = {solver: op_profile(call) for solver, call in calls.items()}
@@ -122,7 +123,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device, harness = resolve_device(args.device), from_arguments(args)
     admission = harness.admit()
-    timer = Timer(harness, device, repeats=args.pairs, warmup=1)
+    timer = Timer(harness, device, repeats=args.pairs, warmup=0)  # the forward count is each solver's warm-up
     runs = {}
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
