@@ -21,33 +21,36 @@ if [[ "${1:-}" == "--dry" ]]; then
         --allow-busy --wait 0
 fi
 
-# Install from the project's files only: a venv over the machine's own torch and wheels (no network needed where
-# they are there); pip resolves the rest from its cache or index when it can reach one.
-if [[ ! -x .venv-gpu/bin/python ]]; then
-    python3 -m venv --system-site-packages .venv-gpu
+# Install from the project's files: where this python already has torch and cafe (an installed checkout), use it;
+# otherwise a venv over the machine's own torch and wheels (no network needed where they are there), pip resolving
+# the rest from its cache or index when it can reach one.
+PY=python3
+if ! { "$PY" -c "import cafe, torch, snakemake" 2>/dev/null && command -v cafe >/dev/null; }; then
+    [[ -x .venv-gpu/bin/python ]] || python3 -m venv --system-site-packages .venv-gpu
+    # shellcheck disable=SC1091
+    . .venv-gpu/bin/activate
+    pip install -q -e . || pip install -q --no-deps -e .
+    PY=python
 fi
-# shellcheck disable=SC1091
-. .venv-gpu/bin/activate
-pip install -q -e . || pip install -q --no-deps -e .
 echo "installed in $((SECONDS - started)) s"
 
-device=$(python -c "import torch; n = torch.cuda.get_device_name(0).lower(); \
+device=$("$PY" -c "import torch; n = torch.cuda.get_device_name(0).lower(); \
 print(next((k for k in ('h200', 'h100', 'a100', 'l40s') if k in n), n.split()[-1]))")
 out=benchmarks/results/gpu-$device.json
 # the bench first (fidelity, then rates per precision), the DAG with what is left (it took 2 min 41 s on an H100)
-timeout "$(left 150)" python -m cafe.bench.gpu_check --out "$out" --wait 30 \
+timeout "$(left 150)" "$PY" -m cafe.bench.gpu_check --out "$out" --wait 30 \
     || echo "gpu check cut short or failed: $out holds the parts done"
 dag=$(mktemp)
-if timeout "$(left 5)" python benchmarks/dag_timing.py --cores "$(nproc)" --resources gpu=1 --out "$dag" \
+if timeout "$(left 5)" "$PY" benchmarks/dag_timing.py --cores "$(nproc)" --resources gpu=1 --out "$dag" \
     --wait 30; then
-    python - "$out" "$dag" <<'PY'
+    "$PY" - "$out" "$dag" <<'MERGE'
 import json, sys
 results = json.load(open(sys.argv[1]))
 results["dag"] = json.load(open(sys.argv[2]))
 json.dump(results, open(sys.argv[1], "w"), indent=1)
-PY
+MERGE
 else
     echo "demo DAG cut short or failed: $out has no 'dag'"
 fi
-cafe bench --budget "$out" || true
+"$PY" -m cafe.cli bench --budget "$out" || true
 echo "gpu check done in $((SECONDS - started)) s: $out"
