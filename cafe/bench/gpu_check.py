@@ -69,9 +69,11 @@ DRY_RATES = replace(
 )
 
 
-def rates(profile: Profile, mode: str, harness: Harness, device: torch.device, workdir: Path) -> dict[str, Any]:
-    """The rate stages of `profile` with everything in precision `mode`."""
-    timer = Timer(harness, device, profile.repeats, warmup=1)
+def rates(
+    profile: Profile, mode: str, harness: Harness, device: torch.device, workdir: Path, dry: bool
+) -> dict[str, Any]:
+    """The rate stages of `profile` with everything in precision `mode` (a dry run: one pair per ratio)."""
+    timer = Timer(harness, device, profile.repeats, warmup=1, pairs=1 if dry else None)
     backbone = load_tower(profile.model, device)
     ctx = Context(profile, backbone, random_sae(backbone.width, profile.sae_expansion, device), timer, workdir, mode)
     stages: dict[str, Any] = {}
@@ -89,7 +91,7 @@ def run_gpu_check(out: Path, device: torch.device, harness: Harness, dry: bool) 
         raise CafeError("gpu_check: no GPU here (pass --dry for the CPU run of the plumbing)")
     fidelity_setting, profile = (DRY_FIDELITY, DRY_RATES) if dry else (FIDELITY, RATES)
     modes = PRECISIONS if device.type == "cuda" else ("fp32", "bf16")
-    timer = Timer(harness, device, repeats=3, warmup=1)
+    timer = Timer(harness, device, repeats=3, warmup=1, pairs=1 if dry else None)
     results: dict[str, Any] = {
         "machine": {**describe(device), "admission": harness.admit()},
         "dry": dry,
@@ -101,7 +103,7 @@ def run_gpu_check(out: Path, device: torch.device, harness: Harness, dry: bool) 
         write_json(out, results)
         results["precisions"] = {}
         for mode in modes:
-            results["precisions"][mode] = rates(profile, mode, harness, device, Path(tmp) / mode)
+            results["precisions"][mode] = rates(profile, mode, harness, device, Path(tmp) / mode, dry)
             write_json(out, results)
     return results
 

@@ -21,6 +21,7 @@ import torch
 from cafe.bench.harness import Figure, Harness
 
 MB = 1 << 20
+MIN_PAIRS = 5  # alternating A/B pairs behind every ratio
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -66,10 +67,14 @@ def cpu_memory_kind() -> str:
 
 class Timer:
     """Times callables through the harness on one device: `warmup` untimed runs, then `repeats` timed runs (or
-    `repeats` alternating pairs for two), with the memory high-water of each side over its runs."""
+    `pairs` alternating pairs for two: at least 5 unless a smoke run asks for fewer), with the memory high-water
+    of each side over its runs."""
 
-    def __init__(self, harness: Harness, device: torch.device, repeats: int = 5, warmup: int = 1):
+    def __init__(
+        self, harness: Harness, device: torch.device, repeats: int = 5, warmup: int = 1, pairs: int | None = None
+    ):
         self.harness, self.device, self.repeats, self.warmup = harness, device, repeats, warmup
+        self.pairs = pairs or max(repeats, MIN_PAIRS)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -123,7 +128,7 @@ class Timer:
         """A and B in alternating pairs: each side's timing and the per-pair ratio seconds(A) / seconds(B)."""
         self._sync()
         start_memory, peaks = self._memory_now(), {}
-        figure = self.harness.pair(a, b, self.repeats, self.warmup, self._tracked(peaks))
+        figure = self.harness.pair(a, b, self.pairs, self.warmup, self._tracked(peaks))
         ta, tb = self._timings(figure, peaks, start_memory)
         return ta, tb, {**figure.ratio(), "order": figure.order, "others_cores": figure.others_cores,
                         "void": figure.void}  # fmt: skip

@@ -69,17 +69,18 @@ def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Speed-up of each of our stages over its baseline (throughput ratio per alternating pair: median, min, max),
     with the ratio FLOPs alone predict. lxt runs in a subprocess of its own, so its ratio is of two runs at
     different times, and is marked void."""
+    titles = {(ours, base): what for what, ours, base in COMPARISONS}
+    pairs = [(r["versus"]["ours"], base) for base, r in stages.items() if "versus" in r]
+    pairs += [(o, b) for o, b in titles if (o, b) not in pairs and o in stages and b in stages]
     rows = []
-    for what, ours, base in COMPARISONS:
-        if ours not in stages or base not in stages:
-            continue
+    for ours, base in pairs:
         versus = stages[base].get("versus") or {
             "speedup": summary([stages[ours]["throughput"] / stages[base]["throughput"]]),
             "void": "not interleaved: the baseline ran at another time, in another process",
         }
         rows.append(
             {
-                "what": what,
+                "what": titles.get((ours, base), f"{ours} vs {base}"),
                 "ours": ours,
                 "baseline": base,
                 "speedup": versus["speedup"]["median"],
@@ -101,7 +102,7 @@ def run_model(
     # One untimed run first, on every device: the steady state a pipeline job reaches after its first batch
     # (CUDA context and kernels; on the CPU, the allocator's first touch of GBs of activations, which made a
     # single cold run of AttnLRP on ViT-L/14 1.6x slower than every later one).
-    timer = Timer(harness, device, p.repeats, warmup=0 if quick else 1)
+    timer = Timer(harness, device, p.repeats, warmup=0 if quick else 1, pairs=1 if quick else None)
     backbone = load_tower(p.model, device)
     ctx = Context(p, backbone, random_sae(backbone.width, p.sae_expansion, device), timer, workdir)
     results: dict[str, dict[str, Any] | str] = {}
