@@ -38,6 +38,7 @@ class Timing:
     peak_memory_mb: float
     start_memory_mb: float
     void: str | None = None
+    others_cores: float | None = None  # cores' worth of CPU other processes used while it ran
 
 
 def _status_kb(field: str) -> float | None:
@@ -113,7 +114,16 @@ class Timer:
 
     def _timings(self, figure: Figure, peaks: dict[str, float], start_memory: float) -> list[Timing]:
         return [
-            Timing(s["median"], s["min"], s["max"], len(s["runs"]), peaks[side], start_memory, figure.void)
+            Timing(
+                s["median"],
+                s["min"],
+                s["max"],
+                len(s["runs"]),
+                peaks[side],
+                start_memory,
+                figure.void,
+                figure.others_cores,
+            )
             for side, s in ((side, figure.stats(side)) for side in figure.seconds)
         ]
 
