@@ -17,7 +17,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,6 @@ class Figure:
     others_cores: float | None
     load: tuple[float, float]  # 1-minute load average before and after
     void: str | None  # why the figure does not hold; None when it does
-    memory: dict[str, float] = field(default_factory=dict)  # filled by callers that track memory
 
     def stats(self, side: str = "a") -> dict[str, Any]:
         return summary(self.seconds[side])
