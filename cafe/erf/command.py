@@ -54,7 +54,7 @@ def run_erf(args: argparse.Namespace) -> None:
     """Check the inputs, compute the maps (activation: read them off the features file), write the HDF5 file."""
     config = parse_section(ErfConfig, args.params, "erf")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
-    shape = tower_shape(backbone_cfg.model)
+    shape = tower_shape(backbone_cfg)
     ff = read_features(args.features, args.layer, shape.grid)
     if args.method == "activation":
         result = activation_result(ff)

@@ -161,7 +161,7 @@ def run_counterfactuals(args: argparse.Namespace) -> None:
     """CLI: check the inputs, load tower and SAE, measure every counterfactual of one layer, write the CSV."""
     config = parse_section(GroundTruthConfig, args.params, "ground_truth")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
-    shape = tower_shape(backbone_cfg.model)
+    shape = tower_shape(backbone_cfg)
     ff = read_features(args.features, args.layer, shape.grid)
     world = load_world(args.objects, args.masks)
     manifest = read_manifest(args.manifest).set_index("index")
