@@ -93,8 +93,3 @@ class TokenLayout:
         if "n_tokens" in attrs and int(attrs["n_tokens"]) != layout.n_tokens:
             raise CafeError(f"{where}: n_tokens {attrs['n_tokens']} does not match the token layout {layout}")
         return layout
-
-
-def token_grid(per_token: Array, grid: int) -> Array:
-    """Values over tokens (..., 1 + grid^2) of a CLS + patches layout -> the patch grid (..., grid, grid)."""
-    return TokenLayout(grid).token_grid(per_token)

@@ -106,7 +106,8 @@ def spread(values: np.ndarray) -> dict[str, float]:
 def _targets(setting: Setting, backbone: Backbone, sae: torch.nn.Module):
     """Random images, a random patch token each, and the latent most active there (so every z > 0)."""
     images = random_images(setting.targets, backbone.image_size, backbone.device)
-    tokens = torch.randint(1, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
+    first = backbone.layout.n_prefix
+    tokens = torch.randint(first, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
     target = FeatureTarget(backbone, sae, setting.layer)
     with torch.no_grad():
         latents = target.latents(backbone.normalize(images))[torch.arange(setting.targets), tokens]

@@ -39,7 +39,7 @@ def random_images(n: int, size: int, device: torch.device, seed: int = 0) -> tor
 def random_targets(n: int, backbone: Backbone, n_latents: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch tokens (n,) and SAE features (n,) of n targets."""
     rng = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, backbone.n_tokens, (n,), generator=rng)
+    tokens = torch.randint(backbone.layout.n_prefix, backbone.n_tokens, (n,), generator=rng)
     return tokens, torch.randint(0, n_latents, (n,), generator=rng)
 
 

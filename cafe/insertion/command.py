@@ -68,7 +68,7 @@ def run_insertion(args: argparse.Namespace) -> None:
     if builtin == bool(args.erf):
         raise CafeError(f"insertion: --erf is {'not used' if builtin else 'required'} for method {args.method!r}")
     shape = tower_shape(backbone_cfg)
-    ff = read_features(args.features, args.layer, shape.grid)
+    ff = read_features(args.features, args.layer, shape.layout)
     erf_maps = None if builtin else read_erf_maps(args.erf, args.method, ff)
     load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
     backbone = Backbone.load(backbone_cfg)
