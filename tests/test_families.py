@@ -1,0 +1,255 @@
+"""Every backbone family (OpenCLIP, timm, Hugging Face) at tiny size with random weights: the block view equals
+the library's own block, AttnLRP conserves relevance at every layer, the same weights in two implementations
+give the same activations and ERF maps, and the planted cause is found through every implementation."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+from family_towers import TOWERS, openclip_to_hf_clip, openclip_to_timm, timm_dinov2_to_hf
+from planted import planted_world
+from scipy import stats
+
+from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.backbone.registry import family_of
+from cafe.blocks import block_at_tokens, block_forward
+from cafe.config import is_local_checkpoint, parse_section
+from cafe.erf import ErfConfig, make_method
+from cafe.errors import CafeError
+from cafe.feature_target import FeatureTarget
+from cafe.sae import MatryoshkaSAE
+
+CONSERVATION_RTOL = 1e-9  # float64, epsilon 1e-12, no biases or embeddings: exact up to rounding
+CONSERVATION_ATOL = 1e-10  # what the epsilon stabilisers (1e-12 at each linear output) may absorb
+ACTIVATIONS_RTOL = 1e-4  # max |a - b| / max |a| between implementations
+MIN_SPEARMAN = 0.999  # ERF maps between implementations, per map
+FAST = {"ig": {"steps": 16}, "kernelshap": {"samples": 96}}
+METHODS = ("attnlrp", "ig", "kernelshap", "gradient")
+
+
+@pytest.fixture(scope="module", params=sorted(TOWERS))
+def tower(request) -> tuple[str, Backbone]:
+    return request.param, TOWERS[request.param]()
+
+
+def sae_for(backbone: Backbone, dtype=torch.float32) -> MatryoshkaSAE:
+    torch.manual_seed(0)
+    return MatryoshkaSAE(backbone.width, 64).to(dtype).eval().requires_grad_(False)
+
+
+def readable_tokens(backbone: Backbone) -> torch.Tensor:
+    """CLS (if any), the first, a middle and the last patch."""
+    layout = backbone.layout
+    patches = [layout.patch_token(0, 0), layout.patch_token(1, 2), layout.n_tokens - 1]
+    return torch.tensor(([layout.cls] if layout.has_cls else [layout.patch_token(2, 1)]) + patches)
+
+
+def images_for(backbone: Backbone, n: int, seed: int = 1) -> torch.Tensor:
+    size = backbone.image_size
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def active_features(target: FeatureTarget, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        latents = target.latents(target.backbone.normalize(images))
+    return latents[torch.arange(len(images)), tokens].argmax(-1)
+
+
+def test_the_block_view_is_the_librarys_own_block(tower):
+    name, backbone = tower
+    x = backbone.normalize(images_for(backbone, 2))
+    tokens = torch.tensor([0, backbone.n_tokens - 1])
+    with torch.no_grad():
+        h = backbone.embed(x)
+        assert h.shape == (2, backbone.n_tokens, backbone.width), name
+        for layer, block in enumerate(backbone.blocks, start=1):
+            expected = backbone.family.run_block(block, h)
+            view = backbone.view(layer)
+            torch.testing.assert_close(block_forward(view, h), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(block_at_tokens(view, h, tokens), expected[torch.arange(2), tokens])
+            h = expected
+
+
+def bias_free(backbone: Backbone) -> Backbone:
+    """A float64 copy with every bias, CLS / register / positional embedding set to zero."""
+    backbone = copy.deepcopy(backbone)
+    backbone.visual.double()
+    with torch.no_grad():
+        for name, p in backbone.visual.named_parameters():
+            if name.endswith("bias") or any(k in name for k in ("token", "position", "pos_embed", "class_embed")):
+                p.zero_()
+    return backbone
+
+
+def test_attnlrp_conserves_relevance_at_every_layer_of_every_family(tower):
+    name, backbone = tower
+    backbone = bias_free(backbone)
+    sae = sae_for(backbone, torch.float64)
+    sae.b_d.zero_()
+    tokens = readable_tokens(backbone)
+    images = images_for(backbone, len(tokens)).double()
+    config = parse_section(ErfConfig, {"attnlrp": {"attention": "cp", "epsilon": 1e-12}}, "erf")
+    for layer in range(1, backbone.depth + 1):
+        target = FeatureTarget(backbone, sae, layer)
+        out = make_method("attnlrp", target, config).explain(images, tokens, active_features(target, images, tokens))
+        assert (out.value > 0).all(), (name, layer)
+        torch.testing.assert_close(out.maps.sum((1, 2)), out.value, rtol=CONSERVATION_RTOL, atol=CONSERVATION_ATOL)
+
+
+def test_attnlrp_value_and_absorbed_add_up_on_every_family(tower):
+    """With biases and embeddings, what the map leaves is `absorbed`, and z is the target's own forward."""
+    _, backbone = tower
+    sae, tokens = sae_for(backbone), readable_tokens(backbone)
+    images = images_for(backbone, len(tokens))
+    target = FeatureTarget(backbone, sae, backbone.depth)
+    features = active_features(target, images, tokens)
+    out = make_method("attnlrp", target).explain(images, tokens, features)
+    expected = target(backbone.normalize(images), tokens, features)
+    torch.testing.assert_close(out.value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.maps.sum((1, 2)) + out.absorbed, out.value, rtol=1e-5, atol=1e-6)
+
+
+def _same_tokens(source: Backbone, other: Backbone, resid: torch.Tensor) -> torch.Tensor:
+    """`other`'s residual stream at `source`'s token positions (layouts may differ only by registers)."""
+    keep = [t + other.layout.n_prefix - source.layout.n_prefix if t >= source.layout.n_prefix else t
+            for t in range(source.n_tokens)]  # fmt: skip
+    return resid[:, keep]
+
+
+PAIRS = {
+    "openclip-timm": lambda: (TOWERS["openclip-tiny"](), openclip_to_timm),
+    "openclip-hf-clip": lambda: (TOWERS["openclip-tiny"](), openclip_to_hf_clip),
+    "timm-hf-dinov2": lambda: (TOWERS["timm-dinov2"](), timm_dinov2_to_hf),
+    "timm-hf-dinov2-reg4": lambda: (TOWERS["timm-dinov2-reg4"](), timm_dinov2_to_hf),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PAIRS))
+def pair(request) -> tuple[Backbone, Backbone]:
+    source, convert = PAIRS[request.param]()
+    return source, convert(source)
+
+
+def test_the_same_weights_give_the_same_activations_in_both_implementations(pair):
+    source, other = pair
+    assert other.layout == source.layout
+    x = source.normalize(images_for(source, 3))
+    with torch.no_grad():
+        mine, theirs = (
+            source.forward_layers(x, list(range(1, source.depth + 1))),
+            other.forward_layers(x, list(range(1, source.depth + 1))),
+        )
+    for layer, resid in mine.items():
+        diff = (resid - _same_tokens(source, other, theirs[layer])).abs().max() / resid.abs().max()
+        assert diff <= ACTIVATIONS_RTOL, (layer, diff.item())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_same_weights_give_the_same_erf_maps_in_both_implementations(pair, method):
+    source, other = pair
+    sae, tokens = sae_for(source), readable_tokens(source)
+    images = images_for(source, len(tokens))
+    config = parse_section(ErfConfig, FAST, "erf")
+    target = FeatureTarget(source, sae, source.depth)
+    features = active_features(target, images, tokens)
+    mine = make_method(method, target, config).attribute(images, tokens, features)
+    theirs = make_method(method, FeatureTarget(other, sae, other.depth), config).attribute(images, tokens, features)
+    for a, b in zip(mine.flatten(1).numpy(), theirs.flatten(1).numpy()):
+        assert stats.spearmanr(a, b).statistic >= MIN_SPEARMAN
+
+
+CONVERSIONS = {
+    "openclip": lambda b: b,
+    "timm": openclip_to_timm,
+    "timm-registers": lambda b: openclip_to_timm(b, reg_tokens=4),
+    "hf-clip": openclip_to_hf_clip,
+}
+
+
+@pytest.mark.parametrize("implementation", sorted(CONVERSIONS))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_implementation_finds_the_planted_cause(implementation, method):
+    planted = planted_world()
+    backbone = CONVERSIONS[implementation](planted.backbone)
+    shift = backbone.layout.n_prefix - planted.backbone.layout.n_prefix  # registers push the patches on
+    target = FeatureTarget(backbone, planted.sae, planted.layer)
+    maps = make_method(method, target, parse_section(ErfConfig, FAST, "erf")).attribute(
+        planted.images, torch.tensor([planted.token + shift]), torch.tensor([planted.feature])
+    )
+    source = planted.source - planted.backbone.layout.n_prefix
+    assert torch.isfinite(maps).all() and maps.flatten().argmax().item() == source
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("ViT-B-32", "openclip"),
+        ("cafe-demo-vit", "openclip"),
+        ("vit_base_patch14_reg4_dinov2", "timm"),
+        ("vit_so400m_patch14_siglip_384", "timm"),
+        ("vit_base_patch16_clip_224", "timm"),
+        ("facebook/dinov2-with-registers-small", "hf"),
+        ("google/siglip-base-patch16-224", "hf"),
+    ],
+)
+def test_the_family_is_inferred_from_the_name(model, family):
+    assert family_of(model) == family
+
+
+def test_shape_and_layout_are_known_without_weights():
+    shape = tower_shape(BackboneConfig("vit_base_patch14_reg4_dinov2", image_size=224))
+    assert (shape.depth, shape.width, shape.grid, shape.layout.n_registers, shape.n_tokens) == (12, 768, 16, 4, 261)
+    siglip = tower_shape("vit_base_patch16_siglip_224")
+    assert siglip.layout.cls is None and siglip.n_tokens == 196
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (BackboneConfig("vit_base_patch14_dinov2", pretrained="lvd142m"), "cannot get timm weights"),
+        (BackboneConfig("facebook/dinov2-small-cafe-test", pretrained="main"), "cannot get Hugging Face model"),
+        (BackboneConfig("vit_nonexistent_patch3", family="timm"), "backbone.model"),
+    ],
+)
+def test_offline_without_weights_is_a_clear_error_within_seconds(monkeypatch, cfg, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    began = time.perf_counter()
+    with pytest.raises(CafeError, match=message):
+        Backbone.load(cfg)
+    assert time.perf_counter() - began < 60  # generous on a loaded machine; without the probe it is minutes
+
+
+def test_one_rule_decides_what_a_local_checkpoint_is():
+    assert all(map(is_local_checkpoint, ["results/demo/backbone.pt", "/abs/dir", "w.safetensors", "./x"]))
+    assert not any(map(is_local_checkpoint, [None, "", "laion2b_s34b_b79k", "lvd142m", "main"]))
+
+
+def test_attnlrp_refuses_a_block_it_has_no_rules_for():
+    backbone = TOWERS["timm-dinov2"]()
+    backbone.visual.blocks[0].attn.q_norm = torch.nn.LayerNorm(16)
+    with pytest.raises(CafeError, match="not a plain pre-norm ViT block"):
+        make_method("attnlrp", FeatureTarget(backbone, sae_for(backbone), 1))
+
+
+def test_register_tokens_are_never_features_or_sae_rows():
+    from cafe.activations.extract import token_subsample
+    from cafe.features import TopImages
+    from cafe.tokens import TokenLayout
+
+    layout = TokenLayout(3, n_registers=4)
+    readable = np.array(layout.readable())
+    assert set(readable) == {0, *range(5, 14)}
+    for image in range(20):
+        assert not set(token_subsample(image, readable, 4, 0)) & set(layout.registers)
+    z = torch.zeros(2, layout.n_tokens, 3)
+    z[:, 2, :] = 9.0  # a register fires strongly
+    z[0, 7, 1] = 1.0  # a patch fires weakly
+    top = TopImages(3, 2, layout)
+    top.update(0, z)
+    arrays = top.arrays(np.arange(2))
+    assert arrays["token"][1, 0] == 7 and arrays["n_active_images"].tolist() == [0, 1, 0]
+    assert (arrays["act_map"][..., 1:5] == 0).all()
