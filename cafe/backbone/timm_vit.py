@@ -1,6 +1,7 @@
 """timm's VisionTransformer (`timm.create_model(name)`): DINOv2 (`*_dinov2`, `*_reg4_dinov2`: CLS, 4 registers,
 patches; LayerScale; SwiGLU in the giant), SigLIP (`*_siglip_*`: no CLS, patch embedding with bias), CLIP
 (`*_clip_*`: pre-norm, QuickGELU where named), AugReg. Sizes, mean/std and crop come from timm's own data config.
+cafe's tiny DINOv2-with-registers test tower registers here by name (as the OpenCLIP demo towers do there).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from pathlib import Path
 import timm
 import torch
 from timm.layers import GluMlp, LayerScale, Mlp
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, register_model
+from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from cafe.backbone.family import Family, Norm, Preprocess, TowerShape, hub_reachable, plain_norm
@@ -18,6 +21,23 @@ from cafe.blocks import AttentionView, BlockView, MlpView
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
+
+
+TINY = "vit_cafe_tiny_patch8_reg4_dinov2"
+default_cfgs = {  # timm's registry reads this module's `default_cfgs` (no weights: random towers only)
+    TINY: {"input_size": (3, 32, 32), "crop_pct": 1.0, "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
+}
+
+
+@register_model
+def vit_cafe_tiny_patch8_reg4_dinov2(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """A DINOv2-with-registers tower at test size: 32 px, 8 px patches (4x4 grid), width 32, 3 blocks, 4 heads,
+    4 registers, LayerScale (initialised at 1 so that random blocks matter), positions on the patches only."""
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, init_values=1.0)
+    args |= dict(reg_tokens=4, no_embed_class=True, num_classes=0)
+    return build_model_with_cfg(
+        VisionTransformer, TINY, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **(args | kwargs)
+    )
 
 
 def _identity(module: nn.Module | None) -> bool:
