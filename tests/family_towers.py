@@ -1,13 +1,15 @@
 """Test helper: tiny towers of every backbone family with random weights (timm models by name with small sizes,
-Hugging Face models from small configs), and the same weights moved between implementations: the tiny OpenCLIP
-tower into timm (timm's own OpenCLIP filter) and into HF CLIP (the key mapping below), a timm DINOv2 (with or
-without registers) into HF DINOv2."""
+Hugging Face models from small configs, an OpenCLIP tower with a timm trunk from tests/models/), and the same
+weights moved between implementations: the tiny OpenCLIP tower into timm (timm's own OpenCLIP filter) and into
+HF CLIP (the key mapping below), a timm DINOv2 (with or without registers) into HF DINOv2."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
+import open_clip
 import timm
 import torch
 import transformers
@@ -19,6 +21,7 @@ from cafe.backbone.hf import MODELS
 from cafe.backbone.registry import get_family
 from cafe.backbone.timm_vit import TimmVit
 
+open_clip.add_model_config(Path(__file__).with_name("models"))  # an OpenCLIP tower with cafe's tiny timm trunk
 SMALL = dict(depth=2, embed_dim=32, num_heads=2, img_size=28, patch_size=7)  # a 4x4 grid
 HF_SMALL = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=7
@@ -67,6 +70,7 @@ def _hf(config_class: str, model_class: str, **kwargs) -> Callable[[], Backbone]
 
 TOWERS: dict[str, Callable[[], Backbone]] = {
     "openclip-tiny": lambda: Backbone.load(BackboneConfig("cafe-tiny-vit", seed=0, device="cpu")),
+    "openclip-timm-trunk": lambda: Backbone.load(BackboneConfig("cafe-test-timm-trunk", seed=0, device="cpu")),
     "timm-dinov2": _timm("vit_small_patch14_dinov2"),
     "timm-dinov2-reg4": _timm("vit_small_patch14_reg4_dinov2"),
     "timm-dinov2-giant-swiglu": _timm("vit_giant_patch14_dinov2", embed_dim=24, mlp_ratio=2.0),

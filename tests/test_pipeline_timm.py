@@ -26,7 +26,7 @@ PARAMS["insertion"] |= {"canvases": ["mean"], "seeds": 1}
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    root = make_workspace(tmp_path_factory.mktemp("timm") / "study", PARAMS)
+    root = make_workspace(tmp_path_factory.mktemp("timm"), PARAMS)
     run(["snakemake", "--cores", "2"], root)
     return root
 

@@ -94,6 +94,7 @@ class Backbone:
         """Load by family, name + tag / local checkpoint / random seed; move to the configured device."""
         family = get_family(family_of(cfg.model, cfg.family))
         visual, pp = family.create(cfg.model, cfg.pretrained, cfg.seed, cfg.image_size)
+        family = family.tower_family(visual)
         if pp.crop_pct != 1.0:
             log.warning(
                 "%s: its data config crops %.3f of the resized image; cafe crops the whole shorter side",

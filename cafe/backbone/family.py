@@ -77,6 +77,11 @@ class Family:
         """The vision tower (weights from a tag, a local path or random from `seed`) and its preprocessing."""
         raise NotImplementedError
 
+    def tower_family(self, visual: nn.Module) -> Family:
+        """The family whose code reads the tower `create` built (another one's where a library wraps another's
+        model: OpenCLIP's timm trunks)."""
+        return self
+
     def describe(self, visual: nn.Module) -> TowerShape:
         """The shape of a built tower."""
         raise NotImplementedError

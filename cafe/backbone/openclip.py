@@ -1,6 +1,8 @@
 """OpenCLIP's VisionTransformer (`open_clip.create_model(name, pretrained=tag or path)`): CLS then patches,
 positional embedding on all tokens, ln_pre; blocks are ResidualAttentionBlocks with a packed nn.MultiheadAttention.
-cafe's demo architectures (cafe/models/*.json) register here by name.
+OpenCLIP towers with a timm trunk (SigLIP's `ViT-*-SigLIP*`, ...) load through OpenCLIP (its weights, its
+preprocessing) and are read as the timm VisionTransformer they hold (`cafe.backbone.timm_vit`). cafe's demo
+architectures (cafe/models/*.json) register here by name.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from cafe.backbone.family import Family, Norm, Preprocess, TowerShape, fixed_size, hub_cached, hub_reachable, plain_norm
+from cafe.backbone.registry import get_family
 from cafe.blocks import AttentionView, BlockView, MlpView
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
@@ -60,11 +63,10 @@ class OpenClip(Family):
             known = ", ".join(sorted(open_clip.list_models())[:12])
             raise CafeError(f"backbone.model: unknown OpenCLIP model {model!r} (known include: {known}, ...)")
         vision = cfg["vision_cfg"]
-        if vision.get("timm_model_name"):
-            raise CafeError(
-                f"backbone.model: {model!r} is an OpenCLIP tower with a timm trunk; load the trunk with "
-                f"backbone.family: timm (model {vision['timm_model_name']!r}) and its checkpoint"
-            )
+        if vision.get("timm_model_name"):  # the trunk at its own size (OpenCLIP builds it so)
+            shape = get_family("timm").shape(vision["timm_model_name"])
+            fixed_size(self.name, model, shape.image_size, image_size)
+            return shape
         size, patch = int(vision["image_size"]), int(vision["patch_size"])
         fixed_size(self.name, model, size, image_size)
         return TowerShape(int(vision["layers"]), int(vision["width"]), size, patch, TokenLayout(size // patch))
@@ -90,7 +92,10 @@ class OpenClip(Family):
             if pretrained and not is_local_checkpoint(pretrained):
                 raise CafeError(_offline_message(model, pretrained, str(exc))) from exc
             raise CafeError(f"backbone: could not load {model} from {pretrained!r}: {exc}") from exc
-        return clip.visual, self.preprocess(clip)
+        return getattr(clip.visual, "trunk", clip.visual), self.preprocess(clip)
+
+    def tower_family(self, visual: nn.Module) -> Family:
+        return self if hasattr(visual, "transformer") else get_family("timm")
 
     @staticmethod
     def preprocess(clip: nn.Module) -> Preprocess:

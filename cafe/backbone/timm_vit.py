@@ -10,8 +10,8 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.layers import GluMlp, LayerScale, Mlp
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import GluMlp, LayerScale, Mlp
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
@@ -21,7 +21,6 @@ from cafe.blocks import AttentionView, BlockView, MlpView
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
-
 
 TINY = "vit_cafe_tiny_patch8_reg4_dinov2"
 default_cfgs = {  # timm's registry reads this module's `default_cfgs` (no weights: random towers only)
