@@ -5,6 +5,8 @@ give the same activations and ERF maps, and the planted cause is found through e
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -253,3 +255,14 @@ def test_register_tokens_are_never_features_or_sae_rows():
     arrays = top.arrays(np.arange(2))
     assert arrays["token"][1, 0] == 7 and arrays["n_active_images"].tolist() == [0, 1, 0]
     assert (arrays["act_map"][..., 1:5] == 0).all()
+
+
+def test_naming_families_imports_no_model_library():
+    """Start-up cost: the backbone, the target, the LRP rules and the token layout load no family's library
+    until a tower of that family is built."""
+    code = (
+        "import sys, cafe.backbone, cafe.backbone.registry, cafe.feature_target, cafe.erf.lrp, cafe.features; "
+        "print(sorted(m for m in ('open_clip', 'timm', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
