@@ -266,3 +266,16 @@ def test_naming_families_imports_no_model_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_local_checkpoints_of_timm_and_hf_load_the_saved_weights(tmp_path):
+    tiny = Backbone.load(BackboneConfig("vit_cafe_tiny_patch8_reg4_dinov2", seed=3, device="cpu"))
+    torch.save(tiny.visual.state_dict(), tmp_path / "tiny.pth")
+    loaded = Backbone.load(BackboneConfig("vit_cafe_tiny_patch8_reg4_dinov2", pretrained=str(tmp_path / "tiny.pth")))
+    hf = TOWERS["hf-dinov2-reg4"]()
+    hf.visual.save_pretrained(tmp_path / "hf")
+    hf_loaded = Backbone.load(BackboneConfig(str(tmp_path / "hf"), pretrained=str(tmp_path / "hf"), device="cpu"))
+    assert hf_loaded.family.name == "hf" and hf_loaded.layout == hf.layout
+    for a, b in [(tiny, loaded), (hf, hf_loaded)]:
+        for mine, saved in zip(b.visual.state_dict().values(), a.visual.state_dict().values()):
+            torch.testing.assert_close(mine, saved)

@@ -62,8 +62,13 @@ def vision_config(model: str, revision: str | None = None):
     return config
 
 
-def _registers(config) -> int:
-    return int(getattr(config, "num_register_tokens", 0))
+SIZE_ATTRIBUTE = "cafe_image_size"  # set on a built model: the input size it runs at (its processor's crop)
+
+
+def _shape(config, size: int) -> TowerShape:
+    has_cls = "Siglip" not in type(config).__name__
+    layout = TokenLayout(size // config.patch_size, has_cls, int(getattr(config, "num_register_tokens", 0)))
+    return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout)
 
 
 def preprocessing(model: str, config, revision: str | None = None) -> Preprocess:
@@ -90,9 +95,7 @@ class HfVision(Family):
 
     def shape(self, model: str, image_size: int | None = None) -> TowerShape:
         config = vision_config(model)
-        size = image_size or preprocessing(model, config).image_size
-        layout = TokenLayout(size // config.patch_size, "Siglip" not in type(config).__name__, _registers(config))
-        return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout)
+        return _shape(config, image_size or preprocessing(model, config).image_size)
 
     def create(
         self, model: str, pretrained: str | None, seed: int, image_size: int | None = None
@@ -114,7 +117,7 @@ class HfVision(Family):
         preprocess = preprocessing(model, config, revision)
         if image_size:
             preprocess = dataclasses.replace(preprocess, image_size=image_size)
-        visual.cafe_image_size = preprocess.image_size
+        setattr(visual, SIZE_ATTRIBUTE, preprocess.image_size)
         return visual.eval(), preprocess
 
     @staticmethod
@@ -122,10 +125,7 @@ class HfVision(Family):
         return getattr(visual, "vision_model", visual)
 
     def describe(self, visual: nn.Module) -> TowerShape:
-        config = visual.config
-        size = int(getattr(visual, "cafe_image_size", config.image_size))
-        layout = TokenLayout(size // config.patch_size, "Siglip" not in type(config).__name__, _registers(config))
-        return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout)
+        return _shape(visual.config, int(getattr(visual, SIZE_ATTRIBUTE, visual.config.image_size)))
 
     def embed(self, visual: nn.Module, pixels: torch.Tensor, norm: Norm = plain_norm) -> torch.Tensor:
         core = self._core(visual)
