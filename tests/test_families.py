@@ -279,3 +279,20 @@ def test_local_checkpoints_of_timm_and_hf_load_the_saved_weights(tmp_path):
     for a, b in [(tiny, loaded), (hf, hf_loaded)]:
         for mine, saved in zip(b.visual.state_dict().values(), a.visual.state_dict().values()):
             torch.testing.assert_close(mine, saved)
+
+
+def test_the_models_eval_crop_reaches_the_images(tmp_path):
+    """A crop_pct < 1 (AugReg's 0.9: resize to 248, crop 224) keeps the center only: a frame an eighth of the image
+    wide shows in the plain crop of the shorter side and not in the model's crop."""
+    from PIL import Image
+
+    from cafe.images import Crop, load_images
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[:8], frame[-8:], frame[:, :8], frame[:, -8:] = 255, 255, 255, 255
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    whole, center = (load_images(tmp_path, ["frame.png"], size)[0] for size in (32, Crop(32, 48)))
+    assert whole.amax() == 1.0 and center.amax() < 0.05
+    assert torch.equal(load_images(tmp_path, ["frame.png"], Crop(32, 32)), whole[None])
+    augreg = tower_shape("vit_base_patch16_224.augreg_in21k")
+    assert (augreg.image_size, augreg.resize) == (224, 248)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cafe.backbone import Backbone
 from cafe.compute import precision_scope
 from cafe.errors import CafeError
-from cafe.images import DECODERS, Batch, decode_device, image_batches
+from cafe.images import DECODERS, Batch, Crop, decode_device, image_batches
 from cafe.io import atomic_path, file_hash
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
 from cafe.io.background import BackgroundWriter
@@ -156,7 +156,7 @@ def _feed(
     return functools.partial(
         image_batches,
         images_root,
-        size=backbone.image_size,
+        size=Crop(backbone.image_size, backbone.resize),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         pin_memory=backbone.device.type == "cuda",

@@ -36,7 +36,7 @@ class BackboneConfig:
     seed: int = 0
     device: str = "auto"
     family: str = AUTO
-    image_size: int | None = None  # input size; None = the model's own data config (timm: e.g. 224 for DINOv2)
+    image_size: int | None = None  # input size (center crop of the shorter side); None = the model's data config
 
     def __post_init__(self) -> None:
         family_of(self.model, self.family)  # an unknown family is named at once
@@ -87,7 +87,8 @@ class Backbone:
             shape.width,
         )
         self.grid, self.n_tokens = shape.grid, shape.n_tokens
-        self.preprocess = preprocess or Preprocess(self.image_size, tuple(mean), tuple(std))
+        self.preprocess = preprocess or Preprocess(self.image_size, tuple(mean), tuple(std), shape.resize)
+        self.resize = self.preprocess.resize or self.image_size  # the shorter side before the center crop
 
     @classmethod
     def load(cls, cfg: BackboneConfig) -> Backbone:
@@ -95,12 +96,6 @@ class Backbone:
         family = get_family(family_of(cfg.model, cfg.family))
         visual, pp = family.create(cfg.model, cfg.pretrained, cfg.seed, cfg.image_size)
         family = family.tower_family(visual)
-        if pp.crop_pct != 1.0:
-            log.warning(
-                "%s: its data config crops %.3f of the resized image; cafe crops the whole shorter side",
-                cfg.model,
-                pp.crop_pct,
-            )
         tag = cfg.pretrained or f"random-seed{cfg.seed}"
         backbone = cls(visual, pp.mean, pp.std, cfg.model, tag, family, pp)
         log.info(

@@ -27,14 +27,13 @@ def plain_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The model's own data config: input size, normalisation, resize (shorter side to size / crop_pct) and
-    center crop."""
+    """The model's own data config: input size, normalisation, and the eval crop: the shorter side resized to
+    `resize` (None: to the input size), then the center crop (`cafe.images.Crop`)."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    crop_pct: float = 1.0
-    interpolation: str = "bicubic"
+    resize: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,11 @@ class TowerShape:
     image_size: int
     patch_size: int
     layout: TokenLayout
+    resize: int | None = None  # the shorter side before the center crop (None given: image_size)
+
+    def __post_init__(self) -> None:
+        if self.resize is None:
+            object.__setattr__(self, "resize", self.image_size)
 
     @property
     def grid(self) -> int:

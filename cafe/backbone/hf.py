@@ -62,13 +62,13 @@ def vision_config(model: str, revision: str | None = None):
     return config
 
 
-SIZE_ATTRIBUTE = "cafe_image_size"  # set on a built model: the input size it runs at (its processor's crop)
+SIZE_ATTRIBUTE = "cafe_input_size"  # set on a built model: (input size, resize before the crop) it runs at
 
 
-def _shape(config, size: int) -> TowerShape:
+def _shape(config, size: int, resize: int | None = None) -> TowerShape:
     has_cls = "Siglip" not in type(config).__name__
     layout = TokenLayout(size // config.patch_size, has_cls, int(getattr(config, "num_register_tokens", 0)))
-    return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout)
+    return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout, resize)
 
 
 def preprocessing(model: str, config, revision: str | None = None) -> Preprocess:
@@ -85,9 +85,10 @@ def preprocessing(model: str, config, revision: str | None = None) -> Preprocess
     size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     size = size or processor.size
     image = int(size.get("height", size.get("shortest_edge", config.image_size)))
-    resize = processor.size.get("shortest_edge", processor.size.get("height", image))
-    resample = {2: "bilinear", 3: "bicubic"}.get(int(processor.resample), "bicubic")
-    return Preprocess(image, tuple(processor.image_mean), tuple(processor.image_std), image / resize, resample)
+    resize = processor.size.get("shortest_edge", image)
+    if not getattr(processor, "do_center_crop", False) and "shortest_edge" not in processor.size:
+        log.warning("%s: its processor resizes to a square without keeping the aspect; cafe crops the center", model)
+    return Preprocess(image, tuple(processor.image_mean), tuple(processor.image_std), int(resize))
 
 
 class HfVision(Family):
@@ -95,7 +96,8 @@ class HfVision(Family):
 
     def shape(self, model: str, image_size: int | None = None) -> TowerShape:
         config = vision_config(model)
-        return _shape(config, image_size or preprocessing(model, config).image_size)
+        own = preprocessing(model, config)
+        return _shape(config, image_size or own.image_size, None if image_size else own.resize)
 
     def create(
         self, model: str, pretrained: str | None, seed: int, image_size: int | None = None
@@ -116,8 +118,8 @@ class HfVision(Family):
                 raise CafeError(_offline_message(model, str(exc))) from exc
         preprocess = preprocessing(model, config, revision)
         if image_size:
-            preprocess = dataclasses.replace(preprocess, image_size=image_size)
-        setattr(visual, SIZE_ATTRIBUTE, preprocess.image_size)
+            preprocess = dataclasses.replace(preprocess, image_size=image_size, resize=None)
+        setattr(visual, SIZE_ATTRIBUTE, (preprocess.image_size, preprocess.resize))
         return visual.eval(), preprocess
 
     @staticmethod
@@ -125,7 +127,8 @@ class HfVision(Family):
         return getattr(visual, "vision_model", visual)
 
     def describe(self, visual: nn.Module) -> TowerShape:
-        return _shape(visual.config, int(getattr(visual, SIZE_ATTRIBUTE, visual.config.image_size)))
+        size, resize = getattr(visual, SIZE_ATTRIBUTE, (visual.config.image_size, None))
+        return _shape(visual.config, int(size), resize)
 
     def embed(self, visual: nn.Module, pixels: torch.Tensor, norm: Norm = plain_norm) -> torch.Tensor:
         core = self._core(visual)

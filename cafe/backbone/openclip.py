@@ -101,9 +101,7 @@ class OpenClip(Family):
     def preprocess(clip: nn.Module) -> Preprocess:
         """The normalisation and size of an OpenCLIP model (its eval transform: shorter side, center crop)."""
         pp = open_clip.get_model_preprocess_cfg(clip)
-        return Preprocess(
-            _size(pp["size"]), tuple(pp["mean"]), tuple(pp["std"]), 1.0, pp.get("interpolation", "bicubic")
-        )
+        return Preprocess(_size(pp["size"]), tuple(pp["mean"]), tuple(pp["std"]))
 
     def describe(self, visual: nn.Module) -> TowerShape:
         size, patch = _size(visual.image_size), _size(visual.patch_size)

@@ -21,7 +21,7 @@ FAMILIES: dict[str, str] = {  # name -> "module:class"
     "hf": "cafe.backbone.hf:HfVision",
 }
 AUTO = "auto"
-TIMM_NAME = re.compile(r"^(vit|deit|eva|beit|flexivit)[a-z0-9]*_[a-z0-9_]+$")
+TIMM_NAME = re.compile(r"^(vit|deit|eva|beit|flexivit)[a-z0-9]*_[a-z0-9_.]+$")
 
 
 def family_of(model: str, family: str = AUTO) -> str:

@@ -6,6 +6,8 @@ cafe's tiny DINOv2-with-registers test tower registers here by name (as the Open
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import timm
@@ -22,6 +24,7 @@ from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
 
+log = logging.getLogger(__name__)
 TINY = "vit_cafe_tiny_patch8_reg4_dinov2"
 default_cfgs = {  # timm's registry reads this module's `default_cfgs` (no weights: random towers only)
     TINY: {"input_size": (3, 32, 32), "crop_pct": 1.0, "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
@@ -110,11 +113,13 @@ class TimmVit(Family):
 
     @staticmethod
     def preprocess(visual: nn.Module) -> Preprocess:
+        """timm's data config: mean/std, and its eval resize to floor(size / crop_pct) before the center crop."""
         data = timm.data.resolve_data_config({}, model=visual)
-        size = visual.patch_embed.img_size[0]  # the size it was built at (= the data config's unless overridden)
-        return Preprocess(
-            int(size), tuple(data["mean"]), tuple(data["std"]), float(data["crop_pct"]), data["interpolation"]
-        )
+        size = int(visual.patch_embed.img_size[0])  # the size it was built at (= the data config's unless overridden)
+        if data.get("crop_mode", "center") != "center":
+            log.warning("timm data config crops by %r; cafe crops the center", data["crop_mode"])
+        resize = math.floor(size / float(data["crop_pct"]))
+        return Preprocess(size, tuple(data["mean"]), tuple(data["std"]), resize)
 
     def describe(self, visual: nn.Module) -> TowerShape:
         grid = visual.patch_embed.grid_size
@@ -122,7 +127,8 @@ class TimmVit(Family):
             raise CafeError(f"backbone: timm tower with a {grid} patch grid; cafe needs square images and patches")
         layout = TokenLayout(int(grid[0]), visual.cls_token is not None, int(visual.num_reg_tokens))
         size, patch = int(visual.patch_embed.img_size[0]), int(visual.patch_embed.patch_size[0])
-        return TowerShape(len(visual.blocks), int(visual.embed_dim), size, patch, layout)
+        resize = self.preprocess(visual).resize
+        return TowerShape(len(visual.blocks), int(visual.embed_dim), size, patch, layout, resize)
 
     def embed(self, visual: nn.Module, pixels: torch.Tensor, norm: Norm = plain_norm) -> torch.Tensor:
         x = visual.patch_embed(pixels.to(visual.patch_embed.proj.weight.dtype))

@@ -20,7 +20,7 @@ from cafe.erf.config import ErfConfig
 from cafe.erf.registry import METHODS, make_method
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
-from cafe.images import ImageLoader, manifest_loader
+from cafe.images import Crop, ImageLoader, manifest_loader
 from cafe.io.erf_maps import ErfResult, write_erf
 from cafe.io.features import FeatureFile, read_features
 from cafe.sae import load_sae
@@ -63,7 +63,7 @@ def run_erf(args: argparse.Namespace) -> None:
         ]
         if missing:
             raise CafeError(f"erf: method {args.method!r} needs {', '.join(missing)}")
-        load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
+        load = manifest_loader(args.manifest, args.images_root, Crop(shape.image_size, shape.resize), ff)
         backbone = Backbone.load(backbone_cfg)
         sae, meta = load_sae(args.sae, backbone.device)
         check_sae(meta, ff, args.sae)
