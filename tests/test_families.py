@@ -296,3 +296,14 @@ def test_the_models_eval_crop_reaches_the_images(tmp_path):
     assert torch.equal(load_images(tmp_path, ["frame.png"], Crop(32, 32)), whole[None])
     augreg = tower_shape("vit_base_patch16_224.augreg_in21k")
     assert (augreg.image_size, augreg.resize) == (224, 248)
+
+
+def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets():
+    from cafe.bench.families import family_ratio
+    from cafe.bench.measure import Timer
+
+    backbone = TOWERS["timm-dinov2-reg4"]()
+    records = family_ratio(backbone, Timer(torch.device("cpu"), repeats=1), 2, 1)
+    assert records["attnlrp"]["count"] == records["gradient"]["count"] == 2
+    ratio = records["attnlrp"]["throughput"] / records["gradient"]["throughput"]
+    assert records["attnlrp_vs_autograd"] == pytest.approx(ratio)
