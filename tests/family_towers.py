@@ -85,9 +85,10 @@ TOWERS: dict[str, Callable[[], Backbone]] = {
 }
 
 
-def openclip_to_timm(source: Backbone, reg_tokens: int = 0) -> Backbone:
+def openclip_to_timm(source: Backbone, reg_tokens: int = 0, class_token: bool = True) -> Backbone:
     """The OpenCLIP tower's weights in a timm CLIP-style VisionTransformer (timm's own OpenCLIP filter), with
-    `reg_tokens` zero register tokens added (they carry nothing but change the layout)."""
+    `reg_tokens` zero register tokens added, or without its CLS token (SigLIP's layout); either changes the
+    layout, and the outputs too unless the tower never reads those tokens (the planted one does not)."""
     visual = source.visual
     build = partial(
         VisionTransformer,
@@ -100,11 +101,14 @@ def openclip_to_timm(source: Backbone, reg_tokens: int = 0) -> Backbone:
         pre_norm=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-5),
         num_classes=visual.proj.shape[1],
-        global_pool="token",
     )
     state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
     converted = checkpoint_filter_fn(state, build())
-    model = build(reg_tokens=reg_tokens)
+    pool = {"global_pool": "token"} if class_token else {"global_pool": "avg", "fc_norm": False}
+    model = build(reg_tokens=reg_tokens, class_token=class_token, **pool)
+    if not class_token:
+        del converted["cls_token"]
+        converted["pos_embed"] = converted["pos_embed"][:, 1:]
     if reg_tokens:  # registers sit between CLS and the patches, each with a zero token and position
         converted["reg_token"] = torch.zeros_like(model.reg_token)
         pos = converted["pos_embed"]

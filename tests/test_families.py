@@ -168,6 +168,7 @@ CONVERSIONS = {
     "openclip": lambda b: b,
     "timm": openclip_to_timm,
     "timm-registers": lambda b: openclip_to_timm(b, reg_tokens=4),
+    "timm-no-cls": lambda b: openclip_to_timm(b, class_token=False),
     "hf-clip": openclip_to_hf_clip,
 }
 
