@@ -78,15 +78,9 @@ class Backbone:
         self.name, self.tag = name, tag
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
-        shape = self.family.describe(visual)
-        self.shape, self.layout = shape, shape.layout
-        self.image_size, self.patch_size, self.depth, self.width = (
-            shape.image_size,
-            shape.patch_size,
-            shape.depth,
-            shape.width,
-        )
-        self.grid, self.n_tokens = shape.grid, shape.n_tokens
+        self.shape = shape = self.family.describe(visual)
+        self.layout, self.image_size, self.patch_size = shape.layout, shape.image_size, shape.patch_size
+        self.depth, self.width, self.grid, self.n_tokens = shape.depth, shape.width, shape.grid, shape.n_tokens
         self.preprocess = preprocess or Preprocess(self.image_size, tuple(mean), tuple(std), shape.resize)
         self.resize = self.preprocess.resize or self.image_size  # the shorter side before the center crop
 
