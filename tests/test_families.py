@@ -24,6 +24,7 @@ from cafe.erf import ErfConfig, make_method
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 from cafe.sae import MatryoshkaSAE
+from cafe.tokens import TokenLayout
 
 CONSERVATION_RTOL = 1e-9  # float64, epsilon 1e-12, no biases or embeddings: exact up to rounding
 CONSERVATION_ATOL = 1e-10  # what the epsilon stabilisers (1e-12 at each linear output) may absorb
@@ -241,7 +242,6 @@ def test_attnlrp_refuses_a_block_it_has_no_rules_for():
 def test_register_tokens_are_never_features_or_sae_rows():
     from cafe.activations.extract import token_subsample
     from cafe.features import TopImages
-    from cafe.tokens import TokenLayout
 
     layout = TokenLayout(3, n_registers=4)
     readable = np.array(layout.readable())
@@ -308,3 +308,22 @@ def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets():
     assert records["attnlrp"]["count"] == records["gradient"]["count"] == 2
     ratio = records["attnlrp"]["throughput"] / records["gradient"]["throughput"]
     assert records["attnlrp_vs_autograd"] == pytest.approx(ratio)
+
+
+def test_sae_evaluation_reads_no_register_tokens(tmp_path):
+    import h5py
+
+    from cafe.io.activations import LayerInfo, LayerWriter
+    from cafe.sae.evaluate import evaluate
+
+    layout = TokenLayout(2, n_registers=4)
+    info = LayerInfo("synthetic", "none", 1, 16, 8, 2, layout.n_tokens, 8, "0" * 16, 1, 0, 1, 4)
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "layer1.h5", "w") as handle:
+        writer = LayerWriter(handle, info, 4, 3)
+        writer.add_train(np.arange(4), np.zeros((4, 1), np.int16), rng.standard_normal((4, 1, 8)).astype(np.float16))
+        writer.add_analysis(np.arange(3) + 4, rng.standard_normal((3, layout.n_tokens, 8)).astype(np.float16))
+        writer.finish()
+    torch.manual_seed(0)
+    sae = MatryoshkaSAE(8, 16).eval()
+    assert evaluate(sae, tmp_path / "layer1.h5", torch.device("cpu"))["eval_tokens"] == 3 * len(layout.readable())
