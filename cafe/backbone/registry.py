@@ -27,16 +27,20 @@ TIMM_NAME = re.compile(r"^(vit|deit|eva|beit|flexivit)[a-z0-9]*_[a-z0-9_.]+$")
 def family_of(model: str, family: str = AUTO) -> str:
     """The family named, or the one `model`'s name implies (module docstring)."""
     if family != AUTO:
-        if family not in FAMILIES:
-            raise CafeError(f"backbone.family: unknown family {family!r}; known: {sorted(FAMILIES)}")
-        return family
+        return _known(family)
     if "/" in model and not model.startswith("hf-hub:"):
         return "hf"
     return "timm" if TIMM_NAME.match(model) else "openclip"
 
 
+def _known(family: str) -> str:
+    if family not in FAMILIES:
+        raise CafeError(f"backbone.family: unknown family {family!r}; known: {sorted(FAMILIES)}")
+    return family
+
+
 @functools.cache
 def get_family(name: str) -> Family:
     """The family object called `name` (its library imported now)."""
-    module, cls = FAMILIES[family_of("", name)].split(":")
+    module, cls = FAMILIES[_known(name)].split(":")
     return getattr(importlib.import_module(module), cls)()
