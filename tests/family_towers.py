@@ -210,3 +210,44 @@ def timm_dinov2_to_hf(source: Backbone) -> Backbone:
     model.load_state_dict(state)
     mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
     return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
+
+
+def timm_siglip_to_hf(source: Backbone) -> Backbone:
+    """A timm SigLIP (no CLS; biased patch embedding) as a Hugging Face SiglipVisionModel without its pooling head."""
+    visual, d = source.visual, source.width
+    config = transformers.SiglipVisionConfig(
+        hidden_size=d,
+        intermediate_size=source.view(1).mlp.fc1_weight.shape[0],
+        num_hidden_layers=source.depth,
+        num_attention_heads=source.view(1).attn.heads,
+        image_size=source.image_size,
+        patch_size=source.patch_size,
+        hidden_act="gelu",  # timm's default GELU (HF's SigLIP default is the tanh approximation)
+        layer_norm_eps=1e-6,
+        vision_use_head=False,
+    )
+    model = transformers.SiglipVisionModel(config)
+    state = {
+        "embeddings.patch_embedding.weight": visual.patch_embed.proj.weight,
+        "embeddings.patch_embedding.bias": visual.patch_embed.proj.bias,
+        "embeddings.position_embedding.weight": visual.pos_embed[0],
+        "post_layernorm.weight": visual.norm.weight,
+        "post_layernorm.bias": visual.norm.bias,
+    }
+    for i, block in enumerate(visual.blocks):
+        to = f"encoder.layers.{i}."
+        for name, part in zip(("q", "k", "v"), range(3)):
+            state[f"{to}self_attn.{name}_proj.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
+            state[f"{to}self_attn.{name}_proj.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
+        pairs = {
+            "self_attn.out_proj": block.attn.proj,
+            "layer_norm1": block.norm1,
+            "layer_norm2": block.norm2,
+            "mlp.fc1": block.mlp.fc1,
+            "mlp.fc2": block.mlp.fc2,
+        }
+        for name, module in pairs.items():
+            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+    model.vision_model.load_state_dict(state)
+    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
+    return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from family_towers import TOWERS, openclip_to_hf_clip, openclip_to_timm, timm_dinov2_to_hf
+from family_towers import TOWERS, openclip_to_hf_clip, openclip_to_timm, timm_dinov2_to_hf, timm_siglip_to_hf
 from planted import planted_world
 from scipy import stats
 
@@ -128,6 +128,7 @@ PAIRS = {
     "openclip-hf-clip": lambda: (TOWERS["openclip-tiny"](), openclip_to_hf_clip),
     "timm-hf-dinov2": lambda: (TOWERS["timm-dinov2"](), timm_dinov2_to_hf),
     "timm-hf-dinov2-reg4": lambda: (TOWERS["timm-dinov2-reg4"](), timm_dinov2_to_hf),
+    "timm-hf-siglip": lambda: (TOWERS["timm-siglip"](), timm_siglip_to_hf),
 }
 
 
