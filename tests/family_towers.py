@@ -1,7 +1,7 @@
 """Test helper: tiny towers of every backbone family with random weights (timm models by name with small sizes,
 Hugging Face models from small configs, an OpenCLIP tower with a timm trunk from tests/models/), and the same
 weights moved between implementations: the tiny OpenCLIP tower into timm (timm's own OpenCLIP filter) and into
-HF CLIP (the key mapping below), a timm DINOv2 (with or without registers) into HF DINOv2."""
+HF CLIP (the key mapping below), a timm DINOv2 (with or without registers) and a timm SigLIP into HF."""
 
 from __future__ import annotations
 
