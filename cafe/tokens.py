@@ -62,6 +62,20 @@ class TokenLayout:
         """Positions a feature may be read at (SAE rows, argmax tokens, targets): CLS and patches, no registers."""
         return ([0] if self.has_cls else []) + list(range(self.n_prefix, self.n_tokens))
 
+    def mask(self, which: str) -> list[bool]:
+        """Per token, whether it is one of `which`: `all` (every token, registers too), `readable` (CLS and
+        patches), `patches` or `cls` (e.g. the tokens an imported SAE was trained on)."""
+        chosen = {
+            "all": range(self.n_tokens),
+            "readable": self.readable(),
+            "patches": range(self.n_prefix, self.n_tokens),
+            "cls": [] if self.cls is None else [self.cls],
+        }
+        if which not in chosen:
+            raise CafeError(f"token layout: positions must be one of {sorted(chosen)}, not {which!r}")
+        keep = set(chosen[which])
+        return [token in keep for token in range(self.n_tokens)]
+
     def patch_token(self, row: int, col: int) -> int:
         return self.n_prefix + row * self.grid + col
 

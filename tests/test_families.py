@@ -328,3 +328,20 @@ def test_sae_evaluation_reads_no_register_tokens(tmp_path):
     torch.manual_seed(0)
     sae = MatryoshkaSAE(8, 16).eval()
     assert evaluate(sae, tmp_path / "layer1.h5", torch.device("cpu"))["eval_tokens"] == 3 * len(layout.readable())
+
+
+@pytest.mark.parametrize("layout", [TokenLayout(3), TokenLayout(2, n_registers=4), TokenLayout(4, has_cls=False)])
+def test_a_token_layout_names_every_position_once(layout):
+    """CLS, registers and patches partition the sequence; patches are row-major; attrs round-trip."""
+    masks = {which: np.array(layout.mask(which)) for which in ("all", "readable", "patches", "cls")}
+    registers = np.isin(np.arange(layout.n_tokens), list(layout.registers))
+    assert (masks["cls"].astype(int) + registers + masks["patches"] == 1).all() and masks["all"].all()
+    assert (masks["readable"] == ~registers).all() and masks["cls"].sum() == int(layout.has_cls)
+    per_token = np.arange(layout.n_tokens)
+    grid = layout.token_grid(per_token)
+    for row, col in np.ndindex(layout.grid, layout.grid):
+        token = layout.patch_token(row, col)
+        assert grid[row, col] == token and layout.label(token) == f"({row},{col})"
+    assert TokenLayout.from_attrs(layout.attrs()) == layout
+    with pytest.raises(CafeError, match="n_tokens"):
+        TokenLayout.from_attrs({**layout.attrs(), "n_tokens": layout.n_tokens + 1})
