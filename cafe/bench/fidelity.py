@@ -196,7 +196,8 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
     path = workdir / "layer.h5"
     with h5py.File(path, "w") as handle:
         info = LayerInfo(backbone.name, backbone.tag, setting.layer, backbone.image_size, backbone.patch_size,
-                         backbone.grid, t, backbone.width, "0" * 16, t)  # fmt: skip
+                         backbone.grid, t, backbone.width, "0" * 16, t, 0, int(backbone.layout.has_cls),
+                         backbone.layout.n_registers)  # fmt: skip
         writer = LayerWriter(handle, info, n, 32)
         writer.add_train(np.arange(n), np.tile(np.arange(t), (n, 1)), resid[:n])
         writer.add_analysis(np.arange(n, n + 32), resid[n:])
