@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any, TypeVar
 
@@ -51,3 +52,12 @@ def as_dict(config: Any) -> dict[str, Any]:
 
 DEMO_IMAGES = "results/demo/images"
 DEMO_BACKBONE = "results/backbone/demo.pt"
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def is_local_checkpoint(pretrained: str | None) -> bool:
+    """Whether backbone.pretrained names a local file or folder (a path) rather than a tag or hub revision: the
+    one test that `cafe.backbone` and the workflow (a checkpoint is a rule input) both use."""
+    text = pretrained or ""
+    return "/" in text or os.sep in text or text.endswith(CHECKPOINT_SUFFIXES)

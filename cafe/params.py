@@ -17,6 +17,7 @@ from typing import Any
 from cafe.activations.extract import ActivationsConfig
 from cafe.annotation.config import AnnotationConfig
 from cafe.backbone import BackboneConfig, tower_shape
+from cafe.backbone.registry import AUTO, FAMILIES
 from cafe.compute import PRECISIONS, ComputeConfig
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
 from cafe.demo import DemoConfig
@@ -95,6 +96,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     schema.setdefault("$defs", {}).update(
         {
             "erf_method": {"enum": list(ATTRIBUTION_METHODS)},
+            "backbone_family": {"enum": [AUTO, *FAMILIES]},
             "attention_rule": {"enum": list(ATTENTION_RULES)},
             "canvas": {"enum": list(CANVASES)},
             "sae_activation": {"enum": list(ACTIVATIONS)},
@@ -130,7 +132,7 @@ def check_config(config: dict[str, Any]) -> None:
 
 def check_params(params: Params) -> None:
     """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
-    shape = tower_shape(params.backbone.model)
+    shape = tower_shape(params.backbone)
     bad = [layer for layer in params.layers if layer > shape.depth]
     if bad:
         raise CafeError(f"params: layers {bad} do not exist: {params.backbone.model} has blocks 1..{shape.depth}")
@@ -152,7 +154,7 @@ def check_params(params: Params) -> None:
     if not params.demo.enabled and (params.data.images == DEMO_IMAGES or params.backbone.pretrained == DEMO_BACKBONE):
         raise CafeError(
             "params: demo.enabled is false, so the demo's tower and scenes are not made: set backbone.pretrained "
-            "(an OpenCLIP tag or a checkpoint path) and data.images (an ImageFolder)"
+            "(a tag, hub revision or checkpoint path) and data.images (an ImageFolder)"
         )
 
 

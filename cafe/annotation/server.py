@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from cafe.annotation.answers import write_answer
-from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views, token_label
+from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views
 from cafe.annotation.ingest import annotate_init, human_path, read_cells, read_sheet, validate_human
 from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.page import render_page
@@ -89,7 +89,7 @@ class Session:
             {
                 "image": int(self.targets.image[n, j]),
                 "value": f"{self.targets.value[n, j]:.3g}",
-                "at": token_label(int(self.targets.token[n, j]), self.targets.grid),
+                "at": self.targets.layout.label(int(self.targets.token[n, j])),
                 "act_peak": views.act_peaks[slot],
                 "erf_peak": views.erf_peaks[slot],
             }

@@ -15,6 +15,7 @@ STAGE_NAMES = ["extraction", "sae", "target", "erf", "lxt", "insertion", "refere
 
 DEFAULT_OUT = Path("benchmarks/results/latest.json")
 DEFAULT_FIDELITY_OUT = Path("benchmarks/results/fidelity.json")
+DEFAULT_FAMILIES_OUT = Path("benchmarks/results/families.json")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -34,6 +35,14 @@ def run_bench(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.families:
+        from cafe.backbone import resolve_device
+        from cafe.bench.families import run_families
+
+        out = DEFAULT_FAMILIES_OUT if args.out == DEFAULT_OUT else args.out
+        for family, record in run_families(out, resolve_device(args.device), args.quick).items():
+            logging.getLogger("cafe.bench").info("%s: AttnLRP at %.2fx autograd", family, record["attnlrp_vs_autograd"])
+        return
     if args.fidelity:
         from cafe.backbone import resolve_device
         from cafe.bench.fidelity import run_fidelity
@@ -63,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fidelity",
         action="store_true",
         help="instead: each precision mode against fp32, gated (ERF maps, insertion AUC, SAE; bf16 speed ratios)",
+    )
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="instead: AttnLRP vs plain autograd on a tower of each backbone family (OpenCLIP, timm DINOv2, ...)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument(

@@ -97,7 +97,8 @@ def spread(values: np.ndarray) -> dict[str, float]:
 def _targets(setting: Setting, backbone: Backbone, sae: torch.nn.Module):
     """Random images, a random patch token each, and the latent most active there (so every z > 0)."""
     images = random_images(setting.targets, backbone.image_size, backbone.device)
-    tokens = torch.randint(1, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
+    first = backbone.layout.n_prefix
+    tokens = torch.randint(first, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
     target = FeatureTarget(backbone, sae, setting.layer)
     with torch.no_grad():
         latents = target.latents(backbone.normalize(images))[torch.arange(setting.targets), tokens]
@@ -186,7 +187,8 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
     path = workdir / "layer.h5"
     with h5py.File(path, "w") as handle:
         info = LayerInfo(backbone.name, backbone.tag, setting.layer, backbone.image_size, backbone.patch_size,
-                         backbone.grid, t, backbone.width, "0" * 16, t)  # fmt: skip
+                         backbone.grid, t, backbone.width, "0" * 16, t, 0, int(backbone.layout.has_cls),
+                         backbone.layout.n_registers)  # fmt: skip
         writer = LayerWriter(handle, info, n, 32)
         writer.add_train(np.arange(n), np.tile(np.arange(t), (n, 1)), resid[:n])
         writer.add_analysis(np.arange(n, n + 32), resid[n:])

@@ -39,8 +39,10 @@ def hooked_value(
 ) -> torch.Tensor:
     """z as a user would get it without truncation: the whole tower runs, a forward hook keeps block L's output."""
     captured = {}
-    block = target.backbone.visual.transformer.resblocks[target.layer - 1]
-    handle = block.register_forward_hook(lambda module, args, out: captured.setdefault("resid", out))
+    block = target.backbone.blocks[target.layer - 1]
+    handle = block.register_forward_hook(
+        lambda module, args, out: captured.setdefault("resid", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         target.backbone.visual(pixels)
     finally:

@@ -37,7 +37,7 @@ def sae_training(ctx: Context) -> dict[str, dict[str, Any]]:
     records = {}
     for file_tokens in p.sae_tokens:
         folder = ctx.workdir / f"sae{file_tokens}"
-        path = layer_file(folder, width, ctx.backbone.n_tokens, file_tokens, ANALYSIS_IMAGES)
+        path = layer_file(folder, width, ctx.backbone.layout, file_tokens, ANALYSIS_IMAGES)
         params = {
             "file_tokens": file_tokens,
             "file_mb": path.stat().st_size / 2**20,

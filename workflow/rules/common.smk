@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 from cafe.compute import ComputeConfig
 from cafe.annotation.ingest import human_files
 from cafe.errors import CafeError
-from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, parse_section
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, is_local_checkpoint, parse_section
 from cafe.io.hashes import HASH_CACHE
 from cafe.params import validate_config
 from cafe.workspace_sync import sync_workspace
@@ -50,9 +50,9 @@ def as_json(value):
 
 
 def backbone_checkpoint():
-    """The backbone checkpoint as an input when it is a file (the demo's, or a user's); tags need none."""
+    """The backbone checkpoint as an input when it is a local path (the demo's, or a user's); tags need none."""
     pretrained = config["backbone"].get("pretrained") or ""
-    return [pretrained] if pretrained == DEMO_BACKBONE or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") else []
+    return [pretrained] if is_local_checkpoint(pretrained) else []
 
 
 def image_inputs():
