@@ -24,11 +24,12 @@ from cafe.errors import CafeError
 from cafe.io.features import FeatureFile
 from cafe.sae.encoder import SAEEncoder
 from cafe.sae.feed import check_resident
+from cafe.sae.formats import SAESource
 from cafe.sae.nonlinearity import nonlinearity
 
 CHECKPOINT_VERSION = 1
 IMPORTED = "import"  # meta["kind"] of an SAE read from another tool's file (`cafe sae-import`)
-RUN_ONLY = ("resident",)  # SAEConfig fields that say how training runs, never what it computes
+RUN_ONLY = ("resident", "source")  # SAEConfig fields that are not what a trained SAE computes
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SAEConfig:
     checkpoint_every: int = 500  # steps between resumable training states
     seed: int = 0
     resident: str = "auto"  # train tokens loaded onto the training device or streamed (cafe/sae/feed.py)
+    source: SAESource | None = None  # import the SAEs from another tool's files instead (cafe/sae/formats/)
 
     def __post_init__(self) -> None:
         nonlinearity(self.activation)  # an unknown name is an error that lists the known ones

@@ -6,6 +6,7 @@ test (tests/test_sae_formats.py)."""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,45 @@ FORMATS: dict[str, str] = {  # name -> module with `read(path, options) -> Impor
 }
 
 
+@dataclass(frozen=True)
+class SAESource:
+    """params `sae.source`: import each layer's SAE from another tool's file instead of training it."""
+
+    format: str
+    path: str | dict[str, str]  # one path, a pattern with {layer}, or layer -> path
+    options: dict[str, Any] = field(default_factory=dict)  # the format's own (its module's OPTIONS)
+    download: str | None = None  # the command that fetches the weights, said when they are missing
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise CafeError(f"params: sae.source.format must be one of {sorted(FORMATS)}, not {self.format!r}")
+
+    def path_for(self, layer: int) -> str:
+        """The SAE file (or folder) of one layer."""
+        if isinstance(self.path, dict):
+            found = self.path.get(str(layer), self.path.get(layer))  # type: ignore[call-overload]
+            if found is None:
+                raise CafeError(f"params: sae.source.path names no SAE for layer {layer} (has {sorted(self.path)})")
+            return found
+        return self.path.replace("{layer}", str(layer))
+
+    def absent(self, layers: list[int]) -> str | None:
+        """None if every layer's SAE is on disk, else what is missing and how to fetch it."""
+        paths = {layer: self.path_for(layer) for layer in layers}
+        missing = [f"  layer {layer}: {path}" for layer, path in paths.items() if not Path(path).exists()]
+        if not missing:
+            return None
+        if not self.download:
+            return f"sae.source: the {self.format} SAEs are not on disk:\n" + "\n".join(missing)
+        commands = sorted({self.download.replace("{layer}", str(layer)) for layer in layers})
+        return (
+            f"sae.source: the {self.format} SAEs are not on disk:\n"
+            + "\n".join(missing)
+            + "\nfetch them with:\n  "
+            + "\n  ".join(commands)
+        )
+
+
 def read_sae(format: str, path: str | Path, options: dict[str, Any] | None = None) -> Imported:
     """The encoder of the SAE at `path` in `format`, and where it was trained."""
     if format not in FORMATS:
@@ -36,4 +76,4 @@ def read_sae(format: str, path: str | Path, options: dict[str, Any] | None = Non
     return module.read(path, opts)
 
 
-__all__ = ["FORMATS", "Imported", "TrainedAt", "read_sae"]
+__all__ = ["FORMATS", "Imported", "SAESource", "TrainedAt", "read_sae"]
