@@ -30,7 +30,7 @@ class SAESource:
     """params `sae.source`: import each layer's SAE from another tool's file instead of training it."""
 
     format: str
-    path: str | dict[str, str]  # one path, a pattern with {layer}, or layer -> path
+    path: str | dict[str, str]  # a path, a pattern with {layer} (1-based) or {block} (0-based), or layer -> path
     options: dict[str, Any] = field(default_factory=dict)  # the format's own (its module's OPTIONS)
     download: str | None = None  # the command that fetches the weights, said when they are missing
 
@@ -45,7 +45,7 @@ class SAESource:
             if found is None:
                 raise CafeError(f"params: sae.source.path names no SAE for layer {layer} (has {sorted(self.path)})")
             return found
-        return self.path.replace("{layer}", str(layer))
+        return _fill(self.path, layer)
 
     def absent(self, layers: list[int]) -> str | None:
         """None if every layer's SAE is on disk, else what is missing and how to fetch it."""
@@ -55,13 +55,18 @@ class SAESource:
             return None
         if not self.download:
             return f"sae.source: the {self.format} SAEs are not on disk:\n" + "\n".join(missing)
-        commands = sorted({self.download.replace("{layer}", str(layer)) for layer in layers})
+        commands = sorted({_fill(self.download, layer) for layer in layers})
         return (
             f"sae.source: the {self.format} SAEs are not on disk:\n"
             + "\n".join(missing)
             + "\nfetch them with:\n  "
             + "\n  ".join(commands)
         )
+
+
+def _fill(pattern: str, layer: int) -> str:
+    """A path or command of one layer: {layer} is cafe's layer, {block} the 0-based index of its block."""
+    return pattern.replace("{layer}", str(layer)).replace("{block}", str(layer - 1))
 
 
 def read_sae(format: str, path: str | Path, options: dict[str, Any] | None = None) -> Imported:

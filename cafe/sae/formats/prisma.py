@@ -25,7 +25,8 @@ ACTIVATIONS = {"relu": "standard", "topk": "topk"}
 
 
 def read(path: Path, options: Options) -> Imported:
-    """The encoder of a ViT-Prisma SAE file."""
+    """The encoder of a ViT-Prisma SAE file (or of the one .pt file in a downloaded folder)."""
+    path = _weights_file(path)
     blob = read_pickled_config(path, ("vit_prisma",)) if path.suffix == ".pt" else read_state(path)
     if isinstance(blob, dict) and "cfg" in blob and "state_dict" in blob:
         cfg, state = fields(blob["cfg"]), blob["state_dict"]
@@ -34,6 +35,15 @@ def read(path: Path, options: Options) -> Imported:
     else:
         raise CafeError(f"{path}: neither {{'cfg', 'state_dict'}} nor weights beside a config.json (ViT-Prisma)")
     return from_prisma_config(cfg, dict(state), path, options)
+
+
+def _weights_file(path: Path) -> Path:
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*.pt"))
+    if len(found) != 1:
+        raise CafeError(f"{path}: a ViT-Prisma folder needs exactly one .pt file (has {[p.name for p in found]})")
+    return found[0]
 
 
 def from_prisma_config(cfg: dict, state: dict, path: Path, options: Options) -> Imported:
