@@ -343,3 +343,17 @@ def test_unknown_formats_options_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps({"d_in": D, "d_sae": N, "architecture": "gated"}))
     with pytest.raises(CafeError, match="architecture 'gated' is not supported"):
         read_sae("saelens", tmp_path, {})
+
+
+def test_an_sae_of_cafe_is_imported_with_its_fingerprint(tmp_path, tiny_sae):
+    from cafe.sae.importer import _write
+    from cafe.sae.model import SAEConfig, save_checkpoint
+
+    fingerprint = save_checkpoint(tmp_path / "other.pt", tiny_sae, SAEConfig(), {"layer": 2, "manifest_hash": "x"})
+    imported = read_sae("cafe", tmp_path / "other.pt", {})
+    assert imported.trained_at.layer(3) == 2
+    _write(tmp_path / "layer2.pt", imported, {"source": {"path": str(tmp_path / "other.pt"), "format": "cafe"}})
+    sae, meta = load_sae(tmp_path / "layer2.pt")
+    x = torch.randn(5, tiny_sae.d_in)
+    assert meta["fingerprint"] == fingerprint and "manifest_hash" not in meta and meta["source"]["format"] == "cafe"
+    assert torch.equal(sae.encode(x), tiny_sae.encode(x))

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +64,15 @@ def import_sae(
 
 
 def _write(out: Path, imported: Imported, provenance: dict[str, Any]) -> None:
-    """cafe's own SAE is copied as it is (its fingerprint kept); an imported encoder gets cafe's checkpoint."""
+    """An imported encoder gets cafe's checkpoint; cafe's own SAE keeps its weights and fingerprint, with the
+    source recorded and the other study's manifest dropped (this study's images are what it is checked against)."""
     if isinstance(imported.encoder, SAEEncoder):
         save_import(out, imported.encoder, provenance)
         return
+    blob = torch.load(provenance["source"]["path"], map_location="cpu", weights_only=True)
+    meta = {key: value for key, value in blob["meta"].items() if key != "manifest_hash"}
     with atomic_path(out) as tmp:
-        shutil.copyfile(provenance["source"]["path"], tmp)
+        torch.save({**blob, "meta": {**meta, "source": provenance["source"]}}, tmp)
 
 
 def check_trained_at(imported: Imported, attrs: dict[str, Any], source: Path, activations: Path) -> None:
