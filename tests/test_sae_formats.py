@@ -357,3 +357,28 @@ def test_an_sae_of_cafe_is_imported_with_its_fingerprint(tmp_path, tiny_sae):
     x = torch.randn(5, tiny_sae.d_in)
     assert meta["fingerprint"] == fingerprint and "manifest_hash" not in meta and meta["source"]["format"] == "cafe"
     assert torch.equal(sae.encode(x), tiny_sae.encode(x))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"data": {"n_train": 5}}, "set data.n_train: 0"),
+        ({"sae": {"source": {"format": "saelens", "path": {"1": "a"}}}}, "names no SAE for layer 2"),
+        ({"sae": {"source": {"format": "sae-lens", "path": "a"}}}, "sae.source.format"),
+    ],
+)
+def test_import_params_are_checked_as_the_dag_loads(change, message):
+    from cafe.params import merge, validate_config
+
+    base = {"layers": [2], "data": {"n_train": 0}, "sae": {"source": {"format": "saelens", "path": "s/{layer}"}}}
+    validate_config(base, Path("workflow/schemas/params.schema.yaml").resolve())
+    with pytest.raises(CafeError, match=message):
+        validate_config(merge(base, change), Path("workflow/schemas/params.schema.yaml").resolve())
+
+
+def test_a_path_pattern_names_each_layer_and_block():
+    from cafe.sae.formats import SAESource
+
+    source = SAESource("prisma", "saes/layer{layer}-block{block}", download="get {block}")
+    assert source.path_for(3) == "saes/layer3-block2"
+    assert "get 2" in source.absent([3]) and "layer 3: saes/layer3-block2" in source.absent([3])
