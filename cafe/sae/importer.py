@@ -89,7 +89,8 @@ def check_trained_at(imported: Imported, attrs: dict[str, Any], source: Path, ac
             f"{where}: SAE input width {encoder.d_in}, but {activations} ({attrs['backbone']}, layer "
             f"{attrs['layer']}) has width {attrs['width']}: another backbone?"
         )
-    layer = at.layer(tower_shape(attrs["backbone"]).depth)
+    negative = at.block is not None and at.block < 0  # counted from the end: the tower's depth is needed
+    layer = at.layer(tower_shape(attrs["backbone"]).depth if negative else 0)
     if layer is not None and layer != int(attrs["layer"]):
         raise CafeError(
             f"{where}: trained on layer {layer} (the residual after block {layer}), but {activations} is layer "
