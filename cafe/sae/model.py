@@ -152,6 +152,7 @@ def save_import(path: str | Path, encoder: SAEEncoder, meta: dict[str, Any]) -> 
 
 
 def _write(path: str | Path, sae: nn.Module, meta: dict[str, Any]) -> str:
+    """The checkpoint: state dict, meta (versioned) and the fingerprint of both, written atomically."""
     from cafe.io import atomic_path
 
     state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
