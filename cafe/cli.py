@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("cafe.manifest", "list which images are used, in which split and order"),
     "activations": ("cafe.activations", "write residual-stream activations of every layer (one pass)"),
     "sae": ("cafe.sae.command", "train one layer's Matryoshka SAE, streaming from its activations"),
+    "sae-import": ("cafe.sae.command", "read one layer's SAE from another tool's file (SAELens, saev...) instead"),
     "sae-summary": ("cafe.sae.command", "collect per-layer SAE metrics into one DVC metrics file"),
     "features": ("cafe.features", "top activations of the first N features of one layer's SAE"),
     "erf": ("cafe.erf.command", "effective receptive fields of the feature targets, by one attribution method"),

@@ -28,7 +28,7 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        hint = hints[name]
+        hint = _unless_none(hints[name])
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = parse_section(hint, value, _key(section, name))
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
@@ -38,6 +38,12 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
         return cls(**kwargs)
     except TypeError as exc:
         raise CafeError(f"params: {section or 'top level'}: {exc}") from exc
+
+
+def _unless_none(hint: Any) -> Any:
+    """X of an `X | None` hint (an optional nested section), else the hint itself."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(hint) else hint
 
 
 def _key(section: str, name: str) -> str:

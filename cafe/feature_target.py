@@ -23,10 +23,12 @@ class FeatureTarget:
         return self.backbone.forward_to(pixels, self.layer)
 
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """All SAE latents at all tokens, (B, T, m): the activation maps (the SAE in its own dtype, autocast off)."""
+        """All SAE latents at all tokens, (B, T, m): the activation maps (the SAE in its own dtype, autocast off),
+        zero at tokens the SAE was not trained on (`TokenLayout.mask`)."""
         resid = self.residual(pixels)
+        trained = torch.tensor(self.backbone.layout.mask(self.sae.positions), device=resid.device)
         with full_precision(resid.device):
-            return self.sae.encode(resid.to(self.sae.W_e.dtype))
+            return self.sae.encode(resid.to(self.sae.W_e.dtype)) * trained[:, None]
 
     def encode_at(self, resid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z of each row's feature from its target token's residual (B, D)."""

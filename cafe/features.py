@@ -21,7 +21,7 @@ from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.io.features import write_features
-from cafe.sae import MatryoshkaSAE, load_sae
+from cafe.sae import MatryoshkaSAE, SAEEncoder, load_sae
 from cafe.tokens import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -107,17 +107,19 @@ def _check_match(sae_meta: dict, attrs: dict, sae_path: Path, activations: Path)
 
 @torch.no_grad()
 def top_images(
-    sae: MatryoshkaSAE, activations: str | os.PathLike, config: FeaturesConfig, device: torch.device
+    sae: MatryoshkaSAE | SAEEncoder, activations: str | os.PathLike, config: FeaturesConfig, device: torch.device
 ) -> dict[str, np.ndarray]:
-    """Stream the analysis images once, encoding the first n_features latents; the output datasets."""
+    """Stream the analysis images once, encoding the first n_features latents at the tokens the SAE was trained on
+    (an imported SAE of patch tokens is zero at CLS); the output datasets."""
     if config.n_features > sae.n_latents:
         raise CafeError(f"params: features.n_features = {config.n_features} exceeds the SAE's {sae.n_latents} latents")
     with open_layer(activations, sae.d_in) as handle:
         analysis_image, layout = handle["analysis_image"][:], TokenLayout.from_attrs(handle.attrs, str(activations))
     top = TopImages(config.n_features, config.top_k, layout)
+    trained = torch.tensor(layout.mask(sae.positions), device=device)[:, None]  # the SAE's tokens only
     with tqdm(total=len(analysis_image), desc="features", unit="img") as bar:
         for first_row, block in iter_analysis(activations, READ_TOKENS, width=sae.d_in):
-            z = sae.encode(torch.from_numpy(block).to(device), n_first=config.n_features)
+            z = sae.encode(torch.from_numpy(block).to(device), n_first=config.n_features) * trained
             top.update(first_row, z.cpu())
             bar.update(len(block))
     return top.arrays(analysis_image)

@@ -39,15 +39,16 @@ class DataConfig:
     """Which images the pipeline sees (params.yaml `data:`)."""
 
     images: str = DEMO_IMAGES
-    n_train: int = 1600
+    n_train: int = 1600  # 0 when the SAEs are imported (sae.source): no train tokens are extracted
     n_analysis: int = 240
     seed: int = 0
     bad_images: str = "error"  # error: stop and list every broken image; skip: leave them out, listed
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_analysis"):
-            if getattr(self, name) < 1:
-                raise CafeError(f"params: data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_analysis < 1 or self.n_train < 0:
+            raise CafeError(
+                f"params: data.n_analysis must be >= 1 and n_train >= 0, got {self.n_analysis} and {self.n_train}"
+            )
         if self.bad_images not in BAD_IMAGES:
             raise CafeError(f"params: data.bad_images must be one of {BAD_IMAGES}, got {self.bad_images!r}")
 
@@ -89,7 +90,8 @@ def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) ->
         raise bad_images_error(config.images, bad, len(manifest))
     kept = manifest[~manifest["path"].isin(bad["path"])].reset_index(drop=True)
     kept["index"] = np.arange(len(kept))
-    missing = [split for split in SPLITS if not (kept["split"] == split).any()]
+    drawn = [split for split in SPLITS if (manifest["split"] == split).any()]  # no train split with data.n_train: 0
+    missing = [split for split in drawn if not (kept["split"] == split).any()]
     if missing:
         raise CafeError(f"data.images: every {' and '.join(missing)} image was skipped as unreadable")
     return kept, bad

@@ -32,6 +32,7 @@ from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
 from cafe.manifest import BAD_IMAGES, DataConfig
 from cafe.sae.feed import RESIDENT_MODES
+from cafe.sae.formats import FORMATS
 from cafe.sae.model import SAEConfig
 from cafe.sae.nonlinearity import ACTIVATIONS
 
@@ -101,6 +102,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
             "canvas": {"enum": list(CANVASES)},
             "sae_activation": {"enum": list(ACTIVATIONS)},
             "sae_resident": {"enum": list(RESIDENT_MODES)},
+            "sae_format": {"enum": list(FORMATS)},
             "precision": {"enum": list(PRECISIONS)},
             "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
             "bad_images": {"enum": list(BAD_IMAGES)},
@@ -136,8 +138,9 @@ def check_params(params: Params) -> None:
     bad = [layer for layer in params.layers if layer > shape.depth]
     if bad:
         raise CafeError(f"params: layers {bad} do not exist: {params.backbone.model} has blocks 1..{shape.depth}")
-    n_latents = params.sae.expansion * shape.width
-    if params.features.n_features > n_latents:
+    if params.sae.source is not None:
+        _check_source(params)
+    elif params.features.n_features > (n_latents := params.sae.expansion * shape.width):
         raise CafeError(
             f"params: features.n_features = {params.features.n_features} exceeds the SAE's {n_latents} latents"
         )
@@ -156,6 +159,17 @@ def check_params(params: Params) -> None:
             "params: demo.enabled is false, so the demo's tower and scenes are not made: set backbone.pretrained "
             "(a tag, hub revision or checkpoint path) and data.images (an ImageFolder)"
         )
+
+
+def _check_source(params: Params) -> None:
+    """Imported SAEs need no train tokens, and a path for every layer."""
+    if params.data.n_train != 0:
+        raise CafeError(
+            f"params: sae.source imports the SAEs, so no train tokens are extracted: set data.n_train: 0 "
+            f"(it is {params.data.n_train})"
+        )
+    for layer in params.layers:
+        params.sae.source.path_for(layer)
 
 
 def run_params(args: argparse.Namespace) -> None:

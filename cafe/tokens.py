@@ -19,6 +19,9 @@ from cafe.errors import CafeError
 Array = TypeVar("Array")  # a numpy array or a torch tensor: only slicing and reshape are used
 
 
+POSITIONS = ("all", "patches", "cls")  # which tokens an SAE was trained on (TokenLayout.mask names)
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """A sequence of `has_cls` class tokens, then `n_registers` register tokens, then grid x grid patches."""

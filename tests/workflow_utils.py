@@ -84,6 +84,8 @@ def make_workspace(root: Path, params: dict[str, Any] | None = None, dvc: bool =
             shutil.copy2(source, root / name)
     (root / "data" / "annotations").mkdir(parents=True)
     (root / "data" / "annotations" / ".gitkeep").touch()  # as in the repo: git keeps the (DVC-tracked) folder
+    (root / "data" / "saes").mkdir()  # imported SAEs (a DVC dependency of the sae stage), with its README as in git
+    shutil.copy2(REPO / "data" / "saes" / "README.md", root / "data" / "saes" / "README.md")
     if params is not None:
         write_params(root, params)
     if dvc:

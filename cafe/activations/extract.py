@@ -245,11 +245,8 @@ def extract(
     for layer in layers:
         backbone.check_layer(layer)
     train, analysis = read_manifest(manifest_path, "train"), read_manifest(manifest_path, "analysis")
-    if train.empty or analysis.empty:
-        raise CafeError(
-            f"{manifest_path}: the manifest needs train and analysis images "
-            f"(has {len(train)} train, {len(analysis)} analysis)"
-        )
+    if analysis.empty:
+        raise CafeError(f"{manifest_path}: the manifest needs analysis images (has {len(train)} train, none analysis)")
     readable = np.array(backbone.layout.readable())
     keep = _tokens_per_image(config, len(readable))
     n_values = len(train) * keep + len(analysis) * backbone.n_tokens
@@ -261,7 +258,8 @@ def extract(
         jobs = stack.enter_context(BackgroundWriter(config.write_queue, "activations writer"))  # joined first
         sink = _Sink(writers, readable, keep, config.seed, jobs)
         batches = _feed(backbone, Path(images_root), config, pd.concat([train["path"], analysis["path"]]))
-        _run_split(backbone, train, batches(train), layers, sink.train, precision)
+        if not train.empty:  # none when the SAEs are imported (data.n_train: 0)
+            _run_split(backbone, train, batches(train), layers, sink.train, precision)
         _run_split(backbone, analysis, batches(analysis), layers, sink.analysis, precision)
         jobs.close()
         for writer in writers.values():

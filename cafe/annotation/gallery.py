@@ -170,7 +170,7 @@ class GalleryFigure:
         """Fill the figure with feature row `n` of `targets` (its shown target columns `cols`)."""
         self.title.set_text(title)
         self.title.set_color("firebrick" if suggest else "black")
-        views = target_views(targets, n, cols)
+        views = target_views(targets, n, cols) if len(cols) else None  # a feature that never fired: empty panels
         for slot, (act_panel, erf_panel) in enumerate(self.pairs):
             if slot >= len(cols):
                 act_panel.ax.set_visible(False)

@@ -68,7 +68,8 @@ class LayerWriter:
         self.handle, self.info = handle, info
         T, D = info.n_tokens, info.width
         n_train = n_train_images * info.tokens_per_image
-        handle.create_dataset("train", (n_train, D), np.float16, chunks=(chunk_rows(n_train, 2 * D), D))
+        chunks = (chunk_rows(n_train, 2 * D), D) if n_train else None  # none when no train tokens (imported SAEs)
+        handle.create_dataset("train", (n_train, D), np.float16, chunks=chunks)
         handle.create_dataset("train_image", (n_train,), np.int64)
         handle.create_dataset("train_token", (n_train,), np.int16)
         handle.create_dataset(
