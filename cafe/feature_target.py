@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 
 from cafe.backbone import Backbone
-from cafe.blocks import block_at_tokens
 from cafe.compute import full_precision
 
 
@@ -44,9 +43,7 @@ class FeatureTarget:
     def from_embedding(self, embedded: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z of every row from the token sequence entering block 1 (Backbone.embed's output, (B, T, D)), as
         `__call__` computes it from pixels: blocks 1..L-1 in full, block L at the target token only."""
-        x = self.backbone.run_blocks(embedded, 0, self.layer - 1)
-        block = self.backbone.visual.transformer.resblocks[self.layer - 1]
-        return self.encode_at(block_at_tokens(block, x, tokens.to(x.device)), features)
+        return self.encode_at(self.backbone.forward_at_embedded(embedded, self.layer, tokens), features)
 
     def __call__(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z_{features[b]}(pixels[b], tokens[b]) for every row b, shape (B,)."""

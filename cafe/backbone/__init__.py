@@ -149,8 +149,12 @@ class Backbone:
         """Residual stream after block `layer` at one token per row (B, D): blocks 1..layer-1 in full, block
         `layer` for that token only (cafe.blocks), which is all a scalar target reads; a block with no view
         runs in full and is read at the tokens."""
+        return self.forward_at_embedded(self.embed(pixels), layer, tokens)
+
+    def forward_at_embedded(self, embedded: torch.Tensor, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+        """`forward_at` from the token sequence entering block 1 (`embed`'s output, (B, T, D))."""
         self.check_layer(layer)
-        x = self.run_blocks(self.embed(pixels), 0, layer - 1)
+        x = self.run_blocks(embedded, 0, layer - 1)
         tokens = tokens.to(x.device)
         try:
             view = self.view(layer)

@@ -75,20 +75,21 @@ def coalition_values(
 ) -> torch.Tensor:
     """z of every target under every coalition (S, B): present patches from the image, absent from the canvas.
 
-    The patch embedding (conv with stride = kernel = patch, then CLS, positions and ln_pre, all per token) maps
+    The patch embedding (conv with stride = kernel = patch; CLS, registers, positions, pre-norm: all per token) maps
     each patch on its own, so a masked image's token sequence is the image's embedding at present patches and the
     canvas's elsewhere: both are embedded once and mixed per token, and only the blocks run per coalition, in
     truncated forwards of about `forward_batch` sequences (whole coalitions x all B targets per forward)."""
     b, players = len(pixels), coalitions.shape[1]
     with torch.no_grad():
         inside, outside = target.backbone.embed(pixels), target.backbone.embed(canvas)  # (B, T, D) each
-    if inside.shape[1] != players + 1:
+    prefix = target.backbone.layout.n_prefix  # CLS and registers: the same in both sequences
+    if inside.shape[1] != prefix + players:
         raise CafeError(
-            f"KernelSHAP: {target.backbone.name} has {inside.shape[1]} tokens, not one class token + {players} "
-            "patches; mixing embeddings per patch does not apply (use erf.kernelshap.solver: captum)"
+            f"KernelSHAP: {target.backbone.name} has {inside.shape[1]} tokens, not {prefix} prefix tokens + "
+            f"{players} patches; mixing embeddings per patch does not apply (use erf.kernelshap.solver: captum)"
         )
-    cls = torch.ones(len(coalitions), 1, dtype=torch.bool, device=coalitions.device)
-    present = torch.cat([cls, coalitions], 1)[:, None, :, None]  # (S, 1, T, 1); the class token is the same in both
+    kept = torch.ones(len(coalitions), prefix, dtype=torch.bool, device=coalitions.device)
+    present = torch.cat([kept, coalitions], 1)[:, None, :, None]  # (S, 1, T, 1)
     per_forward = max(1, forward_batch // b)
     values = []
     with torch.no_grad():
