@@ -1,7 +1,6 @@
-"""The configs for released SAEs (workflow/configs/): each OpenCLIP-based one plans the whole DAG offline with
-`snakemake -n` (no weights, no ImageNet), a run without the SAE files stops before its first job naming each path
-and the download command, and each states only what differs from the defaults. The DINOv2 one needs issue 22's
-backbone families and is only checked for its source."""
+"""The configs for released SAEs (workflow/configs/): each plans the whole DAG offline with `snakemake -n` (no
+weights, no ImageNet), a run without the SAE files stops before its first job naming each path and the download
+command, and each states only what differs from the defaults."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from workflow_utils import REPO, make_workspace, run
 from cafe.params import defaults, merge, resolve
 from cafe.sae.formats import SAESource
 
-OPENCLIP_CONFIGS = {"saev-clip-vit-b16": 1, "prisma-clip-vit-b32": 12, "patchsae-clip-vit-b16": 1}  # -> layers
-ALL_CONFIGS = [*OPENCLIP_CONFIGS, "saev-dinov2-vitb14"]
+CONFIGS = {"saev-clip-vit-b16": 1, "prisma-clip-vit-b32": 12, "patchsae-clip-vit-b16": 1, "saev-dinov2-vitb14": 1}
 
 
 def config(name: str) -> dict:
@@ -29,11 +27,11 @@ def workspace(tmp_path_factory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("released"))
 
 
-@pytest.mark.parametrize("name", list(OPENCLIP_CONFIGS))
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_released_sae_config_plans_the_whole_dag_offline(workspace, name):
     result = run(["snakemake", "-n", "--cores", "1", "--configfile", f"workflow/configs/{name}.yaml"], workspace)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    layers = OPENCLIP_CONFIGS[name]
+    layers = CONFIGS[name]
     assert counts["sae_import"] == counts["features"] == str(layers) and "sae" not in counts  # imported, not trained
     assert counts["fig3"] == counts["fig5"] == "1"
     assert "demo_backbone" not in counts
@@ -49,11 +47,10 @@ def test_a_run_without_the_sae_files_stops_before_any_job_saying_how_to_fetch_th
     assert not (workspace / "results" / "data").exists()  # not even the manifest ran
 
 
-@pytest.mark.parametrize("name", ALL_CONFIGS)
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_released_sae_config_names_a_path_per_layer_and_only_differences(name):
     values = config(name)
     source = SAESource(**values["sae"]["source"])
     assert all(source.path_for(layer).startswith("data/saes/") for layer in values["layers"])  # tracked by DVC
     assert values["data"]["n_train"] == 0 and restated_defaults(values, defaults()) == []
-    if name in OPENCLIP_CONFIGS:
-        resolve(merge(yaml.safe_load((REPO / "params.yaml").read_text()), values))
+    resolve(merge(yaml.safe_load((REPO / "params.yaml").read_text()), values))
