@@ -42,8 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fig4": ("cafe.annotation.examples", "Fig 4: non-local features across layers, image | activation map | ERF"),
     "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
     "verify": ("cafe.provenance", "check every product against what made it: params, inputs, code"),
-    "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
-    "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),
+    "sync": ("cafe.workspace_sync", "after dvc pull/checkout: remove products not current, mark the rest up to date"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 

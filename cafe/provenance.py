@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cafe.errors import CafeError
-from cafe.io import write_text
+from cafe.io import write_json, write_text
 from cafe.io.hashes import HASH_CACHE, HashCache
 
 SUFFIX = ".prov.json"
@@ -61,7 +61,7 @@ STEPS: dict[str, Step] = {
     "train-demo-backbone": Step(
         dests("out", "metrics"), ("images",), (("params", "demo.backbone"), ("model", "backbone.model"))
     ),
-    "manifest": Step(dests("out", "skipped"), (), (("params", "data"),)),
+    "manifest": Step(dests("out", "skipped"), ("params",), (("params", "data"),)),
     "activations": Step(
         lambda a: [f"{a.out_dir}/layer{layer}.h5" for layer in a.layers],
         ("manifest", "skipped", "backbone", "images_root"),
@@ -148,53 +148,59 @@ def code_md5s(files: Iterable[str], hashes: HashCache) -> dict[str, str | None]:
     return {name: hashes.md5(PACKAGE.parent / name) if (PACKAGE.parent / name).is_file() else None for name in files}
 
 
-# --- which file each product was when made here (.cafe/, git- and DVC-ignored) ---
+# --- which content each product had when a cafe command made it here (.cafe/, git- and DVC-ignored) ---
 
 MADE_HERE = Path(".cafe/made")
-
-
-def file_id(path: Path) -> str:
-    """What identifies a product's file(s): inode, size, mtime (DVC's links and copies change it)."""
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != TIMESTAMP)
-        listing = [(f.relative_to(path).as_posix(), f.stat().st_ino, f.stat().st_size) for f in files]
-        return hashlib.md5(json.dumps(listing).encode()).hexdigest()
-    stat = path.stat()
-    return f"{stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def made_here_path(root: Path, product: str) -> Path:
     return root / MADE_HERE / hashlib.md5(product.encode()).hexdigest()
 
 
-def note_made_here(root: Path, products: Iterable[str]) -> None:
-    """Remember that these products, as they are now, were made (or marked up to date) in this checkout."""
-    for product in products:
-        if (root / product).exists():
-            write_text(made_here_path(root, product), json.dumps([product, file_id(root / product)]))
+def note_made_here(root: Path, records: dict[str, str]) -> None:
+    """Remember the content (MD5) each product had when made (or marked up to date) in this checkout: Snakemake's
+    own record of it is then of this content."""
+    for product, md5 in records.items():
+        write_text(made_here_path(root, product), json.dumps([product, md5]))
 
 
-def made_here(root: Path, product: str) -> bool:
-    """Whether the product is still the file a cafe command (or `cafe sync`) left here."""
+def made_here(root: Path, product: str, md5: str) -> bool:
+    """Whether the product's content (MD5) is what a cafe command made in this checkout."""
     try:
-        return json.loads(made_here_path(root, product).read_text())[1] == file_id(root / product)
+        return json.loads(made_here_path(root, product).read_text())[1] == md5
     except (OSError, ValueError, IndexError):
         return False
+
+
+def snake_mtime(path: Path) -> float:
+    """The time Snakemake sees: a directory output's `.snakemake_timestamp` if it has one."""
+    marker = path / TIMESTAMP
+    return (marker if path.is_dir() and marker.exists() else path).stat().st_mtime
+
+
+def newest_file(path: Path) -> float:
+    """Newest time of a file, or of the files in a folder (an input folder: Snakemake sees its files)."""
+    if not path.is_dir():
+        return path.stat().st_mtime
+    times = [f.stat().st_mtime for f in path.rglob("*") if f.is_file() and not f.name.endswith(SUFFIX)]
+    return max(times, default=path.stat().st_mtime)
 
 
 # --- writing records (after a command succeeds) ---
 
 
 def arg_inputs(step: Step, args: argparse.Namespace) -> list[str]:
-    """Paths the step read: its input arguments, the backbone checkpoint file, an image folder that is a product."""
+    """Paths the step read: its input arguments, the backbone checkpoint file, and the image folder (an argument,
+    or data.images for the manifest) where it is a product (the demo's scenes; a user's folder is a param)."""
     paths = []
     for name in step.inputs:
         for value in as_list(getattr(args, name, None)):
             if name == "backbone":
                 pretrained = json.loads(value).get("pretrained") or ""
                 paths += [pretrained] if Path(pretrained).is_file() else []
-            elif name == "images_root":
-                paths += [str(value)] if record_path(value).is_file() else []
+            elif name in ("images_root", "params"):  # the image folder, an input where a step made it (the demo)
+                folder = json.loads(value).get("images", "") if name == "params" else str(value)
+                paths += [folder] if record_path(folder).is_file() else []
             else:
                 paths.append(str(value))
     return paths
@@ -208,7 +214,22 @@ def arg_params(step: Step, args: argparse.Namespace) -> dict[str, Any]:
         if isinstance(value, str) and name in ("params", "backbone"):
             value = json.loads(value)
         found[key] = [int(v) if name == "layers" else v for v in value] if isinstance(value, list) else value
-    return found
+    return json.loads(json.dumps(found, default=str))  # paths as text
+
+
+def digest(value: Any) -> str:
+    """A short hash of a record's part (what `dvc metrics show` and `dvc exp show` display)."""
+    return hashlib.md5(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stamp_json(path: Path, record: dict[str, Any]) -> None:
+    """Give a JSON product (the metrics DVC shows) a `provenance` block: its step and short hashes of the params,
+    inputs and code of its record."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        parts = ("params", "inputs", "code")
+        data["provenance"] = {"step": record["step"], **{part: digest(record[part]) for part in parts}}
+        write_json(path, data)
 
 
 def write_records(args: argparse.Namespace, modules: Iterable[str], hash_cache: str | os.PathLike = HASH_CACHE) -> None:
@@ -226,9 +247,13 @@ def write_records(args: argparse.Namespace, modules: Iterable[str], hash_cache: 
             "code": code_md5s(files, hashes),
         }
         for product in step.outputs(args):
-            record = {"product": product, "md5": content_md5(Path(product), hashes), **common}
-            write_text(record_path(product), json.dumps(record, indent=1, sort_keys=True) + "\n")
-    note_made_here(Path("."), step.outputs(args))
+            if product.endswith(".json"):
+                stamp_json(Path(product), common)
+        made = {product: content_md5(Path(product), hashes) for product in step.outputs(args)}
+    for product, md5 in made.items():
+        record = {"product": product, "md5": md5, **common}
+        write_text(record_path(product), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    note_made_here(Path("."), made)
 
 
 # --- verifying records ---
