@@ -59,8 +59,9 @@ class Study:
 
     def edit_params(self) -> bool:
         section, key = self.rng.choice(sorted(CHEAP))
-        value = self.rng.choice(CHEAP[section, key])
         params = yaml.safe_load((self.root / "params.yaml").read_text())
+        now = (params.get(section) or {}).get(key)
+        value = self.rng.choice([v for v in CHEAP[section, key] if v != now])  # a real change
         params[section] = {**(params.get(section) or {}), key: value}
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         self.log.append(f"params {section}.{key}={value}")
