@@ -42,8 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fig1": ("cafe.annotation.examples", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
     "fig4": ("cafe.annotation.examples", "Fig 4: non-local features across layers, image | activation map | ERF"),
     "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
-    "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
-    "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),
+    "verify": ("cafe.provenance", "check every product against what made it: params, inputs, code"),
+    "sync": ("cafe.workspace_sync", "after dvc pull/checkout: remove products not current, mark the rest up to date"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 
@@ -76,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        args.func(args)
+        status = args.func(args)
+        modules = list(sys.modules)  # the code of the step, before the record writer imports anything
+        from cafe.provenance import write_records
+
+        write_records(args, modules)
     except CafeError as exc:
         print(f"cafe {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

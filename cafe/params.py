@@ -22,8 +22,7 @@ from cafe.compute import PRECISIONS, ComputeConfig
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
 from cafe.demo import DemoConfig
 from cafe.demo.backbone import DemoBackboneConfig
-from cafe.erf.config import ATTENTION_RULES, KERNELSHAP_SOLVERS, ErfConfig
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTENTION_RULES, ATTRIBUTION_METHODS, KERNELSHAP_SOLVERS, ErfConfig
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig
 from cafe.ground_truth.config import GroundTruthConfig

@@ -13,8 +13,8 @@ import yaml
 from workflow_utils import REPO, TINY_PARAMS
 
 from cafe.backbone.registry import AUTO, FAMILIES
-from cafe.erf.config import ATTENTION_RULES
-from cafe.erf.registry import ATTRIBUTION_METHODS, METHODS, method_class
+from cafe.erf.config import ATTENTION_RULES, ATTRIBUTION_METHODS, METHODS
+from cafe.erf.registry import method_class
 from cafe.errors import CafeError
 from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES

@@ -14,7 +14,7 @@ from cafe.bench.fixtures import random_images, random_targets
 from cafe.bench.flops import Architecture
 from cafe.bench.profiles import Profile
 from cafe.erf import ErfConfig, ErfMethod, make_method
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTRIBUTION_METHODS
 from cafe.feature_target import FeatureTarget
 
 

@@ -29,7 +29,7 @@ from cafe.bench.profiles import profile
 from cafe.bench.reference import autograd_reference, truncated_vs_hooked
 from cafe.bench.report import markdown, table
 from cafe.bench.sae_training import sae_training
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTRIBUTION_METHODS
 from cafe.io import write_json, write_text
 
 log = logging.getLogger(__name__)

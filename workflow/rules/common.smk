@@ -16,17 +16,11 @@ from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, is_local_checkpoint, parse_s
 from cafe.io.hashes import HASH_CACHE
 from cafe.params import validate_config
 from cafe.sae.formats import SAESource
-from cafe.workspace_sync import sync_workspace
 
 try:  # every value with its default filled in, so a rule's params change when a default does
     config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
-
-# Products DVC restored (dvc pull / checkout) come back with new timestamps and, in a fresh clone, without
-# Snakemake's records: put those back before Snakemake judges what is out of date (cafe/workspace_sync.py).
-if workflow.is_main_process and Path("dvc.lock").is_file():
-    sync_workspace(".")
 
 
 LAYERS = sorted(config["layers"])
