@@ -68,6 +68,11 @@ STEPS: dict[str, Step] = {
         (("params", "activations"), ("layers", "layers"), ("precision", "precision:activations"), *MODEL),
     ),
     "sae": Step(dests("out", "metrics"), ("activations",), (("params", "sae"), ("precision", "precision:sae"))),
+    "sae-import": Step(
+        dests("out", "metrics"),
+        ("activations", "source"),
+        (("format", "sae.source.format"), ("options", "sae.source.options")),
+    ),
     "sae-summary": Step(dests("out"), ("metrics",)),
     "features": Step(dests("out"), ("activations", "sae"), (("params", "features"),)),
     "erf": Step(
@@ -211,7 +216,7 @@ def arg_params(step: Step, args: argparse.Namespace) -> dict[str, Any]:
     found = {}
     for name, key in step.params:
         value = getattr(args, name, None)
-        if isinstance(value, str) and name in ("params", "backbone"):
+        if isinstance(value, str) and name in ("params", "backbone", "options"):
             value = json.loads(value)
         found[key] = [int(v) if name == "layers" else v for v in value] if isinstance(value, list) else value
     return json.loads(json.dumps(found, default=str))  # paths as text

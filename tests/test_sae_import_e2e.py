@@ -63,5 +63,8 @@ def test_the_imported_file_is_tracked_by_content(imported_study):
     try:
         status = run(["dvc", "status", "sae"], root).stdout
         assert "modified" in status and "data/saes" in status, status
+        stale = run(["cafe", "verify"], root, check=False)  # the import's record names the file's old content
+        assert stale.returncode == 1 and f"results/sae/layer{LAYER}.pt" in stale.stdout, stale.stdout
     finally:
         weights.write_bytes(before)
+    assert run(["cafe", "verify"], root).returncode == 0  # its provenance record: file, format and options
