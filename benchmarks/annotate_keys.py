@@ -1,6 +1,7 @@
 """Label N features of a finished demo run by key presses in headless Chromium, as a person would with
 `cafe annotate`, and time the page: from a key press until the next feature is fully shown (answer written to the
-CSV, images loaded). Saves a screenshot of the page. This measures the tool's latency, not a person's thinking.
+CSV, images loaded). Saves a screenshot of the page. This measures the tool's latency, not a person's thinking;
+through the harness (cafe/bench/harness.py): a busy machine is refused, or the latencies marked void.
 
     python benchmarks/annotate_keys.py --workspace /path/to/finished/demo --layer 6 --n 20 \
         --screenshot docs/img/annotate.png --out benchmarks/results/annotate_keys.json
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +19,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import annotate_server, chromium
+
+from cafe.bench.harness import add_arguments, from_arguments, summary
 
 SHOWN = "return document.images.length > 0 && [...document.images].every(i => i.complete && i.naturalWidth > 0)"
 
@@ -59,11 +61,7 @@ def label(workspace: Path, layer: int, n: int, annotator: str, screenshot: Path)
         "features": n,
         "answered_in_csv": answered,
         "first_page_s": round(first_page, 3),
-        "key_to_next_feature_s": {
-            "median": round(statistics.median(latencies), 3),
-            "max": round(max(latencies), 3),
-            "total": round(sum(latencies), 3),
-        },
+        "key_to_next_feature_s": {**summary(latencies), "total": sum(latencies)},
     }
 
 
@@ -75,8 +73,13 @@ def main() -> None:
     parser.add_argument("--annotator", default="keys-bench")
     parser.add_argument("--screenshot", type=Path, default=Path("docs/img/annotate.png"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/annotate_keys.json"))
+    add_arguments(parser)
     args = parser.parse_args()
-    result = label(args.workspace.resolve(), args.layer, args.n, args.annotator, args.screenshot.resolve())
+    harness, results = from_arguments(args), []
+    admission = harness.admit()
+    where = (args.workspace.resolve(), args.layer, args.n, args.annotator, args.screenshot.resolve())
+    figure = harness.time(lambda: results.append(label(*where)), repeats=1, warmup=0)
+    result = {**results[0], "admission": admission, "void": figure.void, "others_cores": figure.others_cores}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -4,11 +4,12 @@
     python benchmarks/dag_timing.py --cores 4 --out /tmp/dag.json
 
 Copies the working tree (tracked and untracked, not ignored; so no results/) into a temporary folder, runs
-`snakemake --cores N` there with that copy's `cafe` on PYTHONPATH, and writes benchmarks/results/dag_timing.json:
-total seconds, the machine's load before and after (a busy machine makes the total meaningless), and per rule
-the number of jobs, their summed seconds (from Snakemake's own start/finish timestamps in its log) and their
-summed start-up seconds (interpreter and imports, which each `cafe` job states in its log); then the start-up
-share of all job-seconds, and the seconds before the first job started (Snakemake loading the DAG).
+`snakemake --cores N` there with that copy's `cafe` on PYTHONPATH, through the harness (cafe/bench/harness.py: a
+busy machine is refused, or the figure marked void), and writes benchmarks/results/dag_timing.json: total seconds
+(median, min, max over `--repeats` runs), the machine, and per rule of the last run the number of jobs, their
+summed seconds (from Snakemake's own start/finish timestamps in its log) and their summed start-up seconds
+(interpreter and imports, which each `cafe` job states in its log); then the start-up share of all job-seconds,
+and the seconds before the first job started (Snakemake loading the DAG).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ import time
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+
+import torch
+
+from cafe.bench.harness import add_arguments, from_arguments
+from cafe.bench.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks/results/dag_timing.json"
@@ -107,48 +113,50 @@ def first_job_after(log: str, began: float) -> float | None:
     return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name and whether it has bf16 instructions (timings differ a lot between machines)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{name} ({'with' if 'avx512_bf16' in text or 'amx_bf16' in text else 'no'} bf16 instructions)"
+def run_dag(cores: int, resources: list[str], runs: list[dict]) -> None:
+    """Snakemake on a fresh copy of the working tree; its log, start-ups and DAG-load seconds appended to `runs`."""
+    with tempfile.TemporaryDirectory(prefix="cafe-dag-") as tmp:
+        work = Path(tmp)
+        copy_tree(work)
+        env = {**os.environ, "PYTHONPATH": str(work)}
+        command = ["snakemake", "--cores", str(cores), *(["--resources", *resources] if resources else [])]
+        launched = time.time()
+        run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        log = run.stdout + run.stderr
+        if run.returncode:
+            raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
+        startup = startup_seconds(work, job_logs(log))
+        runs.append({"log": log, "startup": startup, "dag_load_seconds": first_job_after(log, launched)})
 
 
 def main() -> None:
     """Run the DAG once on a fresh copy and write the timing JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--resources", nargs="+", default=[], help="passed to snakemake, e.g. gpu=1")
+    parser.add_argument("--repeats", type=int, default=1, help="whole DAG runs, each on a fresh copy (default 1)")
     parser.add_argument("--out", type=Path, default=OUT)
+    add_arguments(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cafe-dag-") as tmp:
-        work = Path(tmp)
-        copy_tree(work)
-        env = {**os.environ, "PYTHONPATH": str(work)}
-        load_before, began, launched = os.getloadavg()[0], time.perf_counter(), time.time()
-        run = subprocess.run(
-            ["snakemake", "--cores", str(args.cores)], cwd=work, env=env, capture_output=True, text=True
-        )
-        seconds = time.perf_counter() - began
-        log = run.stdout + run.stderr
-        if run.returncode:
-            raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
-        jobs = with_startup(per_rule(log), startup_seconds(work, job_logs(log)))
+    harness = from_arguments(args)
+    admission, runs = harness.admit(), []
+    figure = harness.time(lambda: run_dag(args.cores, args.resources, runs), repeats=args.repeats, warmup=0)
     result = {
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
-        "cpu": cpu_model(),
+        "machine": {**describe(torch.device("cpu")), "admission": admission},
         "cores": args.cores,
-        "seconds": seconds,
-        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-        "dag_load_seconds": first_job_after(log, launched),
-        **jobs,
+        "resources": args.resources,
+        "seconds": figure.stats()["median"],
+        "figure": figure.record(),
+        "dag_load_seconds": runs[-1]["dag_load_seconds"],
+        **with_startup(per_rule(runs[-1]["log"]), runs[-1]["startup"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    keys = ("seconds", "dag_load_seconds", "job_seconds", "startup_seconds", "startup_share", "load_average_1min")
-    print(json.dumps({key: result[key] for key in keys}))
+    print(json.dumps({"seconds": figure.stats(), "void": figure.void}))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""KernelSHAP: cafe's batched solver against captum's KernelShap at equal samples and targets, in one run.
+"""KernelSHAP: cafe's batched solver against captum's KernelShap at equal samples and targets, in one process, in
+alternating pairs through the harness (cafe/bench/harness.py), at each thread count asked for.
 
-    python benchmarks/kernelshap.py                      # demo tower + ViT-L-14 (random weights), CPU
-    python benchmarks/kernelshap.py --models demo --device cuda
+    python benchmarks/kernelshap.py --models demo --threads 1 2      # ratio per thread count, 5 pairs each
+    python benchmarks/kernelshap.py --models vitl --layer 6 --pairs 3
+    python benchmarks/kernelshap.py --models demo --threads 1 --profile   # where the time goes, by op
 
 Both solvers get the same targets, the same number of coalitions per target and the same tower (random weights,
 nothing downloaded); captum evaluates `erf.batch_size` perturbations per forward, as `cafe erf` does with
-`erf.kernelshap.solver: captum`. Writes benchmarks/results/kernelshap.json: seconds and targets/s per solver and
-the speed-up (a ratio measured in one run, on one machine; nothing here is asserted).
+`erf.kernelshap.solver: captum`. Each record carries the forwards and sequences each solver ran (counted, not
+estimated). `--profile` adds torch.profiler's top ops by self CPU time of one call of each solver. Writes
+benchmarks/results/kernelshap.json; nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cafe.backbone import resolve_device
 from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
+from cafe.bench.harness import add_arguments, from_arguments, summary
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.erf import ErfConfig, make_method
@@ -33,10 +38,40 @@ SETTINGS = {
     "vitl": ("ViT-L-14", 24, 2, 16, 2),
 }
 OUT = Path("benchmarks/results/kernelshap.json")
+SOLVERS = ("batched", "captum")
 
 
-def compare(alias: str, device: torch.device, timer: Timer, layer: int | None = None) -> dict:
-    """Seconds of both solvers on the same targets (at `layer` if given); the batched solver's speed-up."""
+def forwards_of(target: FeatureTarget, fn) -> dict[str, int]:
+    """Forwards of the tower (runs from block 1) and the sequences they carried during one call of `fn`."""
+    backbone, counts = target.backbone, {"forwards": 0, "sequences": 0}
+    run_blocks = backbone.run_blocks
+
+    def counted(tokens, start, stop):
+        if start == 0:
+            counts["forwards"] += 1
+            counts["sequences"] += len(tokens)
+        return run_blocks(tokens, start, stop)
+
+    backbone.run_blocks = counted
+    try:
+        fn()
+    finally:
+        del backbone.run_blocks
+    return counts
+
+
+def op_profile(fn, top: int = 15) -> list[dict[str, Any]]:
+    """torch.profiler's top ops by self CPU time over one call of `fn`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in events]
+
+
+def compare(alias: str, device: torch.device, timer: Timer, layer: int | None, with_profile: bool) -> dict:
+    """Both solvers on the same targets in alternating pairs: seconds, speed-up per pair, forwards counted."""
     model, default_layer, n, samples, expansion = SETTINGS[alias]
     layer = layer or default_layer
     backbone = load_tower(model, device)
@@ -44,44 +79,59 @@ def compare(alias: str, device: torch.device, timer: Timer, layer: int | None = 
     target = FeatureTarget(backbone, sae, layer)
     tokens, features = random_targets(n, backbone, sae.n_latents)
     images = random_images(n, backbone.image_size, device)
-    with torch.no_grad():  # the allocator's first touch, outside the timings
-        target(backbone.normalize(images), tokens, features)
     config = ErfConfig()
-    config = replace(config, kernelshap=replace(config.kernelshap, samples=samples))
-    seconds = {}
-    for solver in ("batched", "captum"):
+    calls = {}
+    for solver in SOLVERS:
         method = make_method(
-            "kernelshap", target, replace(config, kernelshap=replace(config.kernelshap, solver=solver))
+            "kernelshap", target, replace(config, kernelshap=replace(config.kernelshap, samples=samples, solver=solver))
         )
-        seconds[solver] = timer.best(lambda m=method: m.attribute(images, tokens, features)).seconds
-        logging.info("%s %s: %.2f s for %d targets", alias, solver, seconds[solver], n)
-    return {
+        calls[solver] = lambda m=method: m.attribute(images, tokens, features)
+    forwards = {solver: forwards_of(target, call) for solver, call in calls.items()}  # also the untimed warm-up
+    batched, captum, ratio = timer.pair(calls["batched"], calls["captum"])
+    logging.info("%s: captum / batched seconds %.2f (median of %d pairs)", alias, 1 / ratio["median"], timer.repeats)
+    record = {
         "model": model,
         "layer": layer,
         "targets": n,
         "samples": samples,
         "batch_size": config.batch_size,
         "forward_batch": config.kernelshap.forward_batch,
-        "seconds": seconds,
-        "targets_per_s": {solver: n / s for solver, s in seconds.items()},
-        "speedup": seconds["captum"] / seconds["batched"],
+        "threads": torch.get_num_threads(),
+        "seconds": {"batched": asdict(batched), "captum": asdict(captum)},
+        "speedup": summary(1 / r for r in ratio["runs"]),  # captum's seconds over the batched solver's, per pair
+        "order": ratio["order"],
+        "void": ratio["void"],
+        "forwards": forwards,
     }
+    if with_profile:
+        record["profile"] = {solver: op_profile(call) for solver, call in calls.items()}
+    return record
 
 
 def main() -> None:
-    """Run the comparison for the chosen models and write the JSON."""
+    """Run the comparison for the chosen models and thread counts and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--layer", type=int, help="override each model's layer (a cheaper check)")
+    parser.add_argument("--threads", type=int, nargs="+", help="torch thread counts, each measured (default: torch's)")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating batched/captum pairs (default 5)")
+    parser.add_argument("--profile", action="store_true", help="add each solver's top ops (torch.profiler)")
+    add_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = resolve_device(args.device)
-    timer = Timer(device, repeats=2, warmup=0, budget_s=10.0)
-    results = {"machine": describe(device), "models": {a: compare(a, device, timer, args.layer) for a in args.models}}
+    device, harness = resolve_device(args.device), from_arguments(args)
+    admission = harness.admit()
+    timer = Timer(harness, device, repeats=args.pairs, warmup=0)  # the forward count is each solver's warm-up
+    runs = {}
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        for alias in args.models:
+            runs[f"{alias}@{threads}"] = compare(alias, device, timer, args.layer, args.profile)
+    results = {"machine": {**describe(device), "admission": admission}, "runs": runs}
     write_json(args.out, results)
-    print(json.dumps({a: r["speedup"] for a, r in results["models"].items()}, indent=1))
+    print(json.dumps({k: {"speedup": r["speedup"]["median"], "void": r["void"]} for k, r in runs.items()}, indent=1))
 
 
 if __name__ == "__main__":

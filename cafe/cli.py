@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("cafe.manifest", "list which images are used, in which split and order"),
     "activations": ("cafe.activations", "write residual-stream activations of every layer (one pass)"),
     "sae": ("cafe.sae.command", "train one layer's Matryoshka SAE, streaming from its activations"),
+    "sae-import": ("cafe.sae.command", "read one layer's SAE from another tool's file (SAELens, saev...) instead"),
     "sae-summary": ("cafe.sae.command", "collect per-layer SAE metrics into one DVC metrics file"),
     "features": ("cafe.features", "top activations of the first N features of one layer's SAE"),
     "erf": ("cafe.erf.command", "effective receptive fields of the feature targets, by one attribution method"),
@@ -45,8 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fig1": ("cafe.annotation.examples", "Fig 1: top images of local features (top) and non-local ones (bottom)"),
     "fig4": ("cafe.annotation.examples", "Fig 4: non-local features across layers, image | activation map | ERF"),
     "params": ("cafe.params", "print every parameter a study runs with, defaults filled in"),
-    "workflow-records": ("cafe.workspace_sync", "save Snakemake's records of a DVC stage's outputs beside them"),
-    "sync-workspace": ("cafe.workspace_sync", "restore Snakemake records and timestamps after dvc pull/checkout"),
+    "verify": ("cafe.provenance", "check every product against what made it: params, inputs, code"),
+    "sync": ("cafe.workspace_sync", "after dvc pull/checkout: remove products not current, mark the rest up to date"),
     "bench": ("cafe.bench", "benchmark every stage against this machine's matmul peak"),
 }
 
@@ -91,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     if as_process and (age := process_age()) is not None:  # benchmarks/dag_timing.py sums these per rule
         log.info("start-up %.2f s (interpreter and imports of cafe %s)", age, args.command)
     try:
-        args.func(args)
+        status = args.func(args)
+        modules = list(sys.modules)  # the code of the step, before the record writer imports anything
+        from cafe.provenance import write_records
+
+        write_records(args, modules)
     except CafeError as exc:
         print(f"cafe {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        hint = hints[name]
+        hint = _unless_none(hints[name])
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = parse_section(hint, value, _key(section, name))
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
@@ -37,6 +38,12 @@ def parse_section(cls: type[T], raw: dict[str, Any] | str | None, section: str) 
         return cls(**kwargs)
     except TypeError as exc:
         raise CafeError(f"params: {section or 'top level'}: {exc}") from exc
+
+
+def _unless_none(hint: Any) -> Any:
+    """X of an `X | None` hint (an optional nested section), else the hint itself."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(hint) else hint
 
 
 def _key(section: str, name: str) -> str:
@@ -51,3 +58,12 @@ def as_dict(config: Any) -> dict[str, Any]:
 
 DEMO_IMAGES = "results/demo/images"
 DEMO_BACKBONE = "results/backbone/demo.pt"
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def is_local_checkpoint(pretrained: str | None) -> bool:
+    """Whether backbone.pretrained names a local file or folder (a path) rather than a tag or hub revision: the
+    one test that `cafe.backbone` and the workflow (a checkpoint is a rule input) both use."""
+    text = pretrained or ""
+    return "/" in text or os.sep in text or text.endswith(CHECKPOINT_SUFFIXES)

@@ -22,10 +22,12 @@ class FeatureTarget:
         return self.backbone.forward_to(pixels, self.layer)
 
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """All SAE latents at all tokens, (B, T, m): the activation maps (the SAE in its own dtype, autocast off)."""
+        """All SAE latents at all tokens, (B, T, m): the activation maps (the SAE in its own dtype, autocast off),
+        zero at tokens the SAE was not trained on (`TokenLayout.mask`)."""
         resid = self.residual(pixels)
+        trained = torch.tensor(self.backbone.layout.mask(self.sae.positions), device=resid.device)
         with full_precision(resid.device):
-            return self.sae.encode(resid.to(self.sae.W_e.dtype))
+            return self.sae.encode(resid.to(self.sae.W_e.dtype)) * trained[:, None]
 
     def encode_at(self, resid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z of each row's feature from its target token's residual (B, D)."""
@@ -37,6 +39,11 @@ class FeatureTarget:
     def at_tokens(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Residual after block L at each row's target token, (B, D); block L runs for that token only."""
         return self.backbone.forward_at(pixels, self.layer, tokens)
+
+    def from_embedding(self, embedded: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """z of every row from the token sequence entering block 1 (Backbone.embed's output, (B, T, D)), as
+        `__call__` computes it from pixels: blocks 1..L-1 in full, block L at the target token only."""
+        return self.encode_at(self.backbone.forward_at_embedded(embedded, self.layer, tokens), features)
 
     def __call__(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z_{features[b]}(pixels[b], tokens[b]) for every row b, shape (B,)."""

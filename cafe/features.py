@@ -1,6 +1,7 @@
 """`cafe features`: top activations of the first N SAE features over the analysis images: per feature, the top-k
 distinct images by the feature's maximum over tokens, the argmax token, and the feature's activation map on
-each of them. Written as the features contract (`cafe.io.features`).
+each of them. Register tokens (cafe.tokens) are never read: their activations count as 0. Written as the
+features contract (`cafe.io.features`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from cafe.devices import resolve_device
 from cafe.errors import CafeError
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.io.features import write_features
-from cafe.sae import MatryoshkaSAE, load_sae
+from cafe.sae import MatryoshkaSAE, SAEEncoder, load_sae
+from cafe.tokens import TokenLayout
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class FeaturesConfig:
 class TopImages:
     """Running top-k distinct images per feature, with argmax tokens and activation maps."""
 
-    def __init__(self, n_features: int, k: int, n_tokens: int):
+    def __init__(self, n_features: int, k: int, layout: TokenLayout):
+        self.layout = layout
+        n_tokens = layout.n_tokens
         self.value = torch.full((n_features, k), -torch.inf)
         self.row = torch.full((n_features, k), -1, dtype=torch.long)
         self.token = torch.zeros((n_features, k), dtype=torch.long)
@@ -55,12 +59,16 @@ class TopImages:
 
     def update(self, first_row: int, z: torch.Tensor) -> None:
         """Merge a block of images' activations z (b, T, N), whose first image is analysis row `first_row`."""
+        if self.layout.n_registers:  # registers are never features' tokens
+            z = z.clone()
+            z[:, self.layout.registers.start : self.layout.registers.stop] = 0
         best, token = z.max(dim=1)  # (b, N): each image enters once per feature, at its argmax token
         active = best > 0
         self.max_value = torch.maximum(self.max_value, best.max(0).values)
         self.n_active += active.sum(0)
-        self.fires_cls |= (z[:, 0] > 0).any(0)
-        self.fires_patch |= (z[:, 1:] > 0).any(1).any(0)
+        if self.layout.has_cls:
+            self.fires_cls |= (z[:, self.layout.cls] > 0).any(0)
+        self.fires_patch |= (z[:, self.layout.patches] > 0).any(1).any(0)
         rows = torch.arange(first_row, first_row + len(z)).expand(z.shape[2], -1)
         values = torch.cat([self.value, torch.where(active, best, -torch.inf).T], 1)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : self.value.shape[1]]
@@ -99,17 +107,19 @@ def _check_match(sae_meta: dict, attrs: dict, sae_path: Path, activations: Path)
 
 @torch.no_grad()
 def top_images(
-    sae: MatryoshkaSAE, activations: str | os.PathLike, config: FeaturesConfig, device: torch.device
+    sae: MatryoshkaSAE | SAEEncoder, activations: str | os.PathLike, config: FeaturesConfig, device: torch.device
 ) -> dict[str, np.ndarray]:
-    """Stream the analysis images once, encoding the first n_features latents; the output datasets."""
+    """Stream the analysis images once, encoding the first n_features latents at the tokens the SAE was trained on
+    (an imported SAE of patch tokens is zero at CLS); the output datasets."""
     if config.n_features > sae.n_latents:
         raise CafeError(f"params: features.n_features = {config.n_features} exceeds the SAE's {sae.n_latents} latents")
     with open_layer(activations, sae.d_in) as handle:
-        analysis_image, n_tokens = handle["analysis_image"][:], int(handle.attrs["n_tokens"])
-    top = TopImages(config.n_features, config.top_k, n_tokens)
+        analysis_image, layout = handle["analysis_image"][:], TokenLayout.from_attrs(handle.attrs, str(activations))
+    top = TopImages(config.n_features, config.top_k, layout)
+    trained = torch.tensor(layout.mask(sae.positions), device=device)[:, None]  # the SAE's tokens only
     with tqdm(total=len(analysis_image), desc="features", unit="img") as bar:
         for first_row, block in iter_analysis(activations, READ_TOKENS, width=sae.d_in):
-            z = sae.encode(torch.from_numpy(block).to(device), n_first=config.n_features)
+            z = sae.encode(torch.from_numpy(block).to(device), n_first=config.n_features) * trained
             top.update(first_row, z.cpu())
             bar.update(len(block))
     return top.arrays(analysis_image)
@@ -133,8 +143,7 @@ def find_features(
         arrays,
         {
             "layer": attrs["layer"],
-            "grid": attrs["grid"],
-            "n_tokens": attrs["n_tokens"],
+            **TokenLayout.from_attrs(attrs, str(activations)).attrs(),
             "top_k": config.top_k,
             "sae_fingerprint": meta["fingerprint"],
             "backbone": attrs["backbone"],

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,14 +109,32 @@ def check_images(root: str | os.PathLike, rows: pd.DataFrame, workers: int = 1) 
     return bad[["path", "class", "reason"]].reset_index(drop=True)
 
 
-def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """OpenCLIP's eval transform without normalisation: shorter side to `size` (bicubic), center crop."""
+@dataclass(frozen=True)
+class Crop:
+    """A model's eval crop: the shorter side resized to `resize` (bicubic), then the center `size` x `size`
+    (timm's crop_pct < 1, a Hugging Face processor's shortest_edge > crop_size). A plain int size is Crop(n, n)."""
+
+    size: int
+    resize: int
+
+
+ImageSize = int | Crop  # what every loader below takes as `size`
+
+
+def crop_of(size: ImageSize) -> Crop:
+    return size if isinstance(size, Crop) else Crop(size, size)
+
+
+def eval_transform(size: ImageSize) -> Callable[[Image.Image], torch.Tensor]:
+    """OpenCLIP's eval transform without normalisation: shorter side to the crop's `resize` (bicubic), center
+    crop."""
     from torchvision import transforms
 
+    crop = crop_of(size)
     return transforms.Compose(
         [
-            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(size),
+            transforms.Resize(crop.resize, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(crop.size),
             transforms.ToTensor(),
         ]
     )
@@ -153,7 +172,7 @@ def read_bytes(path: str | os.PathLike) -> bytearray:
         raise _unreadable(path, exc) from exc
 
 
-def load_images(root: str | os.PathLike, paths: list[str], size: int) -> torch.Tensor:
+def load_images(root: str | os.PathLike, paths: list[str], size: ImageSize) -> torch.Tensor:
     """Images at `root/path` as one float batch (B, 3, size, size) in [0, 1]."""
     import torch
 
@@ -164,7 +183,7 @@ def load_images(root: str | os.PathLike, paths: list[str], size: int) -> torch.T
 class ManifestImages:
     """Rows of a manifest as (manifest index, image) pairs: a map-style dataset for a DataLoader."""
 
-    def __init__(self, root: str | os.PathLike, rows: pd.DataFrame, size: int):
+    def __init__(self, root: str | os.PathLike, rows: pd.DataFrame, size: ImageSize):
         self.root, self.transform = Path(root), eval_transform(size)
         self.indices, self.paths = rows["index"].to_numpy(), rows["path"].tolist()
 
@@ -178,7 +197,7 @@ class ManifestImages:
 def image_batches(
     root: str | os.PathLike,
     rows: pd.DataFrame,
-    size: int,
+    size: ImageSize,
     batch_size: int,
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -278,14 +297,14 @@ def _file_batch(items: list[tuple[int, str, torch.Tensor]]) -> tuple[torch.Tenso
 
 
 def _decoded(
-    files: Iterable[tuple[torch.Tensor, list[str], list[torch.Tensor]]], size: int, device: torch.device
+    files: Iterable[tuple[torch.Tensor, list[str], list[torch.Tensor]]], size: ImageSize, device: torch.device
 ) -> Iterator[Batch]:
     """The file batches with their images decoded on `device`."""
     for indices, paths, payloads in files:
         yield indices, decode_batch(paths, payloads, size, device)
 
 
-def decode_batch(paths: list[str], payloads: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+def decode_batch(paths: list[str], payloads: list[torch.Tensor], size: ImageSize, device: torch.device) -> torch.Tensor:
     """Images (B, 3, size, size) in [0, 1] on `device` from ManifestFiles payloads: the JPEG bytes decoded there
     in one batched call, resized and cropped there; images PIL already decoded are moved there."""
     import torch
@@ -295,7 +314,9 @@ def decode_batch(paths: list[str], payloads: list[torch.Tensor], size: int, devi
     return torch.stack([decoded[i] if i in decoded else p.to(device) for i, p in enumerate(payloads)])
 
 
-def _decode_jpegs(data: list[torch.Tensor], paths: list[str], size: int, device: torch.device) -> list[torch.Tensor]:
+def _decode_jpegs(
+    data: list[torch.Tensor], paths: list[str], size: ImageSize, device: torch.device
+) -> list[torch.Tensor]:
     """One batched decode on `device`; if the decoder refuses the batch, each file on its own."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -308,7 +329,7 @@ def _decode_jpegs(data: list[torch.Tensor], paths: list[str], size: int, device:
     return [resize_crop(image, size) for image in images]
 
 
-def _decode_jpeg(data: torch.Tensor, path: str, size: int, device: torch.device) -> torch.Tensor:
+def _decode_jpeg(data: torch.Tensor, path: str, size: ImageSize, device: torch.device) -> torch.Tensor:
     """One JPEG decoded on `device`, or by PIL when the device decoder refuses it (a broken file is PIL's
     CafeError)."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -321,21 +342,22 @@ def _decode_jpeg(data: torch.Tensor, path: str, size: int, device: torch.device)
     return resize_crop(image, size)
 
 
-def resize_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """`eval_transform` on a decoded uint8 image (3, h, w), on its device: shorter side to `size` (bicubic,
+def resize_crop(image: torch.Tensor, size: ImageSize) -> torch.Tensor:
+    """`eval_transform` on a decoded uint8 image (3, h, w), on its device: shorter side to `resize` (bicubic,
     antialiased) in PIL's two passes, width then height, each rounded to uint8 (as Pillow <= 12 and torchvision's
     CPU kernel do, so every device computes the same), then the center crop, as float in [0, 1]."""
     from torchvision.transforms.v2 import functional as F
 
+    crop = crop_of(size)
     height, width = image.shape[-2:]
-    long_side = int(size * max(height, width) / min(height, width))  # torchvision's Resize(size) rounding
-    out_height, out_width = (long_side, size) if width <= height else (size, long_side)
+    long_side = int(crop.resize * max(height, width) / min(height, width))  # torchvision's Resize(size) rounding
+    out_height, out_width = (long_side, crop.resize) if width <= height else (crop.resize, long_side)
     for shape in ([height, out_width], [out_height, out_width]):
         image = F.resize(image, shape, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-    return F.center_crop(image, [size]).float().div_(255)
+    return F.center_crop(image, [crop.size]).float().div_(255)
 
 
-def manifest_loader(manifest: str, root: str, size: int, ff: FeatureFile) -> ImageLoader:
+def manifest_loader(manifest: str, root: str, size: ImageSize, ff: FeatureFile) -> ImageLoader:
     """A function from manifest indices to images (B, 3, size, size) in [0, 1]; checks the features' indices exist."""
     if ff.manifest_hash and ff.manifest_hash != file_hash(manifest):
         raise CafeError(f"{ff.path}: found on another manifest than {manifest}; re-run the features step")

@@ -15,11 +15,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from tqdm import tqdm
 
 from cafe.config import DEMO_IMAGES, parse_section
@@ -39,15 +37,16 @@ class DataConfig:
     """Which images the pipeline sees (params.yaml `data:`)."""
 
     images: str = DEMO_IMAGES
-    n_train: int = 1600
+    n_train: int = 1600  # 0 when the SAEs are imported (sae.source): no train tokens are extracted
     n_analysis: int = 240
     seed: int = 0
     bad_images: str = "error"  # error: stop and list every broken image; skip: leave them out, listed
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_analysis"):
-            if getattr(self, name) < 1:
-                raise CafeError(f"params: data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_analysis < 1 or self.n_train < 0:
+            raise CafeError(
+                f"params: data.n_analysis must be >= 1 and n_train >= 0, got {self.n_analysis} and {self.n_train}"
+            )
         if self.bad_images not in BAD_IMAGES:
             raise CafeError(f"params: data.bad_images must be one of {BAD_IMAGES}, got {self.bad_images!r}")
 
@@ -89,7 +88,8 @@ def screen_manifest(manifest: pd.DataFrame, config: DataConfig, workers: int) ->
         raise bad_images_error(config.images, bad, len(manifest))
     kept = manifest[~manifest["path"].isin(bad["path"])].reset_index(drop=True)
     kept["index"] = np.arange(len(kept))
-    missing = [split for split in SPLITS if not (kept["split"] == split).any()]
+    drawn = [split for split in SPLITS if (manifest["split"] == split).any()]  # no train split with data.n_train: 0
+    missing = [split for split in drawn if not (kept["split"] == split).any()]
     if missing:
         raise CafeError(f"data.images: every {' and '.join(missing)} image was skipped as unreadable")
     return kept, bad
@@ -105,28 +105,10 @@ def with_content_hashes(manifest: pd.DataFrame, root: str | os.PathLike, hashes:
     return manifest.assign(size=sizes, md5=digests)
 
 
-def manifest_params(args: argparse.Namespace) -> dict[str, Any] | str:
-    """The `data:` section: JSON from a rule (--params) or read from params.yaml (--params-file, DVC's stage)."""
-    if args.params is not None:
-        return args.params
-    path = Path(args.params_file)
-    if not path.is_file():
-        raise CafeError(f"{path}: params file not found")
-    params = yaml.safe_load(path.read_text()) or {}
-    if "data" not in params:
-        raise CafeError(f"{path}: no `data:` section")
-    return params["data"]
-
-
 def run_manifest(args: argparse.Namespace) -> None:
     """CLI: check every drawn image, write the manifest CSV with each image's size and hash (an identical one is
     left untouched, so nothing downstream looks stale) and, beside it, the list of unreadable images left out."""
-    config = parse_section(DataConfig, manifest_params(args), "data")
-    if args.images_dep is not None and Path(args.images_dep) != Path(config.images):
-        raise CafeError(
-            f"dvc.yaml: the manifest stage tracks images folder {args.images_dep!r} (vars: images), but params "
-            f"data.images is {config.images!r}; set both to the same folder"
-        )
+    config = parse_section(DataConfig, args.params, "data")
     available = len(os.sched_getaffinity(0))  # a scheduler's job may hold fewer CPUs than the machine has
     workers = min(args.workers or available, available)
     manifest, bad = screen_manifest(make_manifest(config), config, workers)
@@ -149,12 +131,9 @@ def run_manifest(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `cafe manifest`."""
     parser = subparsers.add_parser("manifest", help="seeded train/analysis split of an ImageFolder")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--params", help="params.yaml `data:` section as JSON")
-    source.add_argument("--params-file", help="a params.yaml to read the `data:` section from")
+    parser.add_argument("--params", required=True, help="params.yaml `data:` section as JSON")
     parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
     parser.add_argument("--skipped", type=Path, help="skipped-image list to write (default: beside --out)")
     parser.add_argument("--workers", type=int, help="processes that check the images (default: every CPU held)")
-    parser.add_argument("--images-dep", help="the folder DVC tracks for this step (must be data.images)")
     parser.add_argument("--hash-cache", default=HASH_CACHE, help=f"image hash cache (default {HASH_CACHE})")
     parser.set_defaults(func=run_manifest)

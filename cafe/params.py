@@ -17,12 +17,12 @@ from typing import Any
 from cafe.activations.extract import ActivationsConfig
 from cafe.annotation.config import AnnotationConfig
 from cafe.backbone import BackboneConfig, tower_shape
+from cafe.backbone.registry import AUTO, FAMILIES
 from cafe.compute import PRECISIONS, ComputeConfig
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
 from cafe.demo import DemoConfig
 from cafe.demo.backbone import DemoBackboneConfig
-from cafe.erf.config import ATTENTION_RULES, KERNELSHAP_SOLVERS, ErfConfig
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTENTION_RULES, ATTRIBUTION_METHODS, KERNELSHAP_SOLVERS, ErfConfig
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig
 from cafe.ground_truth.config import GroundTruthConfig
@@ -31,6 +31,7 @@ from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
 from cafe.manifest import BAD_IMAGES, DataConfig
 from cafe.sae.feed import RESIDENT_MODES
+from cafe.sae.formats import FORMATS
 from cafe.sae.model import SAEConfig
 from cafe.sae.nonlinearity import ACTIVATIONS
 
@@ -95,10 +96,12 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     schema.setdefault("$defs", {}).update(
         {
             "erf_method": {"enum": list(ATTRIBUTION_METHODS)},
+            "backbone_family": {"enum": [AUTO, *FAMILIES]},
             "attention_rule": {"enum": list(ATTENTION_RULES)},
             "canvas": {"enum": list(CANVASES)},
             "sae_activation": {"enum": list(ACTIVATIONS)},
             "sae_resident": {"enum": list(RESIDENT_MODES)},
+            "sae_format": {"enum": list(FORMATS)},
             "precision": {"enum": list(PRECISIONS)},
             "kernelshap_solver": {"enum": list(KERNELSHAP_SOLVERS)},
             "bad_images": {"enum": list(BAD_IMAGES)},
@@ -130,12 +133,13 @@ def check_config(config: dict[str, Any]) -> None:
 
 def check_params(params: Params) -> None:
     """Cross-field checks the schema cannot express (e.g. layer 30 of a 24-block tower); names the key."""
-    shape = tower_shape(params.backbone.model)
+    shape = tower_shape(params.backbone)
     bad = [layer for layer in params.layers if layer > shape.depth]
     if bad:
         raise CafeError(f"params: layers {bad} do not exist: {params.backbone.model} has blocks 1..{shape.depth}")
-    n_latents = params.sae.expansion * shape.width
-    if params.features.n_features > n_latents:
+    if params.sae.source is not None:
+        _check_source(params)
+    elif params.features.n_features > (n_latents := params.sae.expansion * shape.width):
         raise CafeError(
             f"params: features.n_features = {params.features.n_features} exceeds the SAE's {n_latents} latents"
         )
@@ -152,8 +156,19 @@ def check_params(params: Params) -> None:
     if not params.demo.enabled and (params.data.images == DEMO_IMAGES or params.backbone.pretrained == DEMO_BACKBONE):
         raise CafeError(
             "params: demo.enabled is false, so the demo's tower and scenes are not made: set backbone.pretrained "
-            "(an OpenCLIP tag or a checkpoint path) and data.images (an ImageFolder)"
+            "(a tag, hub revision or checkpoint path) and data.images (an ImageFolder)"
         )
+
+
+def _check_source(params: Params) -> None:
+    """Imported SAEs need no train tokens, and a path for every layer."""
+    if params.data.n_train != 0:
+        raise CafeError(
+            f"params: sae.source imports the SAEs, so no train tokens are extracted: set data.n_train: 0 "
+            f"(it is {params.data.n_train})"
+        )
+    for layer in params.layers:
+        params.sae.source.path_for(layer)
 
 
 def run_params(args: argparse.Namespace) -> None:

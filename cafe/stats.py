@@ -1,5 +1,5 @@
 """Small statistics for comparing explanation methods: trapezoid AUC, bootstrap CIs, paired Wilcoxon tests with
-Holm's correction, and agreement of two rankings."""
+Holm's correction, Spearman correlation, and agreement of two rankings."""
 
 from __future__ import annotations
 
@@ -93,6 +93,15 @@ def paired_tests(wide: pd.DataFrame, higher_is_better: bool, alpha: float = 0.05
     a_better = (out["rank_balance"] > 0) == higher_is_better
     out["winner"] = np.where(out["p_holm"] < alpha, np.where(a_better, out["a"], out["b"]), "none")
     return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of a and b along their last axis, one value per leading index (ties get average ranks;
+    a constant row gives NaN)."""
+    ra, rb = stats.rankdata(a, axis=-1), stats.rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(-1) / np.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
 
 
 def rank_agreement(first: dict[str, float], second: dict[str, float]) -> dict:

@@ -160,8 +160,8 @@ def test_computing_an_erf_leaves_every_other_forward_untouched(tiny_backbone, ti
 
 def test_a_tower_the_rules_do_not_cover_is_refused_by_name(tiny_sae):
     backbone = Backbone.load(BackboneConfig("cafe-tiny-vit", device="cpu"))
-    backbone.visual.conv1.bias = nn.Parameter(torch.zeros(backbone.width))
-    with pytest.raises(CafeError, match="patch embedding has a bias"):
+    backbone.visual.transformer.resblocks[1].attn.batch_first = False
+    with pytest.raises(CafeError, match="not a standard OpenCLIP ResidualAttentionBlock"):
         attnlrp(FeatureTarget(backbone, tiny_sae, 1))
 
 

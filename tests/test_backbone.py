@@ -92,10 +92,11 @@ def test_the_one_token_last_block_equals_the_full_forward_at_that_token(tiny_bac
 
 
 def test_the_one_token_last_block_skips_other_tokens_work(tiny_backbone, pixels):
-    """Block L's MLP sees one row per image, not all T tokens: the saving is real, not just a re-indexing."""
+    """Block L's second LayerNorm and MLP see one row per image, not all T tokens: the saving is real, not just
+    a re-indexing."""
     seen: list[tuple[int, ...]] = []
-    mlp = tiny_backbone.visual.transformer.resblocks[1].mlp
-    handle = mlp.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    norm2 = tiny_backbone.visual.transformer.resblocks[1].ln_2  # what the MLP reads
+    handle = norm2.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
     try:
         with torch.no_grad():
             tiny_backbone.forward_at(pixels, 2, torch.tensor([0, 1, 2]))

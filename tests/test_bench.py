@@ -26,7 +26,7 @@ STAGES = [
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
-    assert main(["bench", "--quick", "--models", "demo", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--models", "demo", "--out", str(out), "--allow-busy", "--wait", "0"]) == 0
     assert out.with_suffix(".md").read_text().startswith("# cafe bench")
     return json.loads(out.read_text())
 
@@ -74,3 +74,38 @@ def test_a_gpu_gets_larger_sizes_and_its_erf_batch_size() -> None:
     assert erf_config(gpu).batch_size == gpu.erf_batch
     assert erf_config(cpu).batch_size == 16  # params.yaml's erf.batch_size where the profile sets none
     assert profile("vitl", quick=True, gpu=True) == profile("vitl", quick=True)
+
+
+def test_the_cli_offers_every_stage_of_the_suite_and_runs_only_those_asked(tmp_path) -> None:
+    from cafe.bench import STAGE_NAMES
+    from cafe.bench.suite import STAGES
+
+    assert list(STAGES) == STAGE_NAMES
+    out = tmp_path / "target.json"
+    argv = [
+        "bench",
+        "--quick",
+        "--models",
+        "demo",
+        "--stages",
+        "target",
+        "--out",
+        str(out),
+        "--allow-busy",
+        "--wait",
+        "0",
+    ]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert set(results["models"]["cafe-demo-vit"]["stages"]) == {"target.truncated", "target.hooked"}
+    (comparison,) = results["models"]["cafe-demo-vit"]["comparisons"]
+    assert comparison["speedup_min"] <= comparison["speedup"] <= comparison["speedup_max"]
+    assert comparison["void"] == "load-override: figures void" or results["machine"]["admission"]["quiet"]
+
+
+def test_a_busy_machine_is_refused_by_cafe_bench_with_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    from cafe.bench import harness
+
+    monkeypatch.setattr(harness.Harness, "_quiet_now", lambda self: (False, 9.0, 2.0))
+    assert main(["bench", "--quick", "--models", "demo", "--out", str(tmp_path / "x.json"), "--wait", "0"]) == 2
+    assert "machine busy" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -16,12 +16,14 @@ from scipy import stats
 from cafe.demo import DemoConfig, render_scene, scene_index, write_demo
 from cafe.errors import CafeError
 from cafe.ground_truth.causes import load_world
-from cafe.ground_truth.compositional import score_map, spearman, summarize_group, truth_table
+from cafe.ground_truth.compositional import score_map, summarize_group, truth_table
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.interventions import counterfactuals, token_on
 from cafe.ground_truth.shapley import cause_label, shapley_shares, shapley_values
 from cafe.images import eval_transform
 from cafe.io.features import FeatureFile
+from cafe.stats import spearman
+from cafe.tokens import TokenLayout
 
 CONFIG = GroundTruthConfig()
 TOYS = {"min": min, "max": max, "a_alone": lambda a, b: a}  # z as a function of which parts are present
@@ -171,13 +173,16 @@ def test_token_on_names_the_causal_object_under_the_target_token(world: Path) ->
     for obj, kind in kinds.items():
         ys, xs = np.nonzero(labels == obj)
         token = 1 + (ys[0] // 8) * 8 + xs[0] // 8
-        assert token_on(live, path, int(token), 8) == kind
+        assert token_on(live, path, int(token), TokenLayout(8)) == kind
+        with_registers = TokenLayout(8, n_registers=4)  # the same patch, four positions later
+        assert token_on(live, path, with_registers.patch_token(ys[0] // 8, xs[0] // 8), with_registers) == kind
+        assert token_on(live, path, 1, with_registers) == ""  # a register is on no patch
     empty = [
         t
         for t in range(1, 65)
         if not labels[(t - 1) // 8 * 8 : (t - 1) // 8 * 8 + 8, (t - 1) % 8 * 8 : (t - 1) % 8 * 8 + 8].any()
     ]
-    assert token_on(live, path, empty[0], 8) == "" and token_on(live, path, 0, 8) == "cls"
+    assert token_on(live, path, empty[0], TokenLayout(8)) == "" and token_on(live, path, 0, TokenLayout(8)) == "cls"
 
 
 def _parts() -> list[np.ndarray]:
@@ -204,7 +209,7 @@ def test_map_scores_read_known_shares() -> None:
 def test_spearman_matches_scipy_and_summary_recovers_known_statistics() -> None:
     rng = np.random.default_rng(1)
     pairs = rng.random((40, 2))
-    assert spearman(pairs[None])[0] == pytest.approx(stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+    assert spearman(pairs[:, 0], pairs[:, 1]) == pytest.approx(stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
     truth = rng.random(60)
     labels = np.array(["AND", "OR", "single"] * 20)
     weaker = np.where(labels == "AND", 0.1, 0.3)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cafe.bench.fidelity import GATES, insertion_gate, rank_correlation, spread, step_verdicts, topk_overlap
+from cafe.bench.fidelity import GATES, insertion_gate, spread, step_verdicts, topk_overlap
+from cafe.stats import spearman
 
 
 def test_rank_correlation_is_one_for_monotone_maps_minus_one_for_reversed_and_nan_for_constant():
     base = np.arange(16, dtype=float).reshape(1, 4, 4)
     maps = np.concatenate([base, base**3, -base, np.zeros_like(base)])
-    rho = rank_correlation(np.repeat(base, 4, axis=0), maps)
+    rho = spearman(np.repeat(base, 4, axis=0).reshape(4, -1), maps.reshape(4, -1))
     np.testing.assert_allclose(rho[:3], [1.0, 1.0, -1.0])
     assert np.isnan(rho[3])
 
@@ -21,7 +22,7 @@ def test_rank_correlation_matches_the_textbook_formula_with_tied_ranks():
     # ranks a: 1, 2.5, 2.5, 4, 5; b: 2, 1, 4, 3, 5 -> Pearson of the ranks
     ra, rb = np.array([1, 2.5, 2.5, 4, 5]), np.array([2, 1, 4, 3, 5.0])
     expected = np.corrcoef(ra, rb)[0, 1]
-    np.testing.assert_allclose(rank_correlation(a, b), [expected])
+    np.testing.assert_allclose(spearman(a, b), [expected])
 
 
 def test_topk_overlap_counts_shared_top_patches():

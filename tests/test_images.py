@@ -16,7 +16,10 @@ from PIL import Image
 
 from cafe.errors import CafeError
 from cafe.images import (
+    Crop,
+    ImageSize,
     check_images,
+    crop_of,
     decode_device,
     device_decodes,
     image_batches,
@@ -263,15 +266,17 @@ def _decoding_folder(root: Path) -> list[str]:
     return [f"a/{name}" for name in files]
 
 
-def _batches(root: Path, paths: list[str], size: int, device: torch.device | None, workers: int = 0) -> tuple:
+def _batches(root: Path, paths: list[str], size: ImageSize, device: torch.device | None, workers: int = 0) -> tuple:
     """Every image of `paths` through `image_batches` (batches of 3), as (indices, images)."""
     rows = pd.DataFrame({"index": np.arange(len(paths)) + 10, "path": paths})
     batches = list(image_batches(root, rows, size, batch_size=3, num_workers=workers, decode_on=device))
     return torch.cat([i for i, _ in batches]), torch.cat([b for _, b in batches])
 
 
-@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2)])
-def test_decoding_on_the_device_matches_pil_within_resize_rounding(tmp_path: Path, size: int, workers: int) -> None:
+@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2), (Crop(32, 40), 0)])
+def test_decoding_on_the_device_matches_pil_within_resize_rounding(
+    tmp_path: Path, size: ImageSize, workers: int
+) -> None:
     """The device path (run here on the CPU) against PIL's. Decoding is the same libjpeg-turbo on both (measured:
     identical pixels); both resize in PIL's two passes with uint8 rounding between, with fixed-point (PIL) or float
     coefficients (torch), so a pixel may land one level apart (measured on these images at sizes 32, 64 and 224: max
@@ -282,7 +287,8 @@ def test_decoding_on_the_device_matches_pil_within_resize_rounding(tmp_path: Pat
     indices, device = _batches(tmp_path / "images", paths, size, cpu, workers)
     want_indices, pil = _batches(tmp_path / "images", paths, size, None)
     assert indices.tolist() == want_indices.tolist() == list(range(10, 10 + len(paths)))
-    assert device.shape == pil.shape == (len(paths), 3, size, size) and device.dtype == torch.float32
+    side = crop_of(size).size
+    assert device.shape == pil.shape == (len(paths), 3, side, side) and device.dtype == torch.float32
     levels = (device - pil).abs() * 255
     assert levels.max() <= 2 and levels.mean() <= 0.02, (levels.max(), levels.mean())
     for name in ("cmyk.jpg", "scene.png"):  # decoded by PIL on both paths

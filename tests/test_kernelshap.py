@@ -9,7 +9,7 @@ from captum.attr import KernelShap as CaptumKernelShap
 
 from cafe.config import parse_section
 from cafe.erf import ErfConfig, make_method
-from cafe.erf.kernelshap import ENDPOINT_WEIGHT, draw_coalitions, kernel_weights, solve_surrogates
+from cafe.erf.kernelshap import ENDPOINT_WEIGHT, draw_coalitions, kernel_weights, solve_surrogates, unique_values
 from cafe.feature_target import FeatureTarget
 
 LAYER = 2
@@ -120,3 +120,73 @@ def test_either_solver_is_pinned_to_the_endpoints(world, solver):
     out = make_method("kernelshap", target, config).explain(images[:1], TOKENS[:1], features[:1])
     gap = out.maps.sum((1, 2)) + out.absorbed
     assert (out.absorbed.abs() <= 1e-3 * gap.abs() + 1e-5).all(), (out.absorbed, gap)
+
+
+def test_mixing_patch_embeddings_equals_embedding_the_mixed_image(tiny_backbone):
+    """The batched solver's premise, over many random coalitions: the token sequence of an image whose absent
+    patches show the canvas is the image's embedding at present patches and the canvas's elsewhere."""
+    gen = torch.Generator().manual_seed(5)
+    pixels, canvas = torch.randn(3, 3, 32, 32, generator=gen), torch.randn(3, 3, 32, 32, generator=gen)
+    grid, patch = tiny_backbone.grid, tiny_backbone.patch_size
+    coalitions = torch.rand(40, grid * grid, generator=gen) < torch.rand(40, 1, generator=gen)
+    masks = coalitions.view(-1, 1, 1, grid, grid).repeat_interleave(patch, 3).repeat_interleave(patch, 4)
+    embedded = tiny_backbone.embed(torch.where(masks, pixels, canvas).flatten(0, 1)).view(40, 3, grid * grid + 1, -1)
+    present = torch.cat([torch.ones(40, 1, dtype=torch.bool), coalitions], 1)[:, None, :, None]
+    mixed = torch.where(present, tiny_backbone.embed(pixels), tiny_backbone.embed(canvas))
+    torch.testing.assert_close(mixed, embedded, rtol=1e-5, atol=1e-5)
+
+
+class ForwardCounter:
+    """Counts the tower's forwards (calls of Backbone.run_blocks from the first block) and the sequences they ran."""
+
+    def __init__(self, backbone, monkeypatch):
+        self.forwards = self.sequences = 0
+        run_blocks = backbone.run_blocks
+
+        def counted(tokens, start, stop):
+            if start == 0:
+                self.forwards, self.sequences = self.forwards + 1, self.sequences + len(tokens)
+            return run_blocks(tokens, start, stop)
+
+        monkeypatch.setattr(backbone, "run_blocks", counted)
+
+
+@pytest.mark.parametrize(("samples", "forward_batch"), [(64, 48), (64, 300), (20, 7)])
+def test_the_batched_solver_runs_fewer_forwards_than_captum_and_no_more_sequences(
+    world, monkeypatch, samples, forward_batch
+):
+    """Each distinct coalition once, z(image) and z(canvas) among them: ceil(distinct / per forward) forwards,
+    against captum's two for z plus ceil(samples / batch_size) per target."""
+    target, images, features = world
+    counts, maps = {}, {}
+    for solver in ("batched", "captum"):
+        config = parse_section(
+            ErfConfig,
+            {"batch_size": 8, "kernelshap": {"samples": samples, "forward_batch": forward_batch, "solver": solver}},
+            "erf",
+        )
+        with monkeypatch.context() as patch:
+            counter = ForwardCounter(target.backbone, patch)
+            maps[solver] = make_method("kernelshap", target, config).explain(images, TOKENS, features)
+        counts[solver] = (counter.forwards, counter.sequences)
+    b = len(TOKENS)
+    distinct = len(torch.unique(draw_coalitions(target.backbone.grid**2, samples, seed=0), dim=0))
+    assert counts["batched"] == (-(-distinct // max(1, forward_batch // b)), distinct * b)
+    assert counts["captum"] == (2 + b * -(-samples // 8), 2 * b + b * samples)
+    assert counts["batched"][0] < counts["captum"][0] and counts["batched"][1] <= counts["captum"][1]
+    torch.testing.assert_close(maps["batched"].value, maps["captum"].value, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_values_equal_forwards_of_the_masked_images(world):
+    """coalition_values (mixed embeddings, distinct coalitions) against the plain truncated forward of each masked
+    image: the same z up to float rounding."""
+    target, images, features = world
+    pixels = target.backbone.normalize(images)
+    canvas = torch.zeros_like(pixels)
+    coalitions = draw_coalitions(target.backbone.grid**2, 30, seed=6)
+    values = unique_values(target, pixels, canvas, TOKENS, features, coalitions, forward_batch=16)
+    grid, patch = target.backbone.grid, target.backbone.patch_size
+    masks = coalitions.view(-1, 1, 1, grid, grid).repeat_interleave(patch, 3).repeat_interleave(patch, 4)
+    with torch.no_grad():
+        direct = torch.stack([target(torch.where(m, pixels, canvas), TOKENS, features) for m in masks])
+    torch.testing.assert_close(values, direct, rtol=1e-4, atol=1e-5)

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from workflow_utils import REPO, TINY_PARAMS
 
-from cafe.erf.config import ATTENTION_RULES
-from cafe.erf.registry import ATTRIBUTION_METHODS, METHODS, method_class
+from cafe.backbone.registry import AUTO, FAMILIES
+from cafe.erf.config import ATTENTION_RULES, ATTRIBUTION_METHODS, METHODS
+from cafe.erf.registry import method_class
 from cafe.errors import CafeError
 from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES
@@ -48,6 +49,7 @@ def enum_of(path: str) -> list[str]:
         ("sae.resident", RESIDENT_MODES),
         ("erf.attnlrp.attention", ATTENTION_RULES),
         ("activations.decode", DECODERS),
+        ("backbone.family", (AUTO, *FAMILIES)),
     ],
 )
 def test_schema_enums_equal_the_registries(path, registry):

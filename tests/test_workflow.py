@@ -90,7 +90,14 @@ def test_paper_config_plans_full_dag_without_weights_or_imagenet(tmp_path):
 
 def test_paper_config_uses_vit_l14_laion_weights():
     paper = paper_params()
-    assert paper["backbone"] == {"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k", "seed": 0, "device": "auto"}
+    assert paper["backbone"] == {
+        "model": "ViT-L-14",
+        "pretrained": "laion2b_s32b_b82k",
+        "seed": 0,
+        "device": "auto",
+        "family": "auto",
+        "image_size": None,
+    }
     assert paper["layers"] == list(range(1, 25))
 
 

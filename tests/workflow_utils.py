@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", ".gitignore", ".dvcignore")
+WORKFLOW_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", ".gitignore", ".dvcignore", "cafe")
 
 # The smallest demo that still exercises every rule: 2 layers of a 3-block 32px tower, all four ERF methods.
 TINY_PARAMS: dict[str, Any] = {
@@ -79,11 +79,13 @@ def make_workspace(root: Path, params: dict[str, Any] | None = None, dvc: bool =
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, root / name)
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, root / name)
     (root / "data" / "annotations").mkdir(parents=True)
     (root / "data" / "annotations" / ".gitkeep").touch()  # as in the repo: git keeps the (DVC-tracked) folder
+    (root / "data" / "saes").mkdir()  # imported SAEs (a DVC dependency of the sae stage), with its README as in git
+    shutil.copy2(REPO / "data" / "saes" / "README.md", root / "data" / "saes" / "README.md")
     if params is not None:
         write_params(root, params)
     if dvc:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cafe.backbone import Backbone
 from cafe.compute import precision_scope
 from cafe.errors import CafeError
-from cafe.images import DECODERS, Batch, decode_device, image_batches
+from cafe.images import DECODERS, Batch, Crop, decode_device, image_batches
 from cafe.io import atomic_path, file_hash
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
 from cafe.io.background import BackgroundWriter
@@ -60,17 +60,21 @@ class ActivationsConfig:
             raise CafeError(f"params: activations.tokens_per_image must be null or >= 1, got {self.tokens_per_image}")
 
 
-def token_subsample(image: int, n_tokens: int, keep: int, seed: int) -> np.ndarray:
-    """The sorted tokens kept for one train image, seeded by (seed, manifest index): order-independent."""
-    if keep >= n_tokens:
-        return np.arange(n_tokens)
-    return np.sort(np.random.default_rng([seed, image]).choice(n_tokens, keep, replace=False))
+def token_subsample(image: int, tokens: np.ndarray, keep: int, seed: int) -> np.ndarray:
+    """The sorted tokens (of the readable ones, `tokens`) kept for one train image, seeded by (seed, manifest
+    index): order-independent."""
+    if keep >= len(tokens):
+        return tokens
+    return tokens[np.sort(np.random.default_rng([seed, image]).choice(len(tokens), keep, replace=False))]
 
 
 def _tokens_per_image(config: ActivationsConfig, n_tokens: int) -> int:
     keep = config.tokens_per_image or n_tokens
     if keep > n_tokens:
-        raise CafeError(f"params: activations.tokens_per_image = {keep} exceeds the {n_tokens} tokens per image")
+        raise CafeError(
+            f"params: activations.tokens_per_image = {keep} exceeds the {n_tokens} tokens per image "
+            f"(CLS and patches; registers are never SAE rows)"
+        )
     return keep
 
 
@@ -152,7 +156,7 @@ def _feed(
     return functools.partial(
         image_batches,
         images_root,
-        size=backbone.image_size,
+        size=Crop(backbone.image_size, backbone.resize),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         pin_memory=backbone.device.type == "cuda",
@@ -187,6 +191,8 @@ def _open_writers(
             manifest_hash,
             keep,
             skipped,
+            int(backbone.layout.has_cls),
+            backbone.layout.n_registers,
         )
         writers[layer] = LayerWriter(handle, info, n_train, n_analysis)
     return writers
@@ -197,12 +203,12 @@ class _Sink:
     train, all tokens for analysis."""
 
     def __init__(
-        self, writers: dict[int, LayerWriter], n_tokens: int, keep: int, seed: int, jobs: BackgroundWriter
+        self, writers: dict[int, LayerWriter], readable: np.ndarray, keep: int, seed: int, jobs: BackgroundWriter
     ) -> None:
-        self.writers, self.n_tokens, self.keep, self.seed, self.jobs = writers, n_tokens, keep, seed, jobs
+        self.writers, self.readable, self.keep, self.seed, self.jobs = writers, readable, keep, seed, jobs
 
     def train(self, images: np.ndarray, resid: dict[int, torch.Tensor]) -> None:
-        tokens = np.stack([token_subsample(int(i), self.n_tokens, self.keep, self.seed) for i in images])
+        tokens = np.stack([token_subsample(int(i), self.readable, self.keep, self.seed) for i in images])
         device = next(iter(resid.values())).device
         picked = torch.from_numpy(tokens)
         picked = (picked.pin_memory() if device.type == "cuda" else picked).to(device, non_blocking=True)
@@ -239,12 +245,10 @@ def extract(
     for layer in layers:
         backbone.check_layer(layer)
     train, analysis = read_manifest(manifest_path, "train"), read_manifest(manifest_path, "analysis")
-    if train.empty or analysis.empty:
-        raise CafeError(
-            f"{manifest_path}: the manifest needs train and analysis images "
-            f"(has {len(train)} train, {len(analysis)} analysis)"
-        )
-    keep = _tokens_per_image(config, backbone.n_tokens)
+    if analysis.empty:
+        raise CafeError(f"{manifest_path}: the manifest needs analysis images (has {len(train)} train, none analysis)")
+    readable = np.array(backbone.layout.readable())
+    keep = _tokens_per_image(config, len(readable))
     n_values = len(train) * keep + len(analysis) * backbone.n_tokens
     _check_disk(out_dir, len(layers) * n_values * backbone.width * 2)
     with contextlib.ExitStack() as stack:
@@ -252,9 +256,10 @@ def extract(
             stack, backbone, layers, out_dir, keep, file_hash(manifest_path), len(train), len(analysis), skipped
         )
         jobs = stack.enter_context(BackgroundWriter(config.write_queue, "activations writer"))  # joined first
-        sink = _Sink(writers, backbone.n_tokens, keep, config.seed, jobs)
+        sink = _Sink(writers, readable, keep, config.seed, jobs)
         batches = _feed(backbone, Path(images_root), config, pd.concat([train["path"], analysis["path"]]))
-        _run_split(backbone, train, batches(train), layers, sink.train, precision)
+        if not train.empty:  # none when the SAEs are imported (data.n_train: 0)
+            _run_split(backbone, train, batches(train), layers, sink.train, precision)
         _run_split(backbone, analysis, batches(analysis), layers, sink.analysis, precision)
         jobs.close()
         for writer in writers.values():

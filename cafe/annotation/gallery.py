@@ -102,11 +102,6 @@ def target_views(targets: LayerTargets, n: int, cols: np.ndarray) -> TargetViews
     )
 
 
-def token_label(token: int, grid: int) -> str:
-    """Where a token sits: CLS, or its patch as (row, col)."""
-    return "CLS" if token == 0 else "({},{})".format(*divmod(token - 1, grid))
-
-
 @dataclass
 class Panel:
     """One half of a pair: the image, a map over it, and both peaks."""
@@ -175,7 +170,7 @@ class GalleryFigure:
         """Fill the figure with feature row `n` of `targets` (its shown target columns `cols`)."""
         self.title.set_text(title)
         self.title.set_color("firebrick" if suggest else "black")
-        views = target_views(targets, n, cols)
+        views = target_views(targets, n, cols) if len(cols) else None  # a feature that never fired: empty panels
         for slot, (act_panel, erf_panel) in enumerate(self.pairs):
             if slot >= len(cols):
                 act_panel.ax.set_visible(False)
@@ -184,7 +179,7 @@ class GalleryFigure:
             j = cols[slot]
             pixels = self.images[int(targets.image[n, j])]
             act_at, erf_at = views.act_peaks[slot], views.erf_peaks[slot]
-            at = token_label(int(targets.token[n, j]), self.grid)
+            at = targets.layout.label(int(targets.token[n, j]))
             act_panel.show(
                 blend(pixels, views.heat_act[slot], self.cmap),
                 act_at,

@@ -11,7 +11,7 @@ from cafe.errors import CafeError
 from cafe.io import open_h5
 from cafe.io.erf_maps import read_erf_maps
 from cafe.io.features import read_features
-from cafe.tokens import token_grid
+from cafe.tokens import TokenLayout
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class LayerTargets:
     """Row n is feature `feature[n]`; column k its k-th top target (image -1 = none). Maps are (N, K, grid, grid)."""
 
     layer: int
-    grid: int
+    layout: TokenLayout
     fingerprint: str
     method: str
     feature: np.ndarray
@@ -30,6 +30,10 @@ class LayerTargets:
     erf: np.ndarray
     max_value: np.ndarray
     cls_only: np.ndarray
+
+    @property
+    def grid(self) -> int:
+        return self.layout.grid
 
     @property
     def valid(self) -> np.ndarray:
@@ -48,14 +52,14 @@ def read_layer(features_path: str | Path, erf_path: str | Path, layer: int, n_fe
         method = str(h5.attrs["method"])
     return LayerTargets(
         layer=layer,
-        grid=ff.grid,
+        layout=ff.layout,
         fingerprint=ff.sae_fingerprint,
         method=method,
         feature=ff.feature[first].astype(int),
         image=ff.image[first].astype(int),
         token=ff.token[first].astype(int),
         value=ff.value[first].astype(np.float32),
-        act=token_grid(ff.act_map[first], ff.grid),
+        act=ff.layout.token_grid(ff.act_map[first]),
         erf=maps[first].astype(np.float32),
         max_value=ff.max_value[first].astype(np.float32),
         cls_only=ff.cls_only[first].astype(bool),

@@ -22,6 +22,7 @@ from functools import cached_property
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -29,13 +30,16 @@ import pandas as pd
 from PIL import Image
 
 from cafe.annotation.answers import write_answer
-from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views, token_label
+from cafe.annotation.config import AnnotationConfig
+from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views
 from cafe.annotation.ingest import annotate_init, human_path, read_cells, read_sheet, validate_human
 from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.page import render_page
 from cafe.annotation.schema import is_unsure, parse_answer
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io.manifest import read_manifest
+from cafe.manifest import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ class Session:
             {
                 "image": int(self.targets.image[n, j]),
                 "value": f"{self.targets.value[n, j]:.3g}",
-                "at": token_label(int(self.targets.token[n, j]), self.targets.grid),
+                "at": self.targets.layout.label(int(self.targets.token[n, j])),
                 "act_peak": views.act_peaks[slot],
                 "erf_peak": views.erf_peaks[slot],
             }
@@ -277,21 +281,22 @@ class AnnotationServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.server_address[1]}/?token={self.session.token}"
 
 
-def _default_images_root(params: Path) -> Path:
-    """data.images of params.yaml (the images the pipeline read), for people who run it from the project root."""
+def _params_section(params: Path, cls: type, section: str) -> Any:
+    """One section of params.yaml with its defaults filled in (the values the pipeline ran with)."""
     import yaml
 
-    if not params.is_file():
-        raise CafeError(f"{params} not found: pass --images-root (the folder the manifest's paths are relative to)")
-    return Path(yaml.safe_load(params.read_text())["data"]["images"])
+    raw = yaml.safe_load(params.read_text()) if params.is_file() else {}
+    return parse_section(cls, (raw or {}).get(section), section)
+
+
+def _default_images_root(params: Path) -> Path:
+    """data.images of params.yaml, default filled in (the images the pipeline read), run from the project root."""
+    return Path(_params_section(params, DataConfig, "data").images)
 
 
 def _threshold(params: Path) -> float:
-    import yaml
-
-    if not params.is_file():
-        return 0.5
-    return float((yaml.safe_load(params.read_text()).get("annotation") or {}).get("threshold", 0.5))
+    """annotation.threshold of params.yaml, default filled in."""
+    return _params_section(params, AnnotationConfig, "annotation").threshold
 
 
 def run_annotate(args: argparse.Namespace) -> None:

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import random_images, random_targets
 from cafe.bench.flops import Architecture
 from cafe.bench.profiles import Profile
 from cafe.erf import ErfConfig, ErfMethod, make_method
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTRIBUTION_METHODS
 from cafe.feature_target import FeatureTarget
 
 
@@ -81,11 +81,12 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
     p, config = ctx.profile, erf_config(ctx.profile)
     layer, n = ctx.layer(p.erf_layer), p.erf_targets
     target, inputs = FeatureTarget(ctx.backbone, ctx.sae, layer), _inputs(ctx, n)
-    records = {}
+    records: dict[str, dict[str, Any]] = {}
+    stages: dict[str, Stage] = {}
     for name in ATTRIBUTION_METHODS:
         flops = n * target_flops(ctx.arch, layer, name, config)
         params = {"layer": layer, "targets": n, "batch_size": config.batch_size, **method_params(name, config)}
-        records[f"erf.{name}"] = ctx.measure(
+        ours = Stage(
             f"{name}: {n} targets in one batched attribute() call",
             "targets",
             n,
@@ -93,25 +94,37 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
             flops,
             params,
         )
-        if p.captum:
-            single, k = captum_config(name, config, captum_default_batch(name, config)), p.baseline_targets
-            records[f"erf.{name}.one_at_a_time"] = ctx.measure(
-                f"baseline: {name} one target per call, captum's default batching",
-                "targets",
-                k,
-                _one_at_a_time(make_method(name, target, single), [x[:k] for x in inputs]),
-                flops * k / n,
-                {**params, "targets": k, "batch_size": single.batch_size},
-            )
+        stages[name] = ours
+        if not p.captum:
+            records[f"erf.{name}"] = ctx.measure(ours.what, ours.unit, ours.count, ours.fn, ours.flops, ours.params)
+            continue
+        single, k = captum_config(name, config, captum_default_batch(name, config)), p.baseline_targets
+        baseline = Stage(
+            f"baseline: {name} one target per call, captum's default batching",
+            "targets",
+            k,
+            _one_at_a_time(make_method(name, target, single), [x[:k] for x in inputs]),
+            flops * k / n,
+            {**params, "targets": k, "batch_size": single.batch_size},
+        )
+        records.update(ctx.compare(f"erf.{name}", ours, f"erf.{name}.one_at_a_time", baseline))
     reference = captum_config("kernelshap", config, config.batch_size)  # captum's KernelShap, same work
-    records["erf.kernelshap.captum"] = ctx.measure(
-        f"reference: captum's KernelShap, {n} targets, {config.batch_size} perturbations per forward",
-        "targets",
-        n,
-        _batched(make_method("kernelshap", target, reference), inputs),
-        n * target_flops(ctx.arch, layer, "kernelshap", config),
-        {"layer": layer, "targets": n, "batch_size": config.batch_size, **method_params("kernelshap", config)},
+    ours = stages["kernelshap"]
+    pair = ctx.compare(
+        "erf.kernelshap",
+        ours,
+        "erf.kernelshap.captum",
+        Stage(
+            f"reference: captum's KernelShap, {n} targets, {config.batch_size} perturbations per forward",
+            "targets",
+            n,
+            _batched(make_method("kernelshap", target, reference), inputs),
+            ours.flops,
+            ours.params,
+        ),
     )
+    records.setdefault("erf.kernelshap", pair["erf.kernelshap"])
+    records["erf.kernelshap.captum"] = pair["erf.kernelshap.captum"]
     if p.lxt:  # the rule lxt's ViT recipe uses, for a like-for-like comparison with it
         cp = replace(config, attnlrp=replace(config.attnlrp, attention="cp"))
         records["erf.attnlrp.cp"] = ctx.measure(

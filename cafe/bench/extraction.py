@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cafe.activations import ActivationsConfig, extract
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import image_folder, random_images
 from cafe.images import image_batches
 from cafe.io.manifest import read_manifest
@@ -34,21 +34,25 @@ def extraction(ctx: Context) -> dict[str, dict[str, Any]]:
             extract(ctx.backbone, manifest, root, group, out, config)
 
     return {
-        "extraction": ctx.measure(
-            "extract(): PNG decode, one truncated forward for all layers, float16 HDF5 writes",
-            "images",
-            images,
-            lambda: run([layers]),
-            ctx.arch.forward(max(layers), images),
-            params,
-        ),
-        "extraction.per_layer": ctx.measure(
-            "baseline: one extract() pass per layer (what a per-layer loop costs)",
-            "images",
-            images,
-            lambda: run([[layer] for layer in layers]),
-            sum(ctx.arch.forward(layer, images) for layer in layers),
-            params,
+        **ctx.compare(
+            "extraction",
+            Stage(
+                "extract(): PNG decode, one truncated forward for all layers, float16 HDF5 writes",
+                "images",
+                images,
+                lambda: run([layers]),
+                ctx.arch.forward(max(layers), images),
+                params,
+            ),
+            "extraction.per_layer",
+            Stage(
+                "baseline: one extract() pass per layer (what a per-layer loop costs)",
+                "images",
+                images,
+                lambda: run([[layer] for layer in layers]),
+                sum(ctx.arch.forward(layer, images) for layer in layers),
+                params,
+            ),
         ),
         **feed_and_forward(ctx, layers, config),
     }

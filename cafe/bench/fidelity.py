@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from cafe.backbone import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
+from cafe.bench.harness import Harness
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.compute import PRECISIONS, precision_scope
@@ -38,7 +38,7 @@ from cafe.insertion.orders import rank_patches, step_counts
 from cafe.io import write_json, write_text
 from cafe.io.activations import LayerInfo, LayerWriter
 from cafe.sae import SAEConfig, train
-from cafe.stats import bootstrap_ci, trapezoid_auc
+from cafe.stats import bootstrap_ci, spearman, trapezoid_auc
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Setting:
     insertion_steps: int  # 0: no insertion test
     sae_images: int  # 0: no SAE training
     speed_targets: int  # 0: no throughput ratio
+    sae_steps: int = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
     modes: tuple[str, ...] = PRECISIONS  # fp32 first
     methods: tuple[str, ...] = METHODS
 
@@ -78,17 +79,7 @@ SETTINGS = {
     # ViT-L/14 on a 2-core CPU: the one-backward methods only (IG and KernelSHAP take hours there), 2 targets
     "vitl": Setting("ViT-L-14", 6, 2, 2, 4, 24, 0, 0, 2, methods=("attnlrp", "gradient")),
 }
-SAE_STEPS = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
 CPU_MODES = ("fp32", "bf16")  # tf32 changes nothing on a CPU (its flags act on CUDA matmuls only)
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation per row of (N, ...) arrays (ties get average ranks; a constant row gives NaN)."""
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
-    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (ra * rb).sum(1) / np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
@@ -106,7 +97,8 @@ def spread(values: np.ndarray) -> dict[str, float]:
 def _targets(setting: Setting, backbone: Backbone, sae: torch.nn.Module):
     """Random images, a random patch token each, and the latent most active there (so every z > 0)."""
     images = random_images(setting.targets, backbone.image_size, backbone.device)
-    tokens = torch.randint(1, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
+    first = backbone.layout.n_prefix
+    tokens = torch.randint(first, backbone.n_tokens, (setting.targets,), generator=torch.Generator().manual_seed(1))
     target = FeatureTarget(backbone, sae, setting.layer)
     with torch.no_grad():
         latents = target.latents(backbone.normalize(images))[torch.arange(setting.targets), tokens]
@@ -137,7 +129,7 @@ def map_fidelity(mode_maps: dict, ref_maps: dict) -> dict[str, dict[str, Any]]:
         maps = mode_maps[name]["maps"]
         k = max(1, ref["maps"][0].size // 10)
         record = {
-            "spearman": spread(rank_correlation(maps, ref["maps"])),
+            "spearman": spread(spearman(maps.reshape(len(maps), -1), ref["maps"].reshape(len(maps), -1))),
             "topk_overlap": spread(topk_overlap(maps, ref["maps"], k)),
         }
         if name == "attnlrp":
@@ -195,12 +187,14 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
     path = workdir / "layer.h5"
     with h5py.File(path, "w") as handle:
         info = LayerInfo(backbone.name, backbone.tag, setting.layer, backbone.image_size, backbone.patch_size,
-                         backbone.grid, t, backbone.width, "0" * 16, t)  # fmt: skip
+                         backbone.grid, t, backbone.width, "0" * 16, t, 0, int(backbone.layout.has_cls),
+                         backbone.layout.n_registers)  # fmt: skip
         writer = LayerWriter(handle, info, n, 32)
         writer.add_train(np.arange(n), np.tile(np.arange(t), (n, 1)), resid[:n])
         writer.add_analysis(np.arange(n, n + 32), resid[n:])
         writer.finish()
-    config = SAEConfig(expansion=setting.expansion, steps=SAE_STEPS, batch_size=256, checkpoint_every=SAE_STEPS)
+    steps = setting.sae_steps
+    config = SAEConfig(expansion=setting.expansion, steps=steps, batch_size=256, checkpoint_every=steps)
     out = {}
     for mode in setting.modes:
         metrics = train(path, workdir / f"{mode}.pt", workdir / f"{mode}.json", config, str(backbone.device), mode)
@@ -228,20 +222,31 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         f"forward_layer{depth}": forward,
         f"attnlrp_layer{depth}": lambda: method.attribute(*args),
     }
-    seconds = {}
-    for mode in ("fp32", "bf16"):
-        for name, job in jobs.items():
-            with precision_scope(mode, device):
-                seconds[f"{name}.{mode}"] = timer.best(job).seconds
-            log.info("%s %s: %.3f s", name, mode, seconds[f"{name}.{mode}"])
-    ratios = {name: seconds[f"{name}.fp32"] / seconds[f"{name}.bf16"] for name in jobs}
+    seconds, ratios = {}, {}
+    for name, job in jobs.items():  # fp32 and bf16 in alternating pairs: the ratio of runs adjacent in time
+        fp32, bf16, ratio = timer.pair(_in_mode(job, "fp32", device), _in_mode(job, "bf16", device))
+        seconds[name] = {"fp32": asdict(fp32), "bf16": asdict(bf16)}
+        ratios[name] = ratio
+        log.info("%s bf16 over fp32: %.2fx (median of %d pairs)", name, ratio["median"], len(ratio["runs"]))
+    share = {name: ratios[name]["median"] / ratios["matmul_4096"]["median"] for name in jobs}
     return {
         "seconds": seconds,
-        "bf16_over_fp32": ratios,
-        "attnlrp_share_of_matmul_ratio": ratios[f"attnlrp_layer{depth}"] / ratios["matmul_4096"],
-        "forward_share_of_matmul_ratio": ratios[f"forward_layer{depth}"] / ratios["matmul_4096"],
+        "bf16_over_fp32": {name: r["median"] for name, r in ratios.items()},
+        "bf16_over_fp32_pairs": ratios,
+        "attnlrp_share_of_matmul_ratio": share[f"attnlrp_layer{depth}"],
+        "forward_share_of_matmul_ratio": share[f"forward_layer{depth}"],
         "targets": n,
     }
+
+
+def _in_mode(job, mode: str, device: torch.device):
+    """`job` run under precision `mode`."""
+
+    def run():
+        with precision_scope(mode, device):
+            return job()
+
+    return run
 
 
 def step_verdicts(record: dict[str, Any]) -> dict[str, dict[str, bool]]:
@@ -277,9 +282,8 @@ def step_verdicts(record: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return verdicts
 
 
-def fidelity_model(alias: str, device: torch.device, timer: Timer, workdir: Path) -> dict[str, Any]:
-    """Every mode against fp32 on one model."""
-    setting = SETTINGS[alias]
+def fidelity_model(setting: Setting, device: torch.device, timer: Timer, workdir: Path) -> dict[str, Any]:
+    """Every mode of `setting` against fp32 on its model (fp32 and bf16 only on a CPU)."""
     if device.type == "cpu":
         setting = replace(setting, modes=CPU_MODES)
     backbone = load_tower(setting.model, device)
@@ -340,18 +344,20 @@ def markdown(results: dict[str, Any]) -> str:
             s = record["speed"]
             lines += ["", f"Speed, bf16 over fp32 throughput: {s['bf16_over_fp32']}; AttnLRP reaches "
                       f"{s['attnlrp_share_of_matmul_ratio']:.2f} of the matmul ratio, the forward "
-                      f"{s['forward_share_of_matmul_ratio']:.2f}"]  # fmt: skip
+                      f"{s['forward_share_of_matmul_ratio']:.2f}; void: "
+                      f"{ {k: r['void'] for k, r in s['bf16_over_fp32_pairs'].items()} }"]  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
 
-def run_fidelity(models: list[str], out: Path, device: torch.device) -> dict[str, Any]:
-    """Measure every model, write `out` (JSON) and its markdown twin; returns the results."""
-    timer = Timer(device, repeats=2, warmup=1, budget_s=1.0)
-    results: dict[str, Any] = {"machine": describe(device), "gates": GATES, "models": {}}
+def run_fidelity(models: list[str], out: Path, device: torch.device, harness: Harness) -> dict[str, Any]:
+    """Measure every model on an admitted machine, write `out` (JSON) and its markdown twin; returns the results."""
+    timer = Timer(harness, device, repeats=5, warmup=1)
+    results: dict[str, Any] = {"machine": {**describe(device), "admission": harness.admit()}, "gates": GATES,
+                               "models": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cafe-fidelity-") as tmp:
         for alias in models:
-            results["models"][alias] = fidelity_model(alias, device, timer, Path(tmp))
+            results["models"][alias] = fidelity_model(SETTINGS[alias], device, timer, Path(tmp))
     write_json(out, results)
     write_text(out.with_suffix(".md"), markdown(results))
     return results

@@ -16,6 +16,7 @@ from cafe.io import atomic_path, write_csv
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
 from cafe.manifest import DataConfig, make_manifest
 from cafe.sae import MatryoshkaSAE
+from cafe.tokens import TokenLayout
 
 WRITE_ROWS = 1 << 16  # tokens generated and written at a time, so a large file never sits in memory
 
@@ -39,7 +40,7 @@ def random_images(n: int, size: int, device: torch.device, seed: int = 0) -> tor
 def random_targets(n: int, backbone: Backbone, n_latents: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch tokens (n,) and SAE features (n,) of n targets."""
     rng = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, backbone.n_tokens, (n,), generator=rng)
+    tokens = torch.randint(backbone.layout.n_prefix, backbone.n_tokens, (n,), generator=rng)
     return tokens, torch.randint(0, n_latents, (n,), generator=rng)
 
 
@@ -71,12 +72,17 @@ def image_folder(
 
 
 def layer_file(
-    out_dir: str | os.PathLike, width: int, n_tokens: int, train_tokens: int, n_analysis: int, seed: int = 0
+    out_dir: str | os.PathLike, width: int, layout: TokenLayout, train_tokens: int, n_analysis: int, seed: int = 0
 ) -> Path:
-    """A complete activations file of Gaussian tokens: `train_tokens` train rows and `n_analysis` whole images."""
+    """A complete activations file of Gaussian tokens in `layout`: `train_tokens` train rows and `n_analysis`
+    whole images."""
+    n_tokens = layout.n_tokens
     per_image = min(n_tokens, train_tokens)
     n_train = -(-train_tokens // per_image)
-    info = LayerInfo("bench", "random", 1, 0, 0, 0, n_tokens, width, "bench", per_image)
+    info = LayerInfo(
+        "bench", "random", 1, 0, 0, layout.grid, n_tokens, width, "bench", per_image, 0, int(layout.has_cls),
+        layout.n_registers,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     path = layer_path(out_dir, 1)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:

@@ -38,7 +38,7 @@ class Architecture:
     @classmethod
     def of(cls, backbone: Backbone) -> Architecture:
         """Read the shape of a loaded tower."""
-        mlp_width = backbone.visual.transformer.resblocks[0].mlp.c_fc.out_features
+        mlp_width = backbone.view(1).mlp.fc2_weight.shape[1]
         return cls(backbone.width, mlp_width, backbone.n_tokens, backbone.grid**2, 3 * backbone.patch_size**2)
 
     def forward(self, layers: int, images: float = 1) -> float:

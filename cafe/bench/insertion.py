@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import random_images, random_targets
 from cafe.feature_target import FeatureTarget
 from cafe.insertion.canvases import make_canvas
@@ -34,8 +34,9 @@ def insertion(ctx: Context) -> dict[str, dict[str, Any]]:
     def run(batch_size: int):
         return lambda: curves(target, images, canvases, orders, counts, np.arange(n), tokens, features, batch_size)
 
-    return {
-        "insertion": ctx.measure(
+    return ctx.compare(
+        "insertion",
+        Stage(
             f"insertion + deletion curves, {config.batch_size} images per forward",
             "curves",
             n,
@@ -43,7 +44,6 @@ def insertion(ctx: Context) -> dict[str, dict[str, Any]]:
             flops,
             {**params, "batch_size": config.batch_size},
         ),
-        "insertion.per_step": ctx.measure(
-            "baseline: one forward per insertion step", "curves", n, run(1), flops, {**params, "batch_size": 1}
-        ),
-    }
+        "insertion.per_step",
+        Stage("baseline: one forward per insertion step", "curves", n, run(1), flops, {**params, "batch_size": 1}),
+    )

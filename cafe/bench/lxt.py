@@ -36,6 +36,7 @@ def _run_worker(ctx: Context) -> dict[str, Any] | str:
         "threads": torch.get_num_threads(),
         "repeats": ctx.timer.repeats,
         "warmup": ctx.timer.warmup,
+        "admission": ctx.timer.harness.admission,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "cafe.bench.lxt_worker", json.dumps(spec)],

@@ -65,6 +65,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
+    from cafe.bench.harness import Harness
     from cafe.bench.measure import Timer
     from cafe.feature_target import FeatureTarget
 
@@ -76,7 +77,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     pixels = backbone.normalize(random_images(spec["targets"], backbone.image_size, device))
     tokens, features = random_targets(spec["targets"], backbone, sae.n_latents)
 
-    timing = Timer(device, spec["repeats"], spec["warmup"]).best(
+    harness = Harness()
+    harness.admission = spec["admission"]  # the parent admitted the machine; this process is its child
+    timing = Timer(harness, device, spec["repeats"], spec["warmup"]).measure(
         lambda: gradient_x_input(target, pixels, tokens, features)
     )
     return {"timing": asdict(timing), "patched": patched}

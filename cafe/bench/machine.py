@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from cafe.bench.harness import cpu_flags
 from cafe.bench.measure import Timer
 
 PEAK_SIZES = (2048, 3072, 4096)  # square float32 matmuls; the best of them is this machine's peak
@@ -27,7 +28,8 @@ def cpu_model() -> str:
 
 
 def describe(device: torch.device) -> dict[str, Any]:
-    """CPU, cores, torch, threads, device and load: enough to tell whether two runs are comparable."""
+    """CPU and its bf16/AMX/AVX-512 flags, cores, torch, threads, device and load: enough to tell whether two runs
+    are comparable."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -36,6 +38,7 @@ def describe(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
+        "cpu_flags": cpu_flags(),
         "load_average_1min": os.getloadavg()[0],
     }
     if device.type == "cuda":
@@ -48,6 +51,6 @@ def matmul_peak(timer: Timer, quick: bool) -> dict[str, Any]:
     per_size = {}
     for n in QUICK_PEAK_SIZES if quick else PEAK_SIZES:
         a, b = (torch.randn(n, n, device=timer.device) for _ in range(2))
-        seconds = timer.best(lambda a=a, b=b: a @ b).seconds
+        seconds = timer.measure(lambda a=a, b=b: a @ b).min_seconds  # the peak: the best run
         per_size[str(n)] = 2 * n**3 / seconds
     return {"flop_per_s": max(per_size.values()), "per_size": per_size, "dtype": "float32"}

@@ -1,5 +1,5 @@
-"""The one timing helper of every stage: best wall time of a few runs, the memory high-water over them, and the
-stage record (throughput, achieved FLOP/s) built from it.
+"""The timer of every stage, on the harness (cafe.bench.harness): median, min and max wall time of a few runs, the
+memory high-water over them, and the stage record (throughput, achieved FLOP/s) built from it.
 
 Peak memory is the process's resident-set high-water on the CPU (Linux VmHWM, reset before each stage through
 /proc/self/clear_refs; where that is impossible, the lifetime ru_maxrss), and torch.cuda.max_memory_allocated
@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import resource
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,18 +18,27 @@ from typing import Any
 
 import torch
 
+from cafe.bench.harness import Figure, Harness
+
 MB = 1 << 20
+MIN_PAIRS = 5  # alternating A/B pairs behind every ratio
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Best seconds of the timed runs, the memory high-water during them and the resident memory before them."""
+    """Median, min and max seconds of the timed runs, the memory high-water during them and the resident memory
+    before them, and why the figure does not hold (None when it does)."""
 
     seconds: float
+    min_seconds: float
+    max_seconds: float
+    runs: int
     peak_memory_mb: float
     start_memory_mb: float
+    void: str | None = None
+    others_cores: float | None = None  # cores' worth of CPU other processes used while it ran
 
 
 def _status_kb(field: str) -> float | None:
@@ -59,11 +67,15 @@ def cpu_memory_kind() -> str:
 
 
 class Timer:
-    """Times a callable: `warmup` untimed runs, then timed runs until `repeats` are done or `budget_s` has passed
-    (so a long stage runs once and a short one is repeated)."""
+    """Times callables through the harness on one device: `warmup` untimed runs, then `repeats` timed runs (or
+    `pairs` alternating pairs for two: at least 5 unless a smoke run asks for fewer), with the memory high-water
+    of each side over its runs."""
 
-    def __init__(self, device: torch.device, repeats: int = 3, warmup: int = 0, budget_s: float = 2.0):
-        self.device, self.repeats, self.warmup, self.budget_s = device, repeats, warmup, budget_s
+    def __init__(
+        self, harness: Harness, device: torch.device, repeats: int = 5, warmup: int = 1, pairs: int | None = None
+    ):
+        self.harness, self.device, self.repeats, self.warmup = harness, device, repeats, warmup
+        self.pairs = pairs or max(repeats, MIN_PAIRS)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -89,20 +101,47 @@ class Timer:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, kB on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
 
-    def best(self, fn: Callable[[], Any]) -> Timing:
-        """Best wall time of `fn` over the timed runs, with the memory high-water over all of them."""
-        for _ in range(self.warmup):
-            fn()
-        self._sync()
-        start_memory = self._memory_now()
-        self._reset_peak()
-        times: list[float] = []
-        while not times or (len(times) < self.repeats and sum(times) < self.budget_s):
-            began = time.perf_counter()
+    def _tracked(self, peaks: dict[str, float]) -> Callable[[str, Callable[[], Any]], None]:
+        """The harness hook: reset the high-water, run, wait for the device, keep each side's highest peak."""
+
+        def run(side: str, fn: Callable[[], Any]) -> None:
+            self._reset_peak()
             fn()
             self._sync()
-            times.append(time.perf_counter() - began)
-        return Timing(min(times), self._peak(), start_memory)
+            peaks[side] = max(peaks.get(side, 0.0), self._peak())
+
+        return run
+
+    def _timings(self, figure: Figure, peaks: dict[str, float], start_memory: float) -> list[Timing]:
+        return [
+            Timing(
+                s["median"],
+                s["min"],
+                s["max"],
+                len(s["runs"]),
+                peaks[side],
+                start_memory,
+                figure.void,
+                figure.others_cores,
+            )
+            for side, s in ((side, figure.stats(side)) for side in figure.seconds)
+        ]
+
+    def measure(self, fn: Callable[[], Any]) -> Timing:
+        """Median (min, max) seconds of `fn` over the timed runs, with the memory high-water over all of them."""
+        self._sync()
+        start_memory, peaks = self._memory_now(), {}
+        figure = self.harness.time(fn, self.repeats, self.warmup, self._tracked(peaks))
+        return self._timings(figure, peaks, start_memory)[0]
+
+    def pair(self, a: Callable[[], Any], b: Callable[[], Any]) -> tuple[Timing, Timing, dict[str, Any]]:
+        """A and B in alternating pairs: each side's timing and the per-pair ratio seconds(A) / seconds(B)."""
+        self._sync()
+        start_memory, peaks = self._memory_now(), {}
+        figure = self.harness.pair(a, b, self.pairs, self.warmup, self._tracked(peaks))
+        ta, tb = self._timings(figure, peaks, start_memory)
+        return ta, tb, {**figure.ratio(), "order": figure.order, "others_cores": figure.others_cores,
+                        "void": figure.void}  # fmt: skip
 
 
 def stage_record(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import random_images, random_targets
 from cafe.feature_target import FeatureTarget
 
@@ -39,8 +39,10 @@ def hooked_value(
 ) -> torch.Tensor:
     """z as a user would get it without truncation: the whole tower runs, a forward hook keeps block L's output."""
     captured = {}
-    block = target.backbone.visual.transformer.resblocks[target.layer - 1]
-    handle = block.register_forward_hook(lambda module, args, out: captured.setdefault("resid", out))
+    block = target.backbone.blocks[target.layer - 1]
+    handle = block.register_forward_hook(
+        lambda module, args, out: captured.setdefault("resid", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         target.backbone.visual(pixels)
     finally:
@@ -65,8 +67,9 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
 
         return call
 
-    return {
-        "target.truncated": ctx.measure(
+    return ctx.compare(
+        "target.truncated",
+        Stage(
             f"z_k(I, t) at layer {layer}: truncated forward (block {layer} at the target token only)",
             "targets",
             n,
@@ -74,7 +77,8 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
             ctx.arch.forward(layer, n),
             params,
         ),
-        "target.hooked": ctx.measure(
+        "target.hooked",
+        Stage(
             f"baseline: full-tower forward, hook capturing block {layer}",
             "targets",
             n,
@@ -82,4 +86,4 @@ def truncated_vs_hooked(ctx: Context) -> dict[str, dict[str, Any]]:
             ctx.arch.forward(ctx.backbone.depth, n),
             params,
         ),
-    }
+    )

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGE_HEADER = ["model", "stage", "throughput", "best s", "GFLOP/s", "util", "peak MB"]
-COMPARISON_HEADER = ["model", "comparison", "speed-up", "FLOP ratio"]
+STAGE_HEADER = ["model", "stage", "throughput", "median s (min-max)", "GFLOP/s", "util", "peak MB", "holds"]
+COMPARISON_HEADER = ["model", "comparison", "speed-up (min-max)", "FLOP ratio", "holds"]
 
 
 def _fmt(x: float) -> str:
     """Three significant figures, without scientific notation for everyday sizes."""
     return f"{x:.3g}" if abs(x) < 1e5 else f"{x:,.0f}"
+
+
+def holds(void: str | None) -> str:
+    """'yes', or 'VOID: why' for a figure the harness does not vouch for."""
+    return "yes" if void is None else f"VOID: {void}"
 
 
 def stage_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -20,10 +25,11 @@ def stage_rows(results: dict[str, Any]) -> list[list[str]]:
             model,
             name,
             f"{_fmt(r['throughput'])} {r['unit']}/s",
-            _fmt(r["seconds"]),
+            f"{_fmt(r['seconds'])} ({_fmt(r['min_seconds'])}-{_fmt(r['max_seconds'])})",
             _fmt(r["flop_per_s"] / 1e9),
             f"{r['utilisation']:.2f}",
             f"{r['peak_memory_mb']:.0f}",
+            holds(r["void"]),
         ]
         for model, m in results["models"].items()
         for name, r in m["stages"].items()
@@ -33,7 +39,13 @@ def stage_rows(results: dict[str, Any]) -> list[list[str]]:
 def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
     """One row per side-by-side comparison: how many times faster our stage is than the baseline."""
     return [
-        [model, c["what"], f"{c['speedup']:.2f}x", f"{c['flop_ratio']:.2f}x"]
+        [
+            model,
+            c["what"],
+            f"{c['speedup']:.2f}x ({c['speedup_min']:.2f}-{c['speedup_max']:.2f})",
+            f"{c['flop_ratio']:.2f}x",
+            holds(c["void"]),
+        ]
         for model, m in results["models"].items()
         for c in m["comparisons"]
     ]
@@ -44,6 +56,8 @@ def depth_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for model, m in results["models"].items():
         d = m["erf_depth"]
+        if not d["points"]:  # not measured this run (--stages)
+            continue
         curve = ", ".join(f"L{p['layer']}: {_fmt(p['seconds'] / d['targets'])}" for p in d["points"])
         fit = d["fit"]
         rows.append(
@@ -73,6 +87,7 @@ def _header(results: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), device {m['device']}; "
         f"matmul peak {_fmt(peak['flop_per_s'] / 1e9)} GFLOP/s (float32); load {m['load_average_1min']:.1f} at "
         f"start, {m['load_average_1min_end']:.1f} at end; {results['seconds']:.0f} s"
+        + (f"; {m['admission']['override']}" if m.get("admission", {}).get("override") else "")
         + (" (quick)" if results["quick"] else "")
     )
 
@@ -100,21 +115,26 @@ def goals(results: dict[str, Any]) -> list[str]:
     lines = []
     for model, m in results["models"].items():
         s = m["stages"]
-        lrp, ref = s["erf.attnlrp"], s["reference.autograd"]
-        lines.append(
-            f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
-            f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
-            f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
-            f"extraction {s['extraction']['utilisation']:.2f}"
-        )
-        lines.append(
-            f"  - extraction feed (JPEG decode + resize), images/s: PIL "
-            f"{_fmt(s['extraction.feed.cpu']['throughput'])}, on the device "
-            f"{_fmt(s['extraction.feed.device']['throughput'])}; the forward alone "
-            f"{_fmt(s['extraction.forward']['throughput'])}"
-        )
+        if {"erf.attnlrp", "reference.autograd", "insertion", "extraction"} <= set(s):
+            lrp, ref = s["erf.attnlrp"], s["reference.autograd"]
+            lines.append(
+                f"- **{model}**: AttnLRP at layer {lrp['params']['layer']}, {lrp['count']} batched targets: "
+                f"utilisation **{lrp['utilisation']:.2f}** (plain autograd forward + backward of the tower: "
+                f"{ref['utilisation']:.2f}); insertion {_fmt(s['insertion']['throughput'])} curves/s; "
+                f"extraction {s['extraction']['utilisation']:.2f}"
+            )
+        if "extraction.forward" in s:
+            lines.append(
+                f"  - extraction feed (JPEG decode + resize), images/s: PIL "
+                f"{_fmt(s['extraction.feed.cpu']['throughput'])}, on the device "
+                f"{_fmt(s['extraction.feed.device']['throughput'])}; the forward alone "
+                f"{_fmt(s['extraction.forward']['throughput'])}"
+            )
         sae = [r for name, r in s.items() if name.startswith("sae.train")]
-        lines.append("  - SAE training: " + "; ".join(sae_goal(r, results["peak"]["flop_per_s"]) for r in sae))
+        if sae:
+            lines.append(
+                f"  - {model} SAE training: " + "; ".join(sae_goal(r, results["peak"]["flop_per_s"]) for r in sae)
+            )
     return lines
 
 

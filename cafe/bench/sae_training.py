@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cafe.bench.context import Context
+from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import layer_file
 from cafe.bench.flops import sae_train_flops
 from cafe.sae import SAEConfig, train
@@ -28,7 +28,8 @@ FEEDS = {  # sae.resident mode: (record name, what is timed)
 
 
 def sae_training(ctx: Context) -> dict[str, dict[str, Any]]:
-    """Two records per activation-file size, `sae.train[<tokens>]` (streamed) and `sae.train.resident[<tokens>]`."""
+    """Two records per activation-file size, `sae.train[<tokens>]` (streamed) and `sae.train.resident[<tokens>]`,
+    timed in alternating pairs."""
     p, width = ctx.profile, ctx.backbone.width
     config = SAEConfig(
         expansion=p.sae_expansion, steps=p.sae_steps, batch_size=p.sae_batch, checkpoint_every=p.sae_steps
@@ -36,7 +37,7 @@ def sae_training(ctx: Context) -> dict[str, dict[str, Any]]:
     records = {}
     for file_tokens in p.sae_tokens:
         folder = ctx.workdir / f"sae{file_tokens}"
-        path = layer_file(folder, width, ctx.backbone.n_tokens, file_tokens, ANALYSIS_IMAGES)
+        path = layer_file(folder, width, ctx.backbone.layout, file_tokens, ANALYSIS_IMAGES)
         params = {
             "file_tokens": file_tokens,
             "file_mb": path.stat().st_size / 2**20,
@@ -46,21 +47,35 @@ def sae_training(ctx: Context) -> dict[str, dict[str, Any]]:
             "batch_size": p.sae_batch,
             "shuffle_window_tokens": DEFAULT_BUFFER_TOKENS,
         }
-        for mode, (name, what) in FEEDS.items():
-            records[f"{name}[{file_tokens}]"] = measure_feed(ctx, path, replace(config, resident=mode), what, params)
+        stages = {
+            mode: feed_stage(ctx, path, replace(config, resident=mode), what, params)
+            for mode, (_, what) in FEEDS.items()
+        }
+        names = {mode: f"{name}[{file_tokens}]" for mode, (name, _) in FEEDS.items()}
+        pair = ctx.compare(names["always"], stages["always"][0], names["never"], stages["never"][0])
+        for mode, (_, runs) in stages.items():
+            records[names[mode]] = with_loop_rate(pair[names[mode]], runs, width, params["latents"])
         path.unlink()
     return records
 
 
-def measure_feed(ctx: Context, path: Path, config: SAEConfig, what: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Time train() on one layer file with the config's feed; the record's params add the loop's own rate."""
-    width, latents, tokens = ctx.backbone.width, config.expansion * ctx.backbone.width, config.steps * config.batch_size
+def feed_stage(
+    ctx: Context, path: Path, config: SAEConfig, what: str, params: dict[str, Any]
+) -> tuple[Stage, list[dict[str, Any]]]:
+    """train() on one layer file with the config's feed as a stage, and the list its runs' metrics go to."""
+    latents, tokens = config.expansion * ctx.backbone.width, config.steps * config.batch_size
     runs: list[dict[str, Any]] = []  # the metrics of every run, warm-up included
+    outputs = (path.with_suffix(".pt"), path.with_suffix(".json"))
 
     def run() -> None:
-        runs.append(train(path, path.with_suffix(".pt"), path.with_suffix(".json"), config, str(ctx.timer.device)))
+        runs.append(train(path, *outputs, config, str(ctx.timer.device), ctx.precision))
 
-    record = ctx.measure(what, "tokens", tokens, run, sae_train_flops(width, latents, tokens), dict(params))
+    flops = sae_train_flops(ctx.backbone.width, latents, tokens)
+    return Stage(what, "tokens", tokens, run, flops, dict(params)), runs
+
+
+def with_loop_rate(record: dict[str, Any], runs: list[dict[str, Any]], width: int, latents: int) -> dict[str, Any]:
+    """The record with its feed and the training loop's own best rate (the Adam steps alone) in its params."""
     loop = max(r["tokens_per_s"] for r in runs)
     record["params"].update(
         feed=runs[-1]["feed"], loop_tokens_per_s=loop, loop_flop_per_s=sae_train_flops(width, latents, loop)

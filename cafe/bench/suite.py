@@ -19,6 +19,7 @@ from cafe.bench.erf import erf_depth, erf_methods
 from cafe.bench.extraction import extraction
 from cafe.bench.fixtures import load_tower, random_sae
 from cafe.bench.flops import FLOP_MODEL
+from cafe.bench.harness import Harness, summary
 from cafe.bench.insertion import insertion
 from cafe.bench.lxt import lxt_attnlrp
 from cafe.bench.machine import describe, matmul_peak
@@ -28,7 +29,7 @@ from cafe.bench.reference import autograd_reference, truncated_vs_hooked
 from cafe.bench.report import markdown, table
 from cafe.bench.sae_training import sae_training
 from cafe.devices import resolve_device
-from cafe.erf.registry import ATTRIBUTION_METHODS
+from cafe.erf.config import ATTRIBUTION_METHODS
 from cafe.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,14 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # each stage returns {record name: record, or why it could not be measured}
 STAGES: dict[str, Callable[[Context], dict[str, dict[str, Any] | str]]] = {
-    "activation extraction": extraction,
-    "SAE training": sae_training,
-    "truncated forward": truncated_vs_hooked,
-    "ERF methods": erf_methods,
+    "extraction": extraction,
+    "sae": sae_training,
+    "target": truncated_vs_hooked,  # the one-token last block vs a full tower with a hook
+    "erf": erf_methods,
     "lxt": lxt_attnlrp,
-    "insertion curves": insertion,
-    "autograd reference": autograd_reference,
+    "insertion": insertion,
+    "reference": autograd_reference,
+    "depth": lambda ctx: {},  # the ERF depth curve, measured after the stages (its own record)
 }
 # (what is compared, our stage, what a user would otherwise write)
 COMPARISONS = [
@@ -64,39 +66,54 @@ COMPARISONS = [
 
 
 def comparisons(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Speed-up of each of our stages over its baseline (throughput ratio), with the ratio FLOPs alone predict."""
-    return [
-        {
-            "what": what,
-            "ours": ours,
-            "baseline": base,
-            "speedup": stages[ours]["throughput"] / stages[base]["throughput"],
-            "flop_ratio": (stages[base]["flops"] / stages[base]["count"])
-            / (stages[ours]["flops"] / stages[ours]["count"]),
+    """Speed-up of each of our stages over its baseline (throughput ratio per alternating pair: median, min, max),
+    with the ratio FLOPs alone predict. lxt runs in a subprocess of its own, so its ratio is of two runs at
+    different times, and is marked void."""
+    titles = {(ours, base): what for what, ours, base in COMPARISONS}
+    pairs = [(r["versus"]["ours"], base) for base, r in stages.items() if "versus" in r]
+    pairs += [(o, b) for o, b in titles if (o, b) not in pairs and o in stages and b in stages]
+    rows = []
+    for ours, base in pairs:
+        versus = stages[base].get("versus") or {
+            "speedup": summary([stages[ours]["throughput"] / stages[base]["throughput"]]),
+            "void": "not interleaved: the baseline ran at another time, in another process",
         }
-        for what, ours, base in COMPARISONS
-        if ours in stages and base in stages
-    ]
+        rows.append(
+            {
+                "what": titles.get((ours, base), f"{ours} vs {base}"),
+                "ours": ours,
+                "baseline": base,
+                "speedup": versus["speedup"]["median"],
+                "speedup_min": versus["speedup"]["min"],
+                "speedup_max": versus["speedup"]["max"],
+                "void": versus["void"],
+                "flop_ratio": (stages[base]["flops"] / stages[base]["count"])
+                / (stages[ours]["flops"] / stages[ours]["count"]),
+            }
+        )
+    return rows
 
 
-def run_model(name: str, quick: bool, device: torch.device, workdir: Path) -> dict[str, Any]:
-    """Every stage of one model alias (demo, vitl)."""
+def run_model(
+    name: str, quick: bool, harness: Harness, device: torch.device, workdir: Path, only: list[str] | None = None
+) -> dict[str, Any]:
+    """The stages `only` names (default: every stage) of one model alias (demo, vitl)."""
     p = profile(name, quick, device.type == "cuda")
     # One untimed run first, on every device: the steady state a pipeline job reaches after its first batch
     # (CUDA context and kernels; on the CPU, the allocator's first touch of GBs of activations, which made a
     # single cold run of AttnLRP on ViT-L/14 1.6x slower than every later one).
-    timer = Timer(device, p.repeats, warmup=0 if quick else 1)
+    timer = Timer(harness, device, p.repeats, warmup=0 if quick else 1, pairs=1 if quick else None)
     backbone = load_tower(p.model, device)
     ctx = Context(p, backbone, random_sae(backbone.width, p.sae_expansion, device), timer, workdir)
     results: dict[str, dict[str, Any] | str] = {}
-    for title, stage in tqdm(STAGES.items(), desc=p.model, unit="stage"):
+    chosen = only or list(STAGES)
+    for title in tqdm(chosen, desc=p.model, unit="stage"):
         began = time.perf_counter()
-        results.update(stage(ctx))
+        results.update(STAGES[title](ctx))
         log.info("%s: %s done in %.1f s", p.model, title, time.perf_counter() - began)
     stages = {name: r for name, r in results.items() if isinstance(r, dict)}
     skipped = {name: r for name, r in results.items() if isinstance(r, str)}
-    depth = erf_depth(ctx)
-    log.info("%s: ERF depth curve done", p.model)
+    depth = erf_depth(ctx) if "depth" in chosen else {"points": []}
     return {
         "alias": name,
         "depth": backbone.depth,
@@ -118,14 +135,21 @@ def add_utilisation(results: dict[str, Any]) -> None:
 
 
 def run_suite(
-    models: list[str], quick: bool, out: Path, device: str = "auto", threads: int | None = None
+    models: list[str],
+    quick: bool,
+    out: Path,
+    harness: Harness,
+    device: str = "auto",
+    threads: int | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Benchmark `models`, write `out` (JSON) and its markdown twin, print the table; returns the results."""
+    """Benchmark `models` on an admitted machine, write `out` (JSON) and its markdown twin, print the table."""
     if threads:
         torch.set_num_threads(threads)
-    timer = Timer(resolve_device(device), warmup=1)
+    timer = Timer(harness, resolve_device(device), repeats=3, warmup=1)
     machine = {
         **describe(timer.device),
+        "admission": harness.admit(),
         "memory": cpu_memory_kind()
         if timer.device.type == "cpu"
         else "torch.cuda.max_memory_allocated during the stage",
@@ -136,13 +160,16 @@ def run_suite(
         "schema": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": quick,
+        "stages": only or list(STAGES),
         "machine": machine,
         "flop_model": FLOP_MODEL,
         "models": {},
     }
     with tempfile.TemporaryDirectory(prefix="cafe-bench-") as tmp:
         for name in models:
-            results["models"][profile(name, quick).model] = run_model(name, quick, timer.device, Path(tmp) / name)
+            results["models"][profile(name, quick).model] = run_model(
+                name, quick, harness, timer.device, Path(tmp) / name, only
+            )
     last_peak = matmul_peak(timer, quick)  # measured again at the end: a busy start must not flatter the ratios
     results["peak"] = {
         **max(first_peak, last_peak, key=lambda peak: peak["flop_per_s"]),

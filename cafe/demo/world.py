@@ -131,8 +131,3 @@ def compose(draw: SceneDraw, omit: frozenset[int] | set[int] = frozenset()) -> S
             objects.append((obj_id, kind, is_causal))
     pixels = np.round(image * 255).astype(np.uint8)
     return Scene(pixels, labels, tuple(_describe(labels, *obj) for obj in objects))
-
-
-def sample_scene(rng: Rng, label: str, size: int) -> Scene:
-    """Draw and compose one scene of class `label` at size x size pixels."""
-    return compose(draw_scene(rng, label, size))

@@ -2,10 +2,11 @@
 whole batch of targets, with the LRP rules of `cafe.erf.rules` on the tower's own parameters.
 
 Relevance is read at the normalised pixels (pixels x modified gradient, summed over each patch). The patch
-embedding is linear without bias and its patches do not overlap, so this is exactly the relevance of each patch
-token before the positional embedding is added, and any conservative rule on it would give the same per-patch sum.
-`absorbed` = z - sum of the map: what the rules give to biases (linear layers, LayerNorm shifts, the SAE's b_d),
-the CLS and positional embeddings, the epsilon stabilisers, and (attention = attnlrp) the softmax's Taylor bias.
+embedding is linear and its patches do not overlap, so this is exactly the relevance of each patch token before
+the positional embedding is added, less its bias's share where it has one (timm's and HF's DINOv2 and SigLIP):
+any conservative rule on it would give the same per-patch sum. `absorbed` = z - sum of the map: what the rules
+give to biases (linear layers and the patch embedding, LayerNorm shifts, the SAE's b_d), the CLS, register and
+positional embeddings, the epsilon stabilisers, and (attention = attnlrp) the softmax's Taylor bias.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ class AttnLRP(ErfMethod):
 
     def __init__(self, target: FeatureTarget, config: ErfConfig | None = None):
         super().__init__(target, config)
-        check_supported(self.backbone.visual)
+        check_supported(self.backbone)
         self.rules = self.config.attnlrp
 
     def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
         pixels = pixels.detach().requires_grad_(True)
         rows = torch.arange(len(pixels), device=pixels.device)
         with torch.enable_grad():
-            resid = residual_with_rules(self.backbone.visual, pixels, self.target.layer, self.rules)
+            resid = residual_with_rules(self.backbone, pixels, self.target.layer, self.rules)
             z = sae_rule(resid[rows, tokens], self.target.sae, features, self.rules.epsilon)
             (grad,) = torch.autograd.grad(z.sum(), pixels)
         maps = patch_sum(pixels.detach() * grad, self.backbone.patch_size)

@@ -20,12 +20,11 @@ from cafe.erf.config import ErfConfig
 from cafe.erf.registry import METHODS, make_method
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
-from cafe.images import ImageLoader, manifest_loader
+from cafe.images import Crop, ImageLoader, manifest_loader
 from cafe.io.erf_maps import ErfResult, write_erf
 from cafe.io.features import FeatureFile, read_features
 from cafe.sae import load_sae
 from cafe.sae.model import check_sae
-from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,8 @@ def run_erf(args: argparse.Namespace) -> None:
     """Check the inputs, compute the maps (activation: read them off the features file), write the HDF5 file."""
     config = parse_section(ErfConfig, args.params, "erf")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
-    shape = tower_shape(backbone_cfg.model)
-    ff = read_features(args.features, args.layer, shape.grid)
+    shape = tower_shape(backbone_cfg)
+    ff = read_features(args.features, args.layer, shape.layout)
     if args.method == "activation":
         result = activation_result(ff)
     else:
@@ -64,7 +63,7 @@ def run_erf(args: argparse.Namespace) -> None:
         ]
         if missing:
             raise CafeError(f"erf: method {args.method!r} needs {', '.join(missing)}")
-        load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
+        load = manifest_loader(args.manifest, args.images_root, Crop(shape.image_size, shape.resize), ff)
         backbone = Backbone.load(backbone_cfg)
         sae, meta = load_sae(args.sae, backbone.device)
         check_sae(meta, ff, args.sae)
@@ -109,7 +108,7 @@ def activation_result(ff: FeatureFile) -> ErfResult:
     """The activation baseline straight from the features file's activation maps (no images, no tower)."""
     began = time.perf_counter()
     exists = ff.image >= 0
-    maps = np.where(exists[..., None, None], token_grid(ff.act_map, ff.grid), np.nan).astype(np.float32)
+    maps = np.where(exists[..., None, None], ff.layout.token_grid(ff.act_map), np.nan).astype(np.float32)
     value = np.where(exists, ff.value, np.nan).astype(np.float32)
     seconds = time.perf_counter() - began
     return ErfResult(maps, value, np.full_like(value, np.nan), exists.sum() / seconds if seconds else float("nan"))

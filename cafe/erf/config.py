@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cafe.erf.registry import ATTRIBUTION_METHODS
 from cafe.errors import CafeError
+
+METHODS: dict[str, str] = {  # name -> "module:class"
+    "attnlrp": "cafe.erf.attnlrp:AttnLRP",
+    "ig": "cafe.erf.methods:IntegratedGradients",
+    "kernelshap": "cafe.erf.kernelshap:KernelShap",
+    "gradient": "cafe.erf.methods:Gradient",
+    "activation": "cafe.erf.methods:Activation",
+}
+BASELINES = ("activation",)  # always computed beside the chosen methods, so not a choice in erf.methods
+ATTRIBUTION_METHODS = tuple(name for name in METHODS if name not in BASELINES)  # the choices of erf.methods
 
 ATTENTION_RULES = ("attnlrp", "cp")
 KERNELSHAP_SOLVERS = ("batched", "captum")

@@ -3,8 +3,10 @@
 Two solvers of the same estimator (Lundberg & Lee 2017, as captum's `KernelShap` implements it):
 
 - `batched` (default): the coalitions are drawn once on the device and shared by every target of the batch (as
-  the captum path does too: it reseeds per target), all targets x coalitions are evaluated in large batches of the
-  truncated tower, and one weighted least squares in float64 gives every target's map at once.
+  the captum path does too: it reseeds per target); each distinct coalition is evaluated once (z(image) and
+  z(canvas) are the everyone and no-one coalitions), for all targets, in forwards of about `forward_batch`
+  sequences that start from the image's and the canvas's patch embeddings mixed per token (each computed once);
+  one weighted least squares in float64 gives every target's map at once.
 - `captum`: captum's `KernelShap`, one target at a time, kept as the reference.
 
 Sampling and weights are captum's: the first two coalitions are all players and none, each with weight 1e6
@@ -20,7 +22,9 @@ from __future__ import annotations
 import torch
 from captum.attr import KernelShap as CaptumKernelShap
 
+from cafe.erf.base import Attribution
 from cafe.erf.methods import CanvasMethod
+from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 
 ENDPOINT_WEIGHT = 1e6  # captum's KernelShap.inf_weight
@@ -69,19 +73,47 @@ def coalition_values(
     coalitions: torch.Tensor,
     forward_batch: int,
 ) -> torch.Tensor:
-    """z of every target under every coalition (S, B): present patches from the image, absent from the canvas,
-    in truncated forwards of about `forward_batch` images (whole coalitions x all B targets per forward)."""
-    b, patch, grid = len(pixels), target.backbone.patch_size, target.backbone.grid
-    masks = coalitions.view(-1, 1, grid, grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    """z of every target under every coalition (S, B): present patches from the image, absent from the canvas.
+
+    The patch embedding (conv with stride = kernel = patch; CLS, registers, positions, pre-norm: all per token) maps
+    each patch on its own, so a masked image's token sequence is the image's embedding at present patches and the
+    canvas's elsewhere: both are embedded once and mixed per token, and only the blocks run per coalition, in
+    truncated forwards of about `forward_batch` sequences (whole coalitions x all B targets per forward)."""
+    b, players = len(pixels), coalitions.shape[1]
+    with torch.no_grad():
+        inside, outside = target.backbone.embed(pixels), target.backbone.embed(canvas)  # (B, T, D) each
+    prefix = target.backbone.layout.n_prefix  # CLS and registers: the same in both sequences
+    if inside.shape[1] != prefix + players:
+        raise CafeError(
+            f"KernelSHAP: {target.backbone.name} has {inside.shape[1]} tokens, not {prefix} prefix tokens + "
+            f"{players} patches; mixing embeddings per patch does not apply (use erf.kernelshap.solver: captum)"
+        )
+    kept = torch.ones(len(coalitions), prefix, dtype=torch.bool, device=coalitions.device)
+    present = torch.cat([kept, coalitions], 1)[:, None, :, None]  # (S, 1, T, 1)
     per_forward = max(1, forward_batch // b)
     values = []
     with torch.no_grad():
-        for start in range(0, len(coalitions), per_forward):
-            m = masks[start : start + per_forward, None]  # (c, 1, 1, H, W) against (B, C, H, W)
-            images = torch.where(m, pixels, canvas).flatten(0, 1)  # (c * B, C, H, W), coalition-major
-            z = target(images, tokens.repeat(len(m)), features.repeat(len(m)))
-            values.append(z.view(len(m), b))
+        for chunk in present.split(per_forward):
+            sequences = torch.where(chunk, inside, outside).flatten(0, 1)  # (c * B, T, D), coalition-major
+            z = target.from_embedding(sequences, tokens.repeat(len(chunk)), features.repeat(len(chunk)))
+            values.append(z.view(len(chunk), b))
     return torch.cat(values)
+
+
+def unique_values(
+    target: FeatureTarget,
+    pixels: torch.Tensor,
+    canvas: torch.Tensor,
+    tokens: torch.Tensor,
+    features: torch.Tensor,
+    coalitions: torch.Tensor,
+    forward_batch: int,
+) -> torch.Tensor:
+    """`coalition_values` with each distinct coalition evaluated once, rows in the order of `coalitions` (the
+    Shapley kernel favours the smallest and largest coalitions, of which there are few: the demo's 256 draws over
+    64 patches hold 250 distinct ones, and the all/none pair is always there)."""
+    distinct, inverse = torch.unique(coalitions, dim=0, return_inverse=True)
+    return coalition_values(target, pixels, canvas, tokens, features, distinct, forward_batch)[inverse]
 
 
 class KernelShap(CanvasMethod):
@@ -89,20 +121,30 @@ class KernelShap(CanvasMethod):
 
     name = "kernelshap"
 
-    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+    def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
+        """The batched solver: z(image) and z(canvas) are the values of the everyone and no-one coalitions, so they
+        come from the same forwards as every other coalition (captum's solver: the base class's two extra ones)."""
         if self.config.kernelshap.solver == "captum":
-            return self._captum_maps(pixels, canvas, tokens, features)
-        config, grid = self.config.kernelshap, self.backbone.grid
-        coalitions = draw_coalitions(grid * grid, config.samples, config.seed, pixels.device)
-        return self.maps_for(coalitions, pixels, canvas, tokens, features)
+            return super()._explain(pixels, tokens, features)
+        config, players = self.config.kernelshap, self.backbone.grid**2
+        coalitions = draw_coalitions(players, max(config.samples, 2), config.seed, pixels.device)
+        maps, values = self._fit(coalitions, pixels, torch.zeros_like(pixels), tokens, features)
+        z, z_canvas = values[0], values[1]  # draw_coalitions puts everyone first, no one second
+        return Attribution(maps, z, (z - z_canvas) - maps.sum((1, 2)))
+
+    def _canvas_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
+        return self._captum_maps(pixels, canvas, tokens, features)
 
     def maps_for(self, coalitions, pixels, canvas, tokens, features) -> torch.Tensor:
         """Maps (B, grid, grid) from given coalitions (S, M): evaluate, then one weighted least squares."""
-        values = coalition_values(
-            self.target, pixels, canvas, tokens, features, coalitions, self.config.kernelshap.forward_batch
-        )
+        return self._fit(coalitions, pixels, canvas, tokens, features)[0]
+
+    def _fit(self, coalitions, pixels, canvas, tokens, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (B, grid, grid) and the coalitions' values (S, B)."""
+        forward_batch = self.config.kernelshap.forward_batch
+        values = unique_values(self.target, pixels, canvas, tokens, features, coalitions, forward_batch)
         coef = solve_surrogates(coalitions, values, kernel_weights(coalitions))
-        return coef.to(pixels.dtype).view(len(pixels), self.backbone.grid, self.backbone.grid)
+        return coef.to(pixels.dtype).view(len(pixels), self.backbone.grid, self.backbone.grid), values
 
     def _captum_maps(self, pixels, canvas, tokens, features) -> torch.Tensor:
         """The reference: captum's KernelShap per target, each reseeded, `erf.batch_size` perturbations a forward."""

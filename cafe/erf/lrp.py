@@ -1,78 +1,66 @@
-"""A forward through an OpenCLIP vision tower's own parameters (embedding, blocks 1..L) with LRP rules in the
-backward. It reads the modules' weights and calls nothing that is patched: every other forward in the process,
-this tower's included, stays the normal one.
+"""A forward through a vision tower's own parameters (embedding, blocks 1..L) with LRP rules in the backward, for
+every backbone family: the family gives its embedding (with a hook for the pre-norm) and each block as a
+`cafe.blocks.BlockView`, and the one view forward of `cafe.blocks` runs with the rule operations below. It reads
+the modules' weights and patches nothing: every other forward in the process, this tower's included, stays the
+normal one.
+
+Rules per part (the same for OpenCLIP, timm and Hugging Face towers, since the views are the same):
+LayerNorms (ln_pre / norm_pre / pre_layrnorm and each block's two) the layer-norm rule; q/k/v and out projections,
+fc1/fc2 the epsilon (or gamma) rule; GELU / QuickGELU / tanh-GELU / SiLU the identity rule; softmax attention
+fused (SDPA) with the uniform rule on its two products; SwiGLU's gate product split half and half; LayerScale,
+residual sums, CLS / register / positional embeddings plain autograd (linear or additive: conservative as is).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock
-from torch import nn
+import functools
 
-from cafe.blocks import is_standard_block
+import torch
+
+from cafe.backbone import Backbone
+from cafe.blocks import Ops, block_forward
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
-from cafe.errors import CafeError
 
 # Share of an attention output's relevance that each factor receives (uniform rule over the two matmuls):
 # attnlrp: A V splits 1/2 : 1/2, and A's half goes through the softmax (its gradient is the softmax rule) into
 # Q K^T, which splits it again; cp: A is a constant, so the values get everything.
-ATTENTION_SHARES = {"attnlrp": {"qk": 0.25, "v": 0.5}, "cp": {"qk": 0.0, "v": 1.0}}
+ATTENTION_SHARES = {"attnlrp": (0.25, 0.5), "cp": (0.0, 1.0)}
 
 
-def check_supported(visual: nn.Module) -> None:
-    """The rules below cover OpenCLIP's standard VisionTransformer; anything else is refused by name."""
-    if getattr(visual.conv1, "bias", None) is not None:
-        raise CafeError("erf attnlrp: the patch embedding has a bias; relevance could not be read at the pixels")
-    for i, block in enumerate(visual.transformer.resblocks, start=1):
-        if not is_standard_block(block):
-            raise CafeError(
-                f"erf attnlrp: block {i} ({type(block).__name__}) is not a standard OpenCLIP "
-                f"ResidualAttentionBlock with batch-first nn.MultiheadAttention; no LRP rules for it"
-            )
+def _linear(config: AttnLRPConfig, x, weight, bias, kind: str) -> torch.Tensor:
+    gamma = config.gamma.attention if kind == "attention" else config.gamma.mlp
+    return linear_rule(x, weight, bias, config.epsilon, gamma)
 
 
-def embed(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Patch embedding (linear, no bias), CLS and positional embeddings, ln_pre: tokens entering block 1, in float32
-    under any autocast (the residual stream and the relevance reaching the pixels stay float32; cafe.compute)."""
+def rule_ops(config: AttnLRPConfig) -> Ops:
+    """The view forward's operations under the AttnLRP rules of `config`."""
+    return Ops(
+        norm=layer_norm_rule,
+        linear=functools.partial(_linear, config),
+        act=identity_rule,
+        share=scale_grad,
+        attention_shares=ATTENTION_SHARES[config.attention],
+    )
+
+
+def check_supported(backbone: Backbone) -> None:
+    """Every block must have a view (a CafeError names the first that has none)."""
+    for layer in range(1, backbone.depth + 1):
+        backbone.view(layer)
+
+
+def embed(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+    """Tokens entering block 1 with the layer-norm rule on the pre-norm, in float32 under any autocast (the
+    residual stream and the relevance reaching the pixels stay float32; cafe.compute)."""
     with full_precision(pixels.device):
-        x = visual.conv1(pixels.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        return layer_norm_rule(visual.ln_pre, x)
+        return backbone.family.embed(backbone.visual, pixels, layer_norm_rule)
 
 
-def attention(attn: nn.MultiheadAttention, x: torch.Tensor, config: AttnLRPConfig) -> torch.Tensor:
-    """Multi-head self-attention: fused softmax attention, the rules sit on the projections and on Q, K, V."""
-    b, t, d = x.shape
-    heads, gamma = attn.num_heads, config.gamma.attention
-    qkv = linear_rule(x, attn.in_proj_weight, attn.in_proj_bias, config.epsilon, gamma)
-    q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    shares = ATTENTION_SHARES[config.attention]
-    q, k, v = scale_grad(q, shares["qk"]), scale_grad(k, shares["qk"]), scale_grad(v, shares["v"])
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-    return linear_rule(out, attn.out_proj.weight, attn.out_proj.bias, config.epsilon, gamma)
-
-
-def mlp(block_mlp: nn.Module, x: torch.Tensor, config: AttnLRPConfig) -> torch.Tensor:
-    """c_fc (rule), activation (identity rule), c_proj (rule)."""
-    gamma = config.gamma.mlp
-    h = linear_rule(x, block_mlp.c_fc.weight, block_mlp.c_fc.bias, config.epsilon, gamma)
-    h = identity_rule(block_mlp.gelu, h)
-    return linear_rule(h, block_mlp.c_proj.weight, block_mlp.c_proj.bias, config.epsilon, gamma)
-
-
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, config: AttnLRPConfig) -> torch.Tensor:
-    """One pre-norm block; residual sums and LayerScale are plain autograd (they conserve relevance as they are)."""
-    x = x + block.ls_1(attention(block.attn, layer_norm_rule(block.ln_1, x), config))
-    return x + block.ls_2(mlp(block.mlp, layer_norm_rule(block.ln_2, x), config))
-
-
-def residual_with_rules(visual: nn.Module, pixels: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
+def residual_with_rules(backbone: Backbone, pixels: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
     """Residual stream after block `layer` (B, T, D), running only blocks 1..layer, with LRP rules in the backward."""
-    x = embed(visual, pixels)
-    for block in visual.transformer.resblocks[:layer]:
-        x = block_forward(block, x, config)
+    ops, x = rule_ops(config), embed(backbone, pixels)
+    for i in range(1, layer + 1):
+        x = block_forward(backbone.view(i), x, ops)
     return x

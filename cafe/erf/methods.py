@@ -12,7 +12,6 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIG
 
 from cafe.erf.base import Attribution, ErfMethod, nan_like, patch_sum
-from cafe.tokens import token_grid
 
 
 class Gradient(ErfMethod):
@@ -75,4 +74,4 @@ class Activation(ErfMethod):
         with torch.no_grad():
             acts = self.target.latents(pixels)[rows, :, features]
         z = acts[rows, tokens]
-        return Attribution(token_grid(acts, self.backbone.grid), z, nan_like(z))
+        return Attribution(self.backbone.layout.token_grid(acts), z, nan_like(z))

@@ -7,22 +7,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from cafe.erf.config import METHODS
 from cafe.errors import CafeError
 
 if TYPE_CHECKING:
     from cafe.erf.base import ErfMethod
     from cafe.erf.config import ErfConfig
     from cafe.feature_target import FeatureTarget
-
-METHODS: dict[str, str] = {  # name -> "module:class"
-    "attnlrp": "cafe.erf.attnlrp:AttnLRP",
-    "ig": "cafe.erf.methods:IntegratedGradients",
-    "kernelshap": "cafe.erf.kernelshap:KernelShap",
-    "gradient": "cafe.erf.methods:Gradient",
-    "activation": "cafe.erf.methods:Activation",
-}
-BASELINES = ("activation",)  # always computed beside the chosen methods, so not a choice in erf.methods
-ATTRIBUTION_METHODS = tuple(name for name in METHODS if name not in BASELINES)  # the choices of erf.methods
 
 
 def method_class(name: str) -> type[ErfMethod]:

@@ -3,6 +3,7 @@ the forward is the model's own; the backward carries g = R / output, so that inp
 One backward pass then yields LRP for a whole batch of targets. Nothing here touches any class or module.
 
     epsilon / gamma rule   linear layers (and the SAE encoder's affine map)
+    (SAE input norms)      an imported SAE's per-token norm: its scale a constant, like the layer-norm rule
     identity rule          element-wise non-linearities (GELU, ReLU): R_in = R_out
     layer-norm rule        the std is a constant (identity rule on 1/std), the centring is linear
     uniform rule           scale the gradient of each factor of a product (the attention matmuls)
@@ -147,22 +148,24 @@ def linear_rule(
 
 
 class _SaeRule(Function):
-    """z_k = act(W_e[k] . (s h - b_d)) per row: identity rule on act, epsilon rule on the affine map."""
+    """z_k = act(w_k . x + c_k) per row: identity rule on act, epsilon rule on the affine map (the SAE's own
+    `row_weights`; its bias c_k absorbs its share)."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
-        rows_weight = sae.W_e[features]  # only each row's own feature
-        pre = ((h * sae.scale - sae.b_d) * rows_weight).sum(-1)
-        z = sae.activate(pre)
-        ctx.save_for_backward(rows_weight * sae.scale, z / stabilize(pre, epsilon))
+    def forward(ctx, x: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
+        weight, offset = sae.row_weights(features)  # only each row's own feature
+        pre = (x * weight).sum(-1) + offset
+        z = sae.activate_rows(pre, x, features)
+        ctx.save_for_backward(weight, z / stabilize(pre, epsilon))
         return z
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rows_weight, ratio = ctx.saved_tensors
-        return (grad * ratio)[:, None] * rows_weight, None, None, None
+        weight, ratio = ctx.saved_tensors
+        return (grad * ratio)[:, None] * weight, None, None, None
 
 
 def sae_rule(h: torch.Tensor, sae: nn.Module, features: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Feature features[b] of the SAE at residual h[b] (B, D) -> (B,), with LRP rules in the backward."""
-    return _SaeRule.apply(h, sae, features, epsilon)
+    """Feature features[b] of the SAE at residual h[b] (B, D) -> (B,), with LRP rules in the backward (through the
+    SAE's per-token input norm, if any, by the layer-norm rule)."""
+    return _SaeRule.apply(sae.rule_input(h), sae, features, epsilon)

@@ -28,7 +28,6 @@ from cafe.io import save_figure, write_csv, write_json
 from cafe.io.erf_maps import read_erf_maps
 from cafe.io.features import read_features
 from cafe.io.manifest import read_manifest
-from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
 TARGET_COLUMNS = [
@@ -72,7 +71,7 @@ def score_layer(
     ff = read_features(features, layer)
     feature, image, token, grid = ff.feature, ff.image, ff.token, ff.grid
     maps = {method: read_erf_maps(path, method, ff) for method, path in erf_files.items()}
-    maps["activation"] = token_grid(ff.act_map, grid)
+    maps["activation"] = ff.layout.token_grid(ff.act_map)
     rows = []
     for n in tqdm(range(len(feature)), desc=f"ground truth layer {layer}", leave=False):
         slots = [j for j in range(image.shape[1]) if image[n, j] >= 0]

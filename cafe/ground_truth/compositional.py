@@ -21,12 +21,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cafe.errors import CafeError
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.ground_truth.shapley import alone, cause_label, shapley_shares, shapley_values
-from cafe.stats import bootstrap_ci
+from cafe.stats import bootstrap_ci, spearman
 
 NAN = float("nan")
 KEYS = ["layer", "feature", "slot"]
@@ -95,13 +94,9 @@ def pointing_part(truth: pd.Series) -> int | None:
     return 0 if truth["top_part"] == truth["part_a"] else 1
 
 
-def spearman(pairs: np.ndarray) -> np.ndarray:
+def _spearman(pairs: np.ndarray) -> np.ndarray:
     """Spearman correlation of the two columns of (..., n, 2) samples, one value per leading index."""
-    ranks = stats.rankdata(pairs, axis=-2)
-    ranks = ranks - ranks.mean(axis=-2, keepdims=True)
-    a, b = ranks[..., 0], ranks[..., 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    return spearman(pairs[..., 0], pairs[..., 1])
 
 
 def _with_ci(name: str, values: np.ndarray, statistic, resamples: int) -> dict[str, float]:
@@ -130,7 +125,7 @@ def summarize_group(scores: pd.DataFrame, resamples: int) -> dict[str, float]:
     weaker = {label: usable.loc[usable["label"] == label, "weaker"] for label in ("AND", "OR")}
     hits = scores.loc[scores["hit_top"].notna(), "hit_top"].to_numpy(dtype=np.float64)
     return {
-        **_with_ci("spearman", pairs, spearman, resamples),
+        **_with_ci("spearman", pairs, _spearman, resamples),
         **_with_ci("mae", pairs, _mae, resamples),
         **_with_ci("and_weaker", weaker["AND"].to_numpy(dtype=np.float64), _mean, resamples),
         **_with_ci("or_weaker", weaker["OR"].to_numpy(dtype=np.float64), _mean, resamples),

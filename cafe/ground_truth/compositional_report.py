@@ -32,7 +32,6 @@ from cafe.ground_truth.config import GroundTruthConfig
 from cafe.io import save_figure, write_csv, write_json
 from cafe.io.erf_maps import read_erf_maps
 from cafe.io.features import FeatureFile, read_features
-from cafe.tokens import token_grid
 
 log = logging.getLogger(__name__)
 LABEL_STYLE = {
@@ -52,7 +51,7 @@ def part_masks(world: World, path: str, grid: int, overlap: float) -> list[np.nd
 def layer_maps(ff: FeatureFile, erf_files: dict[str, Path]) -> dict[str, np.ndarray]:
     """Every method's maps (N, K, grid, grid) of one layer, plus the activation and uniform baselines."""
     maps = {method: read_erf_maps(path, method, ff) for method, path in erf_files.items()}
-    maps["activation"] = token_grid(ff.act_map, ff.grid)
+    maps["activation"] = ff.layout.token_grid(ff.act_map)
     maps["uniform"] = np.ones_like(maps["activation"])
     return maps
 

@@ -38,6 +38,7 @@ from cafe.io import write_csv
 from cafe.io.features import FeatureFile, read_features
 from cafe.io.manifest import read_manifest
 from cafe.sae.model import check_sae, load_sae
+from cafe.tokens import TokenLayout
 
 log = logging.getLogger(__name__)
 # how closely the re-rendered original must reproduce the recorded z (found on float16 activations): a share of
@@ -45,13 +46,13 @@ log = logging.getLogger(__name__)
 TOLERANCE, FLOOR = 0.02, 1e-3
 
 
-def token_on(world: World, path: str, token: int, grid: int) -> str:
+def token_on(world: World, path: str, token: int, layout: TokenLayout) -> str:
     """The causal kind with pixels in the target token's patch ('cls' for the CLS token, '' if none)."""
-    if token == 0:
-        return "cls"
+    if token < layout.n_prefix:
+        return "cls" if token == layout.cls else ""
     labels = world.labels[world.row[path]]
-    p = labels.shape[0] // grid
-    row, col = divmod(token - 1, grid)
+    p = labels.shape[0] // layout.grid
+    row, col = divmod(token - layout.n_prefix, layout.grid)
     inside = set(np.unique(labels[row * p : (row + 1) * p, col * p : (col + 1) * p]).tolist())
     return "+".join(kind for kind, ids in causal_parts(world, path) if inside & set(ids))
 
@@ -70,7 +71,7 @@ def plan(ff: FeatureFile, manifest: pd.DataFrame, world: World) -> pd.DataFrame:
             continue
         token = int(ff.token[n, j])
         kinds = [kind for kind, _ in parts]
-        where = token_on(world, path, token, ff.grid)
+        where = token_on(world, path, token, ff.layout)
         for present in range(2 ** len(parts)):
             kept = "+".join(k for i, k in enumerate(kinds) if present >> i & 1)
             target = [ff.layer, int(ff.feature[n]), j, int(index), path, token, where, "+".join(kinds)]
@@ -149,8 +150,8 @@ def run_counterfactuals(args: argparse.Namespace) -> None:
     """CLI: check the inputs, load tower and SAE, measure every counterfactual of one layer, write the CSV."""
     config = parse_section(GroundTruthConfig, args.params, "ground_truth")
     backbone_cfg = parse_section(BackboneConfig, args.backbone, "backbone")
-    shape = tower_shape(backbone_cfg.model)
-    ff = read_features(args.features, args.layer, shape.grid)
+    shape = tower_shape(backbone_cfg)
+    ff = read_features(args.features, args.layer, shape.layout)
     world = load_world(args.objects, args.masks)
     manifest = read_manifest(args.manifest).set_index("index")
     backbone = Backbone.load(backbone_cfg)

@@ -10,7 +10,7 @@ from cafe.backbone import Backbone, BackboneConfig, tower_shape
 from cafe.compute import add_precision_argument, precision_scope
 from cafe.config import parse_section
 from cafe.errors import CafeError
-from cafe.images import manifest_loader
+from cafe.images import Crop, manifest_loader
 from cafe.insertion.config import InsertionConfig
 from cafe.insertion.run import BUILTIN_METHODS, layer_curves
 from cafe.io import write_csv
@@ -67,10 +67,10 @@ def run_insertion(args: argparse.Namespace) -> None:
     builtin = args.method in BUILTIN_METHODS
     if builtin == bool(args.erf):
         raise CafeError(f"insertion: --erf is {'not used' if builtin else 'required'} for method {args.method!r}")
-    shape = tower_shape(backbone_cfg.model)
-    ff = read_features(args.features, args.layer, shape.grid)
+    shape = tower_shape(backbone_cfg)
+    ff = read_features(args.features, args.layer, shape.layout)
     erf_maps = None if builtin else read_erf_maps(args.erf, args.method, ff)
-    load = manifest_loader(args.manifest, args.images_root, shape.image_size, ff)
+    load = manifest_loader(args.manifest, args.images_root, Crop(shape.image_size, shape.resize), ff)
     backbone = Backbone.load(backbone_cfg)
     sae, meta = load_sae(args.sae, backbone.device)
     check_sae(meta, ff, args.sae)

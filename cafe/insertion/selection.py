@@ -49,8 +49,8 @@ def sample_targets(targets: Targets, n: int | None, layer: int) -> Targets:
 
 
 def activation_scores(ff: FeatureFile, targets: Targets) -> np.ndarray:
-    """The feature's activation over patch tokens (CLS dropped), (C, P): the naive baseline ranking."""
-    return ff.act_map[targets.row, targets.rank, 1:]
+    """The feature's activation over patch tokens (CLS and registers dropped), (C, P): the naive baseline ranking."""
+    return ff.act_map[targets.row, targets.rank, ff.layout.patches]
 
 
 def erf_scores(maps: np.ndarray, targets: Targets) -> np.ndarray:

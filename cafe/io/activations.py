@@ -3,12 +3,14 @@
     train           (n_train_tokens, D) float16  residual tokens of the train images, flattened; chunks of
                                                  contiguous rows (the SAE streams random chunks)
     train_image     (n_train_tokens,) int64      manifest index of each row's image
-    train_token     (n_train_tokens,) int16      token of each row (0 = CLS, 1.. patches row-major)
+    train_token     (n_train_tokens,) int16      token of each row, a position of the token layout (cafe.tokens:
+                                                 [CLS] [registers] patches row-major; never a register)
     analysis        (n_analysis, T, D) float16   every token of each analysis image; chunks of whole images
     analysis_image  (n_analysis,) int64          manifest index of each analysis row
 
 Attributes: backbone, pretrained, layer, image_size, patch_size, grid, n_tokens, width, manifest_hash,
-tokens_per_image, skipped_images (unreadable images the manifest step left out), content_hash (sha256 of the
+tokens_per_image, skipped_images, has_cls and n_registers (with grid: the `TokenLayout`; files without them
+are CLS + patches) (unreadable images the manifest step left out), content_hash (sha256 of the
 token bytes as written), and `complete` = 1, written last.
 """
 
@@ -45,6 +47,8 @@ class LayerInfo:
     manifest_hash: str
     tokens_per_image: int
     skipped_images: int = 0
+    has_cls: int = 1  # the token layout (cafe.tokens.TokenLayout) with grid and n_registers
+    n_registers: int = 0
 
 
 def layer_path(out_dir: str | os.PathLike, layer: int) -> Path:
@@ -64,7 +68,8 @@ class LayerWriter:
         self.handle, self.info = handle, info
         T, D = info.n_tokens, info.width
         n_train = n_train_images * info.tokens_per_image
-        handle.create_dataset("train", (n_train, D), np.float16, chunks=(chunk_rows(n_train, 2 * D), D))
+        chunks = (chunk_rows(n_train, 2 * D), D) if n_train else None  # none when no train tokens (imported SAEs)
+        handle.create_dataset("train", (n_train, D), np.float16, chunks=chunks)
         handle.create_dataset("train_image", (n_train,), np.int64)
         handle.create_dataset("train_token", (n_train,), np.int16)
         handle.create_dataset(

@@ -6,14 +6,15 @@ results/features/layer{L}.h5 (read by the ERF, insertion, annotation and ground-
     feature          (N,) int64        feature ids 0..N-1 (Matryoshka puts the coarse concepts first)
     image            (N, K) int64      manifest index, -1 where a feature is active on fewer than K images
     analysis_row     (N, K) int64      row in the activation file's `analysis` dataset (-1 likewise)
-    token            (N, K) int64      argmax token in that image (0 = CLS, 1.. patches row-major)
+    token            (N, K) int64      argmax token in that image (a position of the token layout, never a register)
     value            (N, K) float32    the activation there (0 where no image)
     act_map          (N, K, T) float32 the feature's activation at every token of that image
     max_value        (N,) float32      the feature's maximum over all analysis tokens
     n_active_images  (N,) int64        analysis images where the feature fires at any token
     cls_only         (N,) bool         fires on the CLS token of some image and never on a patch token
 
-Attributes: layer, grid, n_tokens, top_k, sae_fingerprint, backbone, manifest_hash.
+Attributes: layer, grid, n_tokens, has_cls, n_registers (the `cafe.tokens.TokenLayout`; files without the last
+two are CLS + patches), top_k, sae_fingerprint, backbone, manifest_hash.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from cafe.errors import CafeError
 from cafe.io.atomic import atomic_path, open_h5
+from cafe.tokens import TokenLayout
 
 FEATURE_DATASETS = ("feature", "image", "token", "value", "act_map", "max_value", "cls_only")
 
@@ -47,6 +49,11 @@ class FeatureFile:
     act_map: np.ndarray  # (N, K, T)
     max_value: np.ndarray  # (N,)
     cls_only: np.ndarray  # (N,) fires on CLS tokens only
+    layout: TokenLayout | None = None  # None: CLS + the grid (files written before layouts were recorded)
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            object.__setattr__(self, "layout", TokenLayout(self.grid))
 
 
 def write_features(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
@@ -57,8 +64,9 @@ def write_features(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs
         handle.attrs.update(attrs)
 
 
-def read_features(path: str | os.PathLike, layer: int, grid: int | None = None) -> FeatureFile:
-    """Load a features file and check it belongs to this layer and (if given, the backbone's) patch grid."""
+def read_features(path: str | os.PathLike, layer: int, layout: TokenLayout | int | None = None) -> FeatureFile:
+    """Load a features file and check it belongs to this layer and (if given, the backbone's) token layout (or
+    patch grid, CLS first)."""
     with open_h5(path, FEATURE_DATASETS) as h5:
         data = {name: h5[name][()] for name in FEATURE_DATASETS}
         attrs = dict(h5.attrs)
@@ -69,13 +77,14 @@ def read_features(path: str | os.PathLike, layer: int, grid: int | None = None) 
         str(attrs.get("sae_fingerprint", "")),
         str(attrs.get("manifest_hash", "")),
         **data,
+        layout=TokenLayout.from_attrs(attrs, str(path)) if "grid" in attrs else None,
     )
     if ff.layer != layer:
         raise CafeError(f"{path}: features of layer {ff.layer}, but layer {layer} was asked for")
-    grid = ff.grid if grid is None else grid
-    if ff.grid != grid or ff.act_map.shape[-1] != 1 + grid * grid:
+    layout = TokenLayout(layout) if isinstance(layout, int) else layout or ff.layout
+    if ff.layout != layout or ff.act_map.shape[-1] != layout.n_tokens:
         raise CafeError(
-            f"{path}: grid {ff.grid} with {ff.act_map.shape[-1]} tokens does not match a {grid}x{grid} grid"
+            f"{path}: {ff.layout} with {ff.act_map.shape[-1]} tokens does not match the backbone's {layout}"
         )
     if not (
         ff.image.shape == ff.token.shape == ff.value.shape == ff.act_map.shape[:2]

@@ -1,4 +1,5 @@
-"""`cafe sae` (train one layer's SAE) and `cafe sae-summary` (one DVC metrics file over the layers)."""
+"""`cafe sae` (train one layer's SAE), `cafe sae-import` (read it from another tool's file instead) and
+`cafe sae-summary` (one DVC metrics file over the layers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from cafe.io import write_json
 from cafe.io.activations import open_layer
 from cafe.sae.model import SAEConfig
 from cafe.sae.train import train
+
+
+def run_sae_import(args: argparse.Namespace) -> None:
+    """CLI: import one layer's SAE from another tool's file instead of training it."""
+    from cafe.sae.importer import import_sae, write_metrics
+
+    options = json.loads(args.options)
+    write_metrics(args.metrics, import_sae(args.format, args.source, options, args.activations, args.out))
 
 
 def run_sae(args: argparse.Namespace) -> None:
@@ -56,6 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summary.add_argument("metrics", nargs="+", type=Path, help="results/sae/layer{L}.json files")
     summary.add_argument("--out", required=True, type=Path, help="results/metrics/sae.json")
     summary.set_defaults(func=run_sae_summary)
+    imports = subparsers.add_parser("sae-import", help="read one layer's SAE from another tool's file (no training)")
+    imports.add_argument("--format", required=True, help="sae.source.format: saelens, saev, prisma, ...")
+    imports.add_argument("--source", required=True, type=Path, help="the SAE file or folder of this layer")
+    imports.add_argument("--options", default="{}", help="sae.source.options as JSON")
+    imports.add_argument("--activations", required=True, type=Path, help="layer{L}.h5 it must match")
+    imports.add_argument("--out", required=True, type=Path, help="SAE checkpoint to write (layer{L}.pt)")
+    imports.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (layer{L}.json)")
+    imports.set_defaults(func=run_sae_import)
     parser = subparsers.add_parser("sae", help="train the Matryoshka SAE of one layer (resumable)")
     parser.add_argument("--params", required=True, help="params.yaml `sae:` section as JSON")
     parser.add_argument("--activations", required=True, type=Path, help="layer{L}.h5 from `cafe activations`")

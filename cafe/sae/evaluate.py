@@ -1,5 +1,6 @@
-"""What a trained SAE is judged by, on held-out tokens (the analysis images, never seen in training): explained
-variance, L0 and the dead fraction; plus the input statistics and the BatchTopK inference threshold."""
+"""What a trained SAE is judged by, on held-out tokens (the analysis images, never seen in training; CLS and
+patches, registers left out as in training): explained variance, L0 and the dead fraction; plus the input
+statistics and the BatchTopK inference threshold."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cafe.io.activations import iter_analysis
+from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.sae.model import MatryoshkaSAE
+from cafe.tokens import TokenLayout
 
 EVAL_TOKENS = 1 << 15  # held-out tokens for the metrics (whole analysis images, up to this many tokens)
 READ_TOKENS = 1 << 12  # tokens per read and per encode while evaluating
@@ -52,8 +54,10 @@ def evaluate(
     n, sse, sum_sq, l0 = 0, 0.0, 0.0, 0.0
     total = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
     fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=device)
+    with open_layer(activations, sae.d_in) as handle:
+        readable = TokenLayout.from_attrs(layer_attrs(handle), str(activations)).readable()
     for _, block in iter_analysis(activations, READ_TOKENS, max_tokens, width=sae.d_in):
-        h = torch.from_numpy(block).reshape(-1, sae.d_in).to(device)
+        h = torch.from_numpy(block[:, readable]).reshape(-1, sae.d_in).to(device)
         x, z = h * sae.scale, sae.encode(h)
         sse += (x - sae.decode(z)).pow(2).sum().item()
         sum_sq += x.pow(2).sum().item()

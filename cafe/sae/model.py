@@ -22,11 +22,14 @@ from torch import nn
 from cafe.config import as_dict, parse_section
 from cafe.errors import CafeError
 from cafe.io.features import FeatureFile
+from cafe.sae.encoder import SAEEncoder
 from cafe.sae.feed import check_resident
+from cafe.sae.formats import SAESource
 from cafe.sae.nonlinearity import nonlinearity
 
 CHECKPOINT_VERSION = 1
-RUN_ONLY = ("resident",)  # SAEConfig fields that say how training runs, never what it computes
+IMPORTED = "import"  # meta["kind"] of an SAE read from another tool's file (`cafe sae-import`)
+RUN_ONLY = ("resident", "source")  # SAEConfig fields that are not what a trained SAE computes
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SAEConfig:
     checkpoint_every: int = 500  # steps between resumable training states
     seed: int = 0
     resident: str = "auto"  # train tokens loaded onto the training device or streamed (cafe/sae/feed.py)
+    source: SAESource | None = None  # import the SAEs from another tool's files instead (cafe/sae/formats/)
 
     def __post_init__(self) -> None:
         nonlinearity(self.activation)  # an unknown name is an error that lists the known ones
@@ -69,6 +73,8 @@ class SAEConfig:
 
 class MatryoshkaSAE(nn.Module):
     """SAE over one layer's residual stream; `encode` takes raw residuals and applies the input scale."""
+
+    positions = "all"  # the tokens it is applied to (cafe.tokens.TokenLayout.mask): trained on any token
 
     def __init__(self, d_in: int, n_latents: int, activation: str = "relu", k: int = 16):
         super().__init__()
@@ -98,6 +104,19 @@ class MatryoshkaSAE(nn.Module):
         """The inference non-linearity on pre-activations (ReLU, or BatchTopK's learnt threshold)."""
         return self.nonlinearity.infer(pre, self.threshold)
 
+    def rule_input(self, h: torch.Tensor) -> torch.Tensor:
+        """The input of the affine map under the LRP rules (no per-token norm here)."""
+        return h
+
+    def row_weights(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, c) with pre = h . w + c for each row's feature: the affine map the epsilon rule sees."""
+        rows = self.W_e[features]
+        return rows * self.scale, -(rows @ self.b_d)
+
+    def activate_rows(self, pre: torch.Tensor, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """z of each row's feature from its pre-activation."""
+        return self.activate(pre)
+
     def encode_train(self, h: torch.Tensor) -> torch.Tensor:
         """Latents in training (BatchTopK keeps the batch's k*B largest pre-activations)."""
         return self.nonlinearity.train(self.pre_activation(h), self.k)
@@ -123,24 +142,30 @@ def fingerprint(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | Path, sae: MatryoshkaSAE, config: SAEConfig, meta: dict[str, Any]) -> str:
     """Write weights + config + input scale + provenance atomically; return the fingerprint."""
+    return _write(path, sae, {"d_in": sae.d_in, "n_latents": sae.n_latents, "config": config.settings(), **meta})
+
+
+def save_import(path: str | Path, encoder: SAEEncoder, meta: dict[str, Any]) -> str:
+    """Write the encoder of an SAE imported from another tool (cafe/sae/formats/) and where it came from, in the
+    checkpoint every step reads; return the fingerprint."""
+    return _write(path, encoder, {"kind": IMPORTED, **encoder.settings(), **meta})
+
+
+def _write(path: str | Path, sae: nn.Module, meta: dict[str, Any]) -> str:
+    """The checkpoint: state dict, meta (versioned) and the fingerprint of both, written atomically."""
     from cafe.io import atomic_path
 
     state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
-    meta = {
-        "version": CHECKPOINT_VERSION,
-        "d_in": sae.d_in,
-        "n_latents": sae.n_latents,
-        "config": config.settings(),
-        **meta,
-    }
+    meta = {"version": CHECKPOINT_VERSION, **meta}
     fp = fingerprint(state, {k: v for k, v in meta.items() if k != "metrics"})  # same weights + config, same fp
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "meta": meta, "fingerprint": fp}, tmp)
     return fp
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[MatryoshkaSAE, dict[str, Any]]:
-    """Load a frozen SAE and its metadata (config, layer, backbone, fingerprint, ...)."""
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a frozen SAE (cafe's MatryoshkaSAE, or an imported SAEEncoder) and its metadata (config, layer,
+    backbone, fingerprint, ...)."""
     path = Path(path)
     if not path.is_file():
         raise CafeError(f"{path}: SAE checkpoint not found (has the `sae` step run for this layer?)")
@@ -149,9 +174,12 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[Matr
         meta, state = blob["meta"], blob["state_dict"]
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CafeError(f"{path}: not a readable cafe SAE checkpoint ({exc}); re-run the `sae` step") from exc
-    config = parse_section(SAEConfig, meta["config"], "sae")
-    sae = MatryoshkaSAE(meta["d_in"], meta["n_latents"], config.activation, config.k)
-    sae.load_state_dict(state)
+    if meta.get("kind") == IMPORTED:
+        sae = SAEEncoder.from_state(meta, state)
+    else:
+        config = parse_section(SAEConfig, meta["config"], "sae")
+        sae = MatryoshkaSAE(meta["d_in"], meta["n_latents"], config.activation, config.k)
+        sae.load_state_dict(state)
     meta = {**meta, "fingerprint": blob["fingerprint"]}
     return sae.to(device).eval().requires_grad_(False), meta
 

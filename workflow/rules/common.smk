@@ -12,23 +12,26 @@ from snakemake.exceptions import WorkflowError
 from cafe.compute import ComputeConfig
 from cafe.annotation.ingest import human_files
 from cafe.errors import CafeError
-from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, parse_section
+from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, is_local_checkpoint, parse_section
 from cafe.io.hashes import HASH_CACHE
 from cafe.params import validate_config
-from cafe.workspace_sync import sync_workspace
+from cafe.sae.formats import SAESource
 
 try:  # every value with its default filled in, so a rule's params change when a default does
     config.update(validate_config(config, workflow.source_path("../schemas/params.schema.yaml")))
 except CafeError as error:
     raise WorkflowError(str(error)) from None
 
-# Products DVC restored (dvc pull / checkout) come back with new timestamps and, in a fresh clone, without
-# Snakemake's records: put those back before Snakemake judges what is out of date (cafe/workspace_sync.py).
-if workflow.is_main_process and Path("dvc.lock").is_file():
-    sync_workspace(".")
-
 
 LAYERS = sorted(config["layers"])
+# Imported SAEs (params sae.source): `snakemake -n` plans the whole DAG without their files; a run stops before
+# its first job when one is absent, saying where it goes and how to fetch it (onstart runs in real runs only).
+SAE_SOURCE = SAESource(**config["sae"]["source"]) if config["sae"]["source"] else None
+
+
+onstart:
+    if SAE_SOURCE is not None and (absent := SAE_SOURCE.absent(LAYERS)):
+        raise WorkflowError(absent)
 DEMO = config["demo"]["enabled"]
 ERF_METHODS = config["erf"]["methods"]
 MAIN_METHOD = "attnlrp" if "attnlrp" in ERF_METHODS else ERF_METHODS[0]
@@ -50,9 +53,15 @@ def as_json(value):
 
 
 def backbone_checkpoint():
-    """The backbone checkpoint as an input when it is a file (the demo's, or a user's); tags need none."""
+    """The backbone checkpoint as an input when it is a local path (the demo's, or a user's); tags need none."""
     pretrained = config["backbone"].get("pretrained") or ""
-    return [pretrained] if pretrained == DEMO_BACKBONE or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") else []
+    return [pretrained] if is_local_checkpoint(pretrained) else []
+
+
+def sae_source_input(wildcards):
+    """The imported SAE file (or folder) of a layer, as an input when it is on disk (absent only in a dry run)."""
+    path = SAE_SOURCE.path_for(int(wildcards.layer))
+    return [path] if Path(path).exists() else []
 
 
 def image_inputs():

@@ -1,0 +1,253 @@
+"""Test helper: tiny towers of every backbone family with random weights (timm models by name with small sizes,
+Hugging Face models from small configs, an OpenCLIP tower with a timm trunk from tests/models/), and the same
+weights moved between implementations: the tiny OpenCLIP tower into timm (timm's own OpenCLIP filter) and into
+HF CLIP (the key mapping below), a timm DINOv2 (with or without registers) and a timm SigLIP into HF."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import open_clip
+import timm
+import torch
+import transformers
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from cafe.backbone import Backbone, BackboneConfig
+from cafe.backbone.hf import MODELS
+from cafe.backbone.registry import get_family
+from cafe.backbone.timm_vit import TimmVit
+
+open_clip.add_model_config(Path(__file__).with_name("models"))  # an OpenCLIP tower with cafe's tiny timm trunk
+SMALL = dict(depth=2, embed_dim=32, num_heads=2, img_size=28, patch_size=7)  # a 4x4 grid
+HF_SMALL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=7
+)
+
+
+def timm_backbone(visual: nn.Module, name: str) -> Backbone:
+    pp = TimmVit.preprocess(visual)
+    return Backbone(visual, pp.mean, pp.std, name, "random", get_family("timm"), pp)
+
+
+def hf_backbone(visual: nn.Module, name: str) -> Backbone:
+    """A Backbone on an HF model built here (no folder, so the architecture's published mean/std)."""
+    mean, std = MODELS[type(visual.config).__name__][2]
+    return Backbone(visual.eval(), mean, std, name, "random", get_family("hf"))
+
+
+def _informative(visual: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """Draw the parameters libraries initialise to constants (LayerScale 1e-5, tokens, positions) at random, so
+    that every part of the tower shows in its outputs."""
+    with torch.no_grad():
+        for name, p in visual.named_parameters():
+            if any(k in name for k in names):
+                p.normal_(0, 0.5)
+    return visual
+
+
+def _timm(name: str, **kwargs) -> Callable[[], Backbone]:
+    def build() -> Backbone:
+        torch.manual_seed(0)
+        visual = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs})
+        return timm_backbone(_informative(visual, ("gamma", "token", "pos_embed")), name)
+
+    return build
+
+
+def _hf(config_class: str, model_class: str, **kwargs) -> Callable[[], Backbone]:
+    def build() -> Backbone:
+        torch.manual_seed(0)
+        config = getattr(transformers, config_class)(**{**HF_SMALL, **kwargs})
+        visual = getattr(transformers, model_class)(config)
+        return hf_backbone(_informative(visual, ("lambda1", "token", "position")), model_class)
+
+    return build
+
+
+TOWERS: dict[str, Callable[[], Backbone]] = {
+    "openclip-tiny": lambda: Backbone.load(BackboneConfig("cafe-tiny-vit", seed=0, device="cpu")),
+    "openclip-timm-trunk": lambda: Backbone.load(BackboneConfig("cafe-test-timm-trunk", seed=0, device="cpu")),
+    "timm-dinov2": _timm("vit_small_patch14_dinov2"),
+    "timm-dinov2-reg4": _timm("vit_small_patch14_reg4_dinov2"),
+    "timm-dinov2-giant-swiglu": _timm("vit_giant_patch14_dinov2", embed_dim=24, mlp_ratio=2.0),
+    "timm-siglip": _timm("vit_base_patch16_siglip_224"),
+    "timm-clip-quickgelu": _timm("vit_base_patch16_clip_quickgelu_224"),
+    "timm-augreg": _timm("vit_base_patch16_224"),
+    "hf-clip": _hf("CLIPVisionConfig", "CLIPVisionModel"),
+    "hf-dinov2": _hf("Dinov2Config", "Dinov2Model"),
+    "hf-dinov2-reg4": _hf("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel", num_register_tokens=4),
+    "hf-dinov2-swiglu": _hf("Dinov2Config", "Dinov2Model", use_swiglu_ffn=True),
+    "hf-siglip": _hf("SiglipVisionConfig", "SiglipVisionModel"),
+}
+
+
+def openclip_to_timm(source: Backbone, reg_tokens: int = 0, class_token: bool = True) -> Backbone:
+    """The OpenCLIP tower's weights in a timm CLIP-style VisionTransformer (timm's own OpenCLIP filter), with
+    `reg_tokens` zero register tokens added, or without its CLS token (SigLIP's layout); either changes the
+    layout, and the outputs too unless the tower never reads those tokens (the planted one does not)."""
+    visual = source.visual
+    build = partial(
+        VisionTransformer,
+        img_size=source.image_size,
+        patch_size=source.patch_size,
+        embed_dim=source.width,
+        depth=source.depth,
+        num_heads=source.view(1).attn.heads,
+        mlp_ratio=source.view(1).mlp.fc1_weight.shape[0] / source.width,
+        pre_norm=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-5),
+        num_classes=visual.proj.shape[1],
+    )
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    converted = checkpoint_filter_fn(state, build())
+    pool = {"global_pool": "token"} if class_token else {"global_pool": "avg", "fc_norm": False}
+    model = build(reg_tokens=reg_tokens, class_token=class_token, **pool)
+    if not class_token:
+        del converted["cls_token"]
+        converted["pos_embed"] = converted["pos_embed"][:, 1:]
+    if reg_tokens:  # registers sit between CLS and the patches, each with a zero token and position
+        converted["reg_token"] = torch.zeros_like(model.reg_token)
+        pos = converted["pos_embed"]
+        converted["pos_embed"] = torch.cat([pos[:, :1], torch.zeros(1, reg_tokens, pos.shape[-1]), pos[:, 1:]], 1)
+    model.load_state_dict(converted)
+    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()  # what timm's CLIP configs carry
+    return Backbone(model, tuple(mean), tuple(std), "openclip-in-timm", "random", get_family("timm"))
+
+
+def openclip_to_hf_clip(source: Backbone) -> Backbone:
+    """The OpenCLIP tower's weights in a Hugging Face CLIPVisionModel (packed in_proj split into q, k, v)."""
+    visual, d = source.visual, source.width
+    config = transformers.CLIPVisionConfig(
+        hidden_size=d,
+        intermediate_size=source.view(1).mlp.fc1_weight.shape[0],
+        num_hidden_layers=source.depth,
+        num_attention_heads=source.view(1).attn.heads,
+        image_size=source.image_size,
+        patch_size=source.patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    model = transformers.CLIPVisionModel(config)
+    state = {
+        "embeddings.patch_embedding.weight": visual.conv1.weight,
+        "embeddings.class_embedding": visual.class_embedding,
+        "embeddings.position_embedding.weight": visual.positional_embedding,
+        "pre_layrnorm.weight": visual.ln_pre.weight,
+        "pre_layrnorm.bias": visual.ln_pre.bias,
+        "post_layernorm.weight": visual.ln_post.weight,
+        "post_layernorm.bias": visual.ln_post.bias,
+    }
+    for i, block in enumerate(visual.transformer.resblocks):
+        to = f"encoder.layers.{i}."
+        for name, part in zip(("q", "k", "v"), range(3)):
+            state[f"{to}self_attn.{name}_proj.weight"] = block.attn.in_proj_weight[part * d : (part + 1) * d]
+            state[f"{to}self_attn.{name}_proj.bias"] = block.attn.in_proj_bias[part * d : (part + 1) * d]
+        pairs = {
+            "self_attn.out_proj": block.attn.out_proj,
+            "layer_norm1": block.ln_1,
+            "layer_norm2": block.ln_2,
+            "mlp.fc1": block.mlp.c_fc,
+            "mlp.fc2": block.mlp.c_proj,
+        }
+        for name, module in pairs.items():
+            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+    model.vision_model.load_state_dict(state)
+    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
+    return Backbone(model.eval(), tuple(mean), tuple(std), "openclip-in-hf", "random", get_family("hf"))
+
+
+def timm_dinov2_to_hf(source: Backbone) -> Backbone:
+    """A timm DINOv2 (registers or none) as a Hugging Face Dinov2Model / Dinov2WithRegistersModel."""
+    visual, d, n_reg = source.visual, source.width, source.layout.n_registers
+    common = dict(
+        hidden_size=d,
+        num_hidden_layers=source.depth,
+        num_attention_heads=source.view(1).attn.heads,
+        mlp_ratio=source.view(1).mlp.fc1_weight.shape[0] / d,
+        image_size=source.image_size,
+        patch_size=source.patch_size,
+        layer_norm_eps=1e-6,
+    )
+    if n_reg:
+        model = transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(**common, num_register_tokens=n_reg)
+        )
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
+    pos = visual.pos_embed
+    if n_reg:  # timm's no_embed_class: the CLS token has its own position folded in; HF adds pos[0] to it
+        pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], 1)
+    state = {
+        "embeddings.cls_token": visual.cls_token,
+        "embeddings.mask_token": torch.zeros(1, d),
+        "embeddings.position_embeddings": pos,
+        "embeddings.patch_embeddings.projection.weight": visual.patch_embed.proj.weight,
+        "embeddings.patch_embeddings.projection.bias": visual.patch_embed.proj.bias,
+        "layernorm.weight": visual.norm.weight,
+        "layernorm.bias": visual.norm.bias,
+    }
+    if n_reg:
+        state["embeddings.register_tokens"] = visual.reg_token
+    for i, block in enumerate(visual.blocks):
+        to = f"encoder.layer.{i}."
+        for name, part in zip(("query", "key", "value"), range(3)):
+            state[f"{to}attention.attention.{name}.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
+            state[f"{to}attention.attention.{name}.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
+        pairs = {
+            "attention.output.dense": block.attn.proj,
+            "norm1": block.norm1,
+            "norm2": block.norm2,
+            "mlp.fc1": block.mlp.fc1,
+            "mlp.fc2": block.mlp.fc2,
+        }
+        for name, module in pairs.items():
+            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+        state[f"{to}layer_scale1.lambda1"], state[f"{to}layer_scale2.lambda1"] = block.ls1.gamma, block.ls2.gamma
+    model.load_state_dict(state)
+    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
+    return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
+
+
+def timm_siglip_to_hf(source: Backbone) -> Backbone:
+    """A timm SigLIP (no CLS; biased patch embedding) as a Hugging Face SiglipVisionModel without its pooling head."""
+    visual, d = source.visual, source.width
+    config = transformers.SiglipVisionConfig(
+        hidden_size=d,
+        intermediate_size=source.view(1).mlp.fc1_weight.shape[0],
+        num_hidden_layers=source.depth,
+        num_attention_heads=source.view(1).attn.heads,
+        image_size=source.image_size,
+        patch_size=source.patch_size,
+        hidden_act="gelu",  # timm's default GELU (HF's SigLIP default is the tanh approximation)
+        layer_norm_eps=1e-6,
+        vision_use_head=False,
+    )
+    model = transformers.SiglipVisionModel(config)
+    state = {
+        "embeddings.patch_embedding.weight": visual.patch_embed.proj.weight,
+        "embeddings.patch_embedding.bias": visual.patch_embed.proj.bias,
+        "embeddings.position_embedding.weight": visual.pos_embed[0],
+        "post_layernorm.weight": visual.norm.weight,
+        "post_layernorm.bias": visual.norm.bias,
+    }
+    for i, block in enumerate(visual.blocks):
+        to = f"encoder.layers.{i}."
+        for name, part in zip(("q", "k", "v"), range(3)):
+            state[f"{to}self_attn.{name}_proj.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
+            state[f"{to}self_attn.{name}_proj.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
+        pairs = {
+            "self_attn.out_proj": block.attn.proj,
+            "layer_norm1": block.norm1,
+            "layer_norm2": block.norm2,
+            "mlp.fc1": block.mlp.fc1,
+            "mlp.fc2": block.mlp.fc2,
+        }
+        for name, module in pairs.items():
+            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+    model.vision_model.load_state_dict(state)
+    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
+    return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))

@@ -1,0 +1,70 @@
+"""End to end: an SAE written by SAELens's own save routine (tests/sae_tools.py) on the tiny demo tower's layer 2,
+imported by the DAG instead of trained (`sae: {source: ...}`, no train tokens), through Fig 3 and Fig 5 with
+`dvc repro`; DVC tracks the imported file by content."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sae_tools import run_tool
+from safetensors.torch import load_file, save_file
+from workflow_utils import TINY_PARAMS, make_workspace, run
+
+from cafe.sae.model import load_sae
+
+LAYER = 2  # the SAELens SAEs of tests/sae_tools_run.py hook blocks.1.hook_resid_post: the residual after block 2
+CASE = "topk_layer_norm"  # TopK after SAELens's per-token layer norm: the AttnLRP rule goes through both
+WIDTH = 32  # cafe-tiny-vit
+
+
+@pytest.fixture(scope="module")
+def imported_study(tmp_path_factory) -> Path:
+    tools = tmp_path_factory.mktemp("saelens")
+    np.save(tools / "acts.npy", np.random.default_rng(0).standard_normal((8, WIDTH)).astype(np.float32))
+    spec = run_tool("saelens", tools)[CASE]
+    params = copy.deepcopy(TINY_PARAMS)
+    params["layers"] = [LAYER]
+    params["data"]["n_train"] = 0
+    params["erf"]["methods"] = ["attnlrp", "gradient"]
+    params["sae"]["source"] = {"format": "saelens", "path": "data/saes/layer{layer}", "options": {}}
+    root = make_workspace(tmp_path_factory.mktemp("imported"), params, dvc=True)
+    shutil.copytree(spec["path"], root / "data" / "saes" / f"layer{LAYER}")
+    run(["dvc", "repro", "analysis", "fig5"], root)
+    return root
+
+
+def test_the_dag_imports_instead_of_training_and_reaches_fig3_and_fig5(imported_study):
+    root = imported_study
+    for figure in ("fig3_insertion.png", "fig5_nonlocal.png"):
+        assert (root / "results" / "figures" / figure).stat().st_size > 0
+    sae, meta = load_sae(root / "results" / "sae" / f"layer{LAYER}.pt")
+    assert meta["kind"] == "import" and meta["source"]["format"] == "saelens"
+    assert meta["source"]["hook"] == "blocks.1.hook_resid_post" and sae.norm == "layer_norm"
+    metrics = json.loads((root / "results" / "sae" / f"layer{LAYER}.json").read_text())
+    assert metrics["steps"] == 0 and 0 < metrics["l0"] <= sae.k
+    with h5py.File(root / "results" / "activations" / f"layer{LAYER}.h5") as handle:
+        assert handle["train"].shape[0] == 0 and handle["analysis"].shape[0] == 24  # no train tokens extracted
+
+
+def test_the_imported_file_is_tracked_by_content(imported_study):
+    root = imported_study
+    assert "up to date" in run(["dvc", "status", "sae"], root).stdout
+    weights = root / "data" / "saes" / f"layer{LAYER}" / "sae_weights.safetensors"
+    before = weights.read_bytes()
+    state = load_file(str(weights))
+    state["b_enc"] = state["b_enc"] + 0.1
+    save_file(state, str(weights))
+    try:
+        status = run(["dvc", "status", "sae"], root).stdout
+        assert "modified" in status and "data/saes" in status, status
+        stale = run(["cafe", "verify"], root, check=False)  # the import's record names the file's old content
+        assert stale.returncode == 1 and f"results/sae/layer{LAYER}.pt" in stale.stdout, stale.stdout
+    finally:
+        weights.write_bytes(before)
+    assert run(["cafe", "verify"], root).returncode == 0  # its provenance record: file, format and options
