@@ -23,6 +23,7 @@ from lost_files import count_lost, files_lost, hashes, opens
 from workflow_utils import TINY_PARAMS, copy_workspace, env, run
 
 from cafe import cli
+from cafe.provenance import record_path
 
 pytestmark = pytest.mark.e2e
 
@@ -141,6 +142,12 @@ def products(root: Path) -> dict[Path, str]:
     return hashes(root / "results", root / "data" / "annotations")
 
 
+def remade(root: Path, names: list[str]) -> list[Path]:
+    """Products a rerun remakes, with the provenance record beside each that has one (rewritten with it)."""
+    paths = [root / name for name in names]
+    return paths + [record_path(p) for p in paths if record_path(p).is_file()]
+
+
 @pytest.mark.fault(
     "`kill -9` of the whole run (Snakemake and its job) while each kind of writer works: the streamed activation "
     "HDF5 (extraction), the torch checkpoint and its resumable state (SAE training), the PNG/CSV/JSON products "
@@ -154,7 +161,7 @@ def test_kill_9_then_rerun_as_printed_gives_the_uninterrupted_results(
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
     targets, ready = KILL_CASES[writer]
-    before = products(root)
+    before, rebuilt = products(root), remade(root, targets)
     for product in targets:
         (root / product).unlink()
     for log in (root / "results" / "logs").rglob("*.log"):  # the finished run's: a new one means the job started
@@ -166,7 +173,7 @@ def test_kill_9_then_rerun_as_printed_gives_the_uninterrupted_results(
     assert not all((root / p).exists() for p in targets), f"{writer}: the step had finished before the kill"
     broken = [str(root / path) for path in unreadable(root)]  # half files at final paths, right after the kill
     rerun_as_printed(root, cmd)
-    lost = count_lost(record_property, sorted({*broken, *files_lost(before, remade=[root / p for p in targets])}))
+    lost = count_lost(record_property, sorted({*broken, *files_lost(before, remade=rebuilt)}))
     assert broken == [] and lost == []
     for product in targets:
         same_content(root / product, finished_tiny_demo / product)
@@ -186,7 +193,7 @@ def test_a_second_run_in_the_same_checkout_is_refused(
     first: str, finished_tiny_demo: Path, tmp_path: Path, record_property
 ) -> None:
     root = copy_workspace(finished_tiny_demo, tmp_path / "w")
-    before = products(root)
+    before, rebuilt = products(root), remade(root, FIG5)
     for product in [*FIG5, "results/logs/fig5.log"]:  # a new log means the first run's job started
         (root / product).unlink()
     proc = start(root, ["snakemake", "--cores", "1", "fig5"] if first == "snakemake" else ["dvc", "repro", "fig5"])
@@ -197,8 +204,7 @@ def test_a_second_run_in_the_same_checkout_is_refused(
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     assert proc.wait(timeout=600) == 0, (root / "run.out").read_text()[-3000:]
-    remade = [*FIG5, "results/records/fig5.json"]  # `dvc repro fig5` ends by rewriting the stage's record
-    lost = count_lost(record_property, files_lost(before, remade=[root / p for p in remade]))
+    lost = count_lost(record_property, files_lost(before, remade=rebuilt))
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
     assert lost == []
     for product in FIG5:
