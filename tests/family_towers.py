@@ -194,22 +194,24 @@ def timm_dinov2_to_hf(source: Backbone) -> Backbone:
         state["embeddings.register_tokens"] = visual.reg_token
     for i, block in enumerate(visual.blocks):
         to = f"encoder.layer.{i}."
-        for name, part in zip(("query", "key", "value"), range(3)):
-            state[f"{to}attention.attention.{name}.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
-            state[f"{to}attention.attention.{name}.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
-        pairs = {
-            "attention.output.dense": block.attn.proj,
-            "norm1": block.norm1,
-            "norm2": block.norm2,
-            "mlp.fc1": block.mlp.fc1,
-            "mlp.fc2": block.mlp.fc2,
-        }
-        for name, module in pairs.items():
-            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+        qkv = tuple(f"attention.attention.{name}" for name in ("query", "key", "value"))
+        _copy_timm_block(state, block, to, qkv, ("attention.output.dense", "norm1", "norm2", "mlp.fc1", "mlp.fc2"))
         state[f"{to}layer_scale1.lambda1"], state[f"{to}layer_scale2.lambda1"] = block.ls1.gamma, block.ls2.gamma
     model.load_state_dict(state)
     mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
     return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
+
+
+def _copy_timm_block(state: dict, block, to: str, qkv: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """A timm block's weights under Hugging Face names: its packed qkv split into `qkv`, then proj, norm1, norm2,
+    fc1, fc2 under `names` (in that order)."""
+    d = block.attn.qkv.weight.shape[1]
+    for part, name in enumerate(qkv):
+        state[f"{to}{name}.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
+        state[f"{to}{name}.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
+    modules = (block.attn.proj, block.norm1, block.norm2, block.mlp.fc1, block.mlp.fc2)
+    for name, module in zip(names, modules):
+        state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
 
 
 def timm_siglip_to_hf(source: Backbone) -> Backbone:
@@ -236,18 +238,10 @@ def timm_siglip_to_hf(source: Backbone) -> Backbone:
     }
     for i, block in enumerate(visual.blocks):
         to = f"encoder.layers.{i}."
-        for name, part in zip(("q", "k", "v"), range(3)):
-            state[f"{to}self_attn.{name}_proj.weight"] = block.attn.qkv.weight[part * d : (part + 1) * d]
-            state[f"{to}self_attn.{name}_proj.bias"] = block.attn.qkv.bias[part * d : (part + 1) * d]
-        pairs = {
-            "self_attn.out_proj": block.attn.proj,
-            "layer_norm1": block.norm1,
-            "layer_norm2": block.norm2,
-            "mlp.fc1": block.mlp.fc1,
-            "mlp.fc2": block.mlp.fc2,
-        }
-        for name, module in pairs.items():
-            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+        qkv = tuple(f"self_attn.{name}_proj" for name in ("q", "k", "v"))
+        _copy_timm_block(
+            state, block, to, qkv, ("self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
+        )
     model.vision_model.load_state_dict(state)
     mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
     return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
