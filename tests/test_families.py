@@ -1,6 +1,7 @@
 """Every backbone family (OpenCLIP, timm, Hugging Face) at tiny size with random weights: the block view equals
 the library's own block, AttnLRP conserves relevance at every layer, the same weights in two implementations
-give the same activations and ERF maps, and the planted cause is found through every implementation."""
+give the same activations and ERF maps, and the planted cause is found through every implementation (OpenCLIP,
+timm with CLS, registers or neither, HF CLIP, DINOv2, DINOv2 with registers, SigLIP)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from family_towers import TOWERS, openclip_to_hf_clip, openclip_to_timm, timm_dinov2_to_hf, timm_siglip_to_hf
+from family_towers import (
+    TOWERS,
+    openclip_to_hf_clip,
+    openclip_to_hf_no_prenorm,
+    openclip_to_timm,
+    timm_dinov2_to_hf,
+    timm_siglip_to_hf,
+)
 from planted import planted_world
 from scipy import stats
 
@@ -172,6 +180,9 @@ CONVERSIONS = {
     "timm-registers": lambda b: openclip_to_timm(b, reg_tokens=4),
     "timm-no-cls": lambda b: openclip_to_timm(b, class_token=False),
     "hf-clip": openclip_to_hf_clip,
+    "hf-dinov2": lambda b: openclip_to_hf_no_prenorm(b, "dinov2"),
+    "hf-dinov2-reg4": lambda b: openclip_to_hf_no_prenorm(b, "dinov2-reg4"),
+    "hf-siglip": lambda b: openclip_to_hf_no_prenorm(b, "siglip"),
 }
 
 
@@ -182,11 +193,16 @@ def test_every_implementation_finds_the_planted_cause(implementation, method):
     backbone = CONVERSIONS[implementation](planted.backbone)
     shift = backbone.layout.n_prefix - planted.backbone.layout.n_prefix  # registers push the patches on
     target = FeatureTarget(backbone, planted.sae, planted.layer)
-    maps = make_method(method, target, parse_section(ErfConfig, FAST, "erf")).attribute(
-        planted.images, torch.tensor([planted.token + shift]), torch.tensor([planted.feature])
-    )
+    token, feature = torch.tensor([planted.token + shift]), torch.tensor([planted.feature])
+    maps = make_method(method, target, parse_section(ErfConfig, FAST, "erf")).attribute(planted.images, token, feature)
     source = planted.source - planted.backbone.layout.n_prefix
     assert torch.isfinite(maps).all() and maps.flatten().argmax().item() == source
+    with torch.no_grad():  # the same feature value as the OpenCLIP tower's (about 7): the same planted tower
+        z, expected = (
+            FeatureTarget(b, planted.sae, planted.layer)(b.normalize(planted.images), t, feature)
+            for b, t in ((backbone, token), (planted.backbone, torch.tensor([planted.token])))
+        )
+    torch.testing.assert_close(z, expected, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize(
