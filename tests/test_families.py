@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from family_towers import (
+    HF_SMALL,
     TOWERS,
     openclip_to_hf_clip,
     openclip_to_hf_no_prenorm,
@@ -244,6 +245,27 @@ def test_offline_without_weights_is_a_clear_error_within_seconds(monkeypatch, cf
     assert time.perf_counter() - began < 60  # generous on a loaded machine; without the probe it is minutes
 
 
+def test_planning_an_hf_tower_needs_its_config_only_and_offline_says_what_to_fetch(monkeypatch, tmp_path):
+    """`snakemake -n` checks params against the tower's shape: timm and OpenCLIP know it from the name, a Hugging
+    Face model from its config.json (a folder with nothing else plans); offline without it, a CafeError within
+    seconds names the files."""
+    import transformers
+
+    from cafe.params import check_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    transformers.Dinov2Config(**HF_SMALL).save_pretrained(tmp_path)
+    plan = {"layers": [2], "demo": {"enabled": False}, "data": {"images": str(tmp_path)}}
+    check_config({**plan, "backbone": {"model": str(tmp_path), "pretrained": str(tmp_path / "weights")}})
+    with pytest.raises(CafeError, match="layers .3. do not exist"):
+        check_config({**plan, "layers": [3], "backbone": {"model": str(tmp_path)}})
+    began = time.perf_counter()
+    hub_id = "facebook/dinov2-small-cafe-test"
+    with pytest.raises(CafeError, match=f"planning .* `hf download {hub_id} config.json preprocessor_config.json`"):
+        check_config({**plan, "backbone": {"model": hub_id, "pretrained": "main"}})
+    assert time.perf_counter() - began < 60  # generous on a loaded machine; a download's retries take minutes
+
+
 def test_one_rule_decides_what_a_local_checkpoint_is():
     assert all(map(is_local_checkpoint, ["results/demo/backbone.pt", "/abs/dir", "w.safetensors", "./x"]))
     assert not any(map(is_local_checkpoint, [None, "", "laion2b_s34b_b79k", "lvd142m", "main"]))
@@ -314,6 +336,60 @@ def test_the_models_eval_crop_reaches_the_images(tmp_path):
     assert torch.equal(load_images(tmp_path, ["frame.png"], Crop(32, 32)), whole[None])
     augreg = tower_shape("vit_base_patch16_224.augreg_in21k")
     assert (augreg.image_size, augreg.resize) == (224, 248)
+
+
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+PROCESSORS = {  # config class -> (its image processor, settings as a hub folder's preprocessor_config.json has them)
+    "SiglipVisionConfig": ("SiglipImageProcessor", {"size": {"height": 28, "width": 28}}),  # squash, no crop
+    "CLIPVisionConfig": (
+        "CLIPImageProcessor",
+        {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}},
+    ),
+    "Dinov2Config": (
+        "BitImageProcessor",
+        {"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}, **IMAGENET},
+    ),
+}
+
+
+def _random_photos(folder, n: int, seed: int) -> list[str]:
+    """`n` smooth random RGB images of random sizes (20-119 px a side) saved as PNG; their names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(n):
+        width, height = (int(side) for side in rng.integers(20, 120, 2))
+        fields = rng.integers(0, 256, (height // 6 + 2, width // 6 + 2, 3), dtype=np.uint8)
+        Image.fromarray(fields).resize((width, height), Image.Resampling.BICUBIC).save(folder / f"{i}.png")
+    return [f"{i}.png" for i in range(n)]
+
+
+@pytest.mark.parametrize("config_class", sorted(PROCESSORS))
+def test_hf_preprocessing_is_the_models_own_image_processors(tmp_path, config_class):
+    """A folder with config.json and preprocessor_config.json: cafe's images, normalised, equal the processor's
+    pixel_values (SigLIP squashes to a square, CLIP and DINOv2 resize the shorter side and crop). The one
+    difference allowed: where the crop's margin is odd, torchvision (cafe, OpenCLIP, timm) rounds the crop's
+    offset half to even, the processor floors it, a window one pixel apart on that axis."""
+    import transformers
+    from PIL import Image
+
+    from cafe.images import Crop, load_images
+
+    processor_class, settings = PROCESSORS[config_class]
+    processor = getattr(transformers, processor_class)(**settings)
+    getattr(transformers, config_class)(**HF_SMALL).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    backbone = Backbone.load(BackboneConfig(str(tmp_path / "model"), device="cpu"))
+    crop = Crop(backbone.image_size, backbone.resize)
+    names = _random_photos(tmp_path / "images", 12, seed=len(config_class))
+    mine = backbone.normalize(load_images(tmp_path / "images", names, crop))
+    theirs = processor([Image.open(tmp_path / "images" / name) for name in names], return_tensors="pt")
+    for name, a, b in zip(names, mine, theirs["pixel_values"]):
+        with Image.open(tmp_path / "images" / name) as image:
+            margins = [side - crop.size for side in crop.resized(image.height, image.width)]
+        offsets_agree = all(round(m / 2) == m // 2 for m in margins)
+        assert offsets_agree == bool(torch.allclose(a, b, atol=1e-5)), (name, margins, (a - b).abs().max())
 
 
 def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets():

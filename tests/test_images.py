@@ -273,7 +273,7 @@ def _batches(root: Path, paths: list[str], size: ImageSize, device: torch.device
     return torch.cat([i for i, _ in batches]), torch.cat([b for _, b in batches])
 
 
-@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2), (Crop(32, 40), 0)])
+@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2), (Crop(32, 40), 0), (Crop(32, (32, 32)), 0)])
 def test_decoding_on_the_device_matches_pil_within_resize_rounding(
     tmp_path: Path, size: ImageSize, workers: int
 ) -> None:
