@@ -55,6 +55,7 @@ def _timm(name: str, **kwargs) -> Callable[[], Backbone]:
         visual = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs})
         return timm_backbone(_informative(visual, ("gamma", "token", "pos_embed")), name)
 
+    build.model, build.kwargs = name, {**SMALL, **kwargs}  # what it is built from (timm_from_file builds it again)
     return build
 
 
@@ -295,3 +296,29 @@ def timm_siglip_to_hf(source: Backbone) -> Backbone:
         )
     model.vision_model.load_state_dict(state)
     return _hf_like(source, model, "timm-in-hf")
+
+
+def timm_dinov2_as_hub(visual: VisionTransformer) -> dict[str, torch.Tensor]:
+    """A timm DINOv2's weights in torch.hub's layout (facebookresearch/dinov2 `DinoVisionTransformer`, block_chunks
+    0): a mask token; with registers, `register_tokens` and the CLS position kept in `pos_embed` (timm folds it
+    into the CLS token: split here at a random point); SwiGLU's fc1/fc2 as w12/w3; block names are timm's."""
+    d = visual.embed_dim
+    state = {k: v.clone() for k, v in visual.state_dict().items() if not k.startswith("head")}
+    state["mask_token"] = torch.zeros(1, d)
+    if visual.num_reg_tokens:
+        state["register_tokens"] = state.pop("reg_token")
+        cls_position = torch.randn(1, 1, d)
+        state["cls_token"] = state["cls_token"] - cls_position
+        state["pos_embed"] = torch.cat([cls_position, state["pos_embed"]], 1)
+    if isinstance(visual.blocks[0].mlp, timm.layers.GluMlp):
+        state = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in state.items()}
+    return state
+
+
+def timm_from_file(tower: str, path: Path) -> Backbone:
+    """The timm tower `tower` of TOWERS built again with the weights of a checkpoint file, as `backbone.pretrained:
+    <path>` does (cafe's timm family: timm's own checkpoint filter converts the file's key names)."""
+    build = TOWERS[tower]
+    overlay = {"file": str(path)}
+    visual = TimmVit()._build(build.model, pretrained=True, pretrained_cfg_overlay=overlay, **build.kwargs)
+    return timm_backbone(visual, build.model)

@@ -19,7 +19,9 @@ from family_towers import (
     openclip_to_hf_clip,
     openclip_to_hf_no_prenorm,
     openclip_to_timm,
+    timm_dinov2_as_hub,
     timm_dinov2_to_hf,
+    timm_from_file,
     timm_siglip_to_hf,
 )
 from planted import planted_world
@@ -319,6 +321,21 @@ def test_local_checkpoints_of_timm_and_hf_load_the_saved_weights(tmp_path):
     for a, b in [(tiny, loaded), (hf, hf_loaded)]:
         for mine, saved in zip(b.visual.state_dict().values(), a.visual.state_dict().values()):
             torch.testing.assert_close(mine, saved)
+
+
+@pytest.mark.parametrize("tower", ["timm-dinov2", "timm-dinov2-reg4", "timm-dinov2-giant-swiglu"])
+def test_a_torch_hub_dinov2_checkpoint_loads_through_timm(tmp_path, tower):
+    """torch.hub's DINOv2 (facebookresearch/dinov2) needs the network for its code; its state dict loads through
+    the timm family as a local checkpoint (timm's filter maps mask/register tokens, the CLS position, SwiGLU's
+    w12/w3): a random tower saved in the hub's layout comes back with the same activations."""
+    source = TOWERS[tower]()
+    torch.save(timm_dinov2_as_hub(source.visual), tmp_path / "hub.pth")
+    loaded = timm_from_file(tower, tmp_path / "hub.pth")
+    x = source.normalize(images_for(source, 2))
+    with torch.no_grad():
+        mine, theirs = (b.forward_layers(x, [source.depth])[source.depth] for b in (source, loaded))
+    assert loaded.layout == source.layout
+    torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
 
 
 def test_the_models_eval_crop_reaches_the_images(tmp_path):
