@@ -409,17 +409,23 @@ def test_hf_preprocessing_is_the_models_own_image_processors(tmp_path, config_cl
         assert offsets_agree == bool(torch.allclose(a, b, atol=1e-5)), (name, margins, (a - b).abs().max())
 
 
-def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets():
-    from cafe.bench.families import family_ratio
+@pytest.mark.parametrize("tower", ["timm-dinov2-reg4", "hf-siglip"])
+def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets(tower, tmp_path):
+    """On a timm tower and an HF one built from its config through the hf family (the bench's --quick towers)."""
+    from cafe.bench.families import QUICK, family_ratio, load_family_tower, run_families
     from cafe.bench.harness import Harness
     from cafe.bench.measure import Timer
 
-    backbone = TOWERS["timm-dinov2-reg4"]()
-    timer = Timer(Harness(wait_s=0, override=True), torch.device("cpu"), repeats=1, pairs=3)
+    cpu = torch.device("cpu")
+    backbone = TOWERS[tower]() if tower.startswith("timm") else load_family_tower(*QUICK[tower], cpu)
+    assert backbone.family.name == tower.split("-")[0]
+    timer = Timer(Harness(wait_s=0, override=True), cpu, repeats=1, pairs=3)
     records = family_ratio(backbone, timer, 2, 1)
     assert records["attnlrp"]["count"] == records["gradient"]["count"] == 2
     speed = records["attnlrp_vs_autograd"]
     assert len(speed["runs"]) == 3 and speed["min"] <= speed["median"] <= speed["max"]
+    with pytest.raises(CafeError, match="unknown .'hf-vit'.; known"):
+        run_families(tmp_path / "out.json", cpu, True, Harness(wait_s=0, override=True), 2, ["hf-vit"])
 
 
 def test_sae_evaluation_reads_no_register_tokens(tmp_path):
