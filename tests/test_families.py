@@ -100,7 +100,9 @@ def test_an_hf_view_packs_q_k_v_once_and_again_whenever_a_weight_changes(name):
     with torch.no_grad():
         _qkv(block)[1].weight.mul_(2)  # in place: k only
         _qkv(block)[2].bias.add_(1)
-    view = backbone.view(1).attn
+    with torch.inference_mode():  # as insertion runs the target: the pack must stay usable by AttnLRP after
+        view = backbone.view(1).attn
+    assert not view.qkv_weight.is_inference() and not view.qkv_bias.is_inference()
     torch.testing.assert_close(view.qkv_weight, fresh(block), rtol=0, atol=0)
     torch.testing.assert_close(view.qkv_bias, torch.cat([p.bias for p in _qkv(block)]), rtol=0, atol=0)
     backbone.visual.double()

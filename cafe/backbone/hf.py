@@ -134,17 +134,22 @@ def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[torch.Tensor, 
     """`_pack`, kept per block while the parameters stay the same tensors unchanged, so that a forward over the
     view (AttnLRP's, the one-token last block's) copies no weights, as on timm's packed qkv. The aliases pin the
     sources' storage (no new tensor can take their address); an in-place write bumps a version. Parameters that
-    require grad get a fresh differentiable pack each time."""
+    require grad get a fresh differentiable pack each time. Costs a second copy of q/k/v per block while the
+    model lives (an AttnLRP pass to the last block held one anyway, until its backward)."""
     params = [p for layer in (q, k, v) for p in (layer.weight, layer.bias) if p is not None]
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return _pack(q, k, v)
     hit = _PACKED.get(q)
-    if hit is not None and all(
-        a.data_ptr() == p.data_ptr() and a.dtype == p.dtype and a.device == p.device and n == p._version
-        for a, n, p in zip(hit[0], hit[1], params, strict=True)
+    if (
+        hit is not None
+        and len(hit[0]) == len(params)
+        and all(
+            a.data_ptr() == p.data_ptr() and a.dtype == p.dtype and a.device == p.device and n == p._version
+            for a, n, p in zip(hit[0], hit[1], params, strict=True)
+        )
     ):
         return hit[2]
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even if built under inference mode
         packed = _pack(q, k, v)
     _PACKED[q] = ([p.detach() for p in params], [p._version for p in params], packed)
     return packed
