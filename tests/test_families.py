@@ -88,6 +88,36 @@ def test_the_block_view_is_the_librarys_own_block(tower):
             h = expected
 
 
+@pytest.mark.parametrize("name", ["hf-clip", "hf-dinov2-reg4"])
+def test_an_hf_view_packs_q_k_v_once_and_again_whenever_a_weight_changes(name):
+    """The packed q/k/v of an HF block is reused while its sources stay unchanged, and always equals a fresh
+    concatenation: after an in-place write, a dtype change, and (differentiably) with weights that need grad."""
+    backbone = copy.deepcopy(TOWERS[name]())
+    fresh = lambda b: torch.cat([p.weight for p in _qkv(b)])  # noqa: E731
+    first, again = backbone.view(1).attn, backbone.view(1).attn
+    assert again.qkv_weight is first.qkv_weight and again.qkv_bias is first.qkv_bias
+    block = backbone.blocks[0]
+    with torch.no_grad():
+        _qkv(block)[1].weight.mul_(2)  # in place: k only
+        _qkv(block)[2].bias.add_(1)
+    with torch.inference_mode():  # as insertion runs the target: the pack must stay usable by AttnLRP after
+        view = backbone.view(1).attn
+    assert not view.qkv_weight.is_inference() and not view.qkv_bias.is_inference()
+    torch.testing.assert_close(view.qkv_weight, fresh(block), rtol=0, atol=0)
+    torch.testing.assert_close(view.qkv_bias, torch.cat([p.bias for p in _qkv(block)]), rtol=0, atol=0)
+    backbone.visual.double()
+    assert backbone.view(1).attn.qkv_weight.dtype == torch.float64
+    torch.testing.assert_close(backbone.view(1).attn.qkv_weight, fresh(block), rtol=0, atol=0)
+    block.requires_grad_(True)
+    backbone.view(1).attn.qkv_weight.sum().backward()
+    assert all(p.weight.grad is not None and (p.weight.grad == 1).all() for p in _qkv(block))
+
+
+def _qkv(block: torch.nn.Module) -> list[torch.nn.Linear]:
+    a = getattr(block, "self_attn", None) or block.attention.attention
+    return [a.q_proj, a.k_proj, a.v_proj] if hasattr(a, "q_proj") else [a.query, a.key, a.value]
+
+
 def bias_free(backbone: Backbone) -> Backbone:
     """A float64 copy with every bias, CLS / register / positional embedding set to zero."""
     backbone = copy.deepcopy(backbone)

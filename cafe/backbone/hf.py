@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from pathlib import Path
 
 import torch
@@ -114,6 +115,46 @@ def processor_geometry(processor) -> tuple[int, int | tuple[int, int]]:
     return (int(processor.crop_size["height"]) if crop else squash[0]), squash
 
 
+def _pack(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HF's separate q, k, v projections as one (3D, D) weight and (3D,) bias (zeros where one has none)."""
+    biases = [p.bias for p in (q, k, v)]
+    bias = (
+        None
+        if all(b is None for b in biases)
+        else torch.cat([torch.zeros_like(p.weight[:, 0]) if p.bias is None else p.bias for p in (q, k, v)])
+    )
+    return torch.cat([q.weight, k.weight, v.weight]), bias
+
+
+# q projection -> (detached aliases of the q/k/v parameters, their versions, the packed weight and bias)
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_pack`, kept per block while the parameters stay the same tensors unchanged, so that a forward over the
+    view (AttnLRP's, the one-token last block's) copies no weights, as on timm's packed qkv. The aliases pin the
+    sources' storage (no new tensor can take their address); an in-place write bumps a version. Parameters that
+    require grad get a fresh differentiable pack each time. Costs a second copy of q/k/v per block while the
+    model lives (an AttnLRP pass to the last block held one anyway, until its backward)."""
+    params = [p for layer in (q, k, v) for p in (layer.weight, layer.bias) if p is not None]
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return _pack(q, k, v)
+    hit = _PACKED.get(q)
+    if (
+        hit is not None
+        and len(hit[0]) == len(params)
+        and all(
+            a.data_ptr() == p.data_ptr() and a.dtype == p.dtype and a.device == p.device and n == p._version
+            for a, n, p in zip(hit[0], hit[1], params, strict=True)
+        )
+    ):
+        return hit[2]
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even if built under inference mode
+        packed = _pack(q, k, v)
+    _PACKED[q] = ([p.detach() for p in params], [p._version for p in params], packed)
+    return packed
+
+
 class HfVision(Family):
     name = "hf"
 
@@ -200,13 +241,7 @@ class HfVision(Family):
                 mlp = MlpView(m.fc1.weight, m.fc1.bias, m.activation, m.fc2.weight, m.fc2.bias)
         else:
             raise CafeError(f"backbone: no block view for the Hugging Face layer {kind}")
-        biases = [p.bias for p in (q, k, v)]
-        qkv_bias = (
-            None
-            if all(b is None for b in biases)
-            else torch.cat([torch.zeros_like(p.weight[:, 0]) if p.bias is None else p.bias for p in (q, k, v)])
-        )
-        attention = AttentionView(heads, torch.cat([q.weight, k.weight, v.weight]), qkv_bias, out.weight, out.bias)
+        attention = AttentionView(heads, *packed_qkv(q, k, v), out.weight, out.bias)
         return BlockView(norms[0], attention, scales[0], norms[1], mlp, scales[1])
 
     def patch_weight(self, visual: nn.Module) -> torch.Tensor:
