@@ -131,6 +131,7 @@ def sync_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[s
     monkeypatch.setattr(workspace_sync, "load_config", lambda *args: CONFIG)
     calls: list[list[str]] = []
     monkeypatch.setattr(workspace_sync, "snakemake_touch", lambda root, products, extra: calls.append(products))
+    monkeypatch.setattr(workspace_sync, "ensure_unlocked", lambda root, extra: None)  # no Snakefile here
     return calls
 
 
@@ -173,8 +174,9 @@ def held_lock(tmp_path: Path) -> Iterator[Path]:
 def test_sync_writes_nothing_while_a_run_holds_the_lock(held_lock, monkeypatch) -> None:
     """Snakemake's own answer (a dry run) stops the sync before its first write; `--touch` refuses too."""
     monkeypatch.setenv("PATH", env()["PATH"])
-    touch = workspace_sync.snakemake_touch
+    touch, probe = workspace_sync.snakemake_touch, workspace_sync.ensure_unlocked
     calls = sync_project(held_lock, monkeypatch)
+    monkeypatch.setattr(workspace_sync, "ensure_unlocked", probe)  # Snakemake's own answer, in a real folder
     before = {p: p.stat().st_mtime_ns for p in (held_lock / "results").rglob("*")}
     with pytest.raises(CafeError, match="holds this folder's lock .*Directory cannot be locked"):
         workspace_sync.sync(held_lock)
