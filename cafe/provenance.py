@@ -177,18 +177,12 @@ def made_here(root: Path, product: str, md5: str) -> bool:
         return False
 
 
-def snake_mtime(path: Path) -> float:
-    """The time Snakemake sees: a directory output's `.snakemake_timestamp` if it has one."""
-    marker = path / TIMESTAMP
-    return (marker if path.is_dir() and marker.exists() else path).stat().st_mtime
-
-
-def newest_file(path: Path) -> float:
-    """Newest time of a file, or of the files in a folder (an input folder: Snakemake sees its files)."""
+def file_times(path: Path) -> list[float]:
+    """Modification times of a file, or of every file in a folder (records left out; the folder's own if none)."""
     if not path.is_dir():
-        return path.stat().st_mtime
+        return [path.stat().st_mtime]
     times = [f.stat().st_mtime for f in path.rglob("*") if f.is_file() and not f.name.endswith(SUFFIX)]
-    return max(times, default=path.stat().st_mtime)
+    return times or [path.stat().st_mtime]
 
 
 # --- writing records (after a command succeeds) ---
@@ -227,14 +221,46 @@ def digest(value: Any) -> str:
     return hashlib.md5(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def summary(record: dict[str, Any]) -> dict[str, str]:
+    """A record in short: its step and the hashes of its params, inputs and code (what `dvc metrics show` displays
+    of a JSON product, and the HTML report beside each of its items)."""
+    return {"step": record["step"], **{part: digest(record[part]) for part in ("params", "inputs", "code")}}
+
+
 def stamp_json(path: Path, record: dict[str, Any]) -> None:
-    """Give a JSON product (the metrics DVC shows) a `provenance` block: its step and short hashes of the params,
-    inputs and code of its record."""
+    """Give a JSON product (the metrics DVC shows) a `provenance` block: the summary of its record."""
     data = json.loads(path.read_text())
     if isinstance(data, dict):
-        parts = ("params", "inputs", "code")
-        data["provenance"] = {"step": record["step"], **{part: digest(record[part]) for part in parts}}
+        data["provenance"] = summary(record)
         write_json(path, data)
+
+
+def flat(value: Any, key: str) -> Iterator[str]:
+    """`key=value` for every leaf of a params value (a section's keys joined with dots)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from flat(item, f"{key}.{name}")
+    else:
+        yield f"{key}={json.dumps(value)}"
+
+
+def report_labels(product: str | os.PathLike) -> dict[str, str]:
+    """What the HTML report shows beside a product: its record (`<product>.prov.json`, the file `cafe verify`
+    reads) in full, each part after the short hash `dvc metrics show` gives of it."""
+    try:
+        record = json.loads(record_path(product).read_text())
+    except (OSError, ValueError):
+        return {"product": Path(product).name, "record": f"none readable at {record_path(product)} (cafe verify)"}
+    short = summary(record)
+    params = [line for key, value in record["params"].items() for line in flat(value, key)]
+    return {
+        "product": Path(product).name,
+        "step": record["step"],
+        "params": f"[{short['params']}] " + "; ".join(params),
+        "inputs": f"[{short['inputs']}] " + "; ".join(f"{k} {v[:12]}" for k, v in record["inputs"].items()),
+        "code": f"[{short['code']}] " + "; ".join(f"{k} {(v or 'absent')[:12]}" for k, v in record["code"].items()),
+        "md5": record["md5"],
+    }
 
 
 def write_records(args: argparse.Namespace, modules: Iterable[str], hash_cache: str | os.PathLike = HASH_CACHE) -> None:

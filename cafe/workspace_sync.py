@@ -8,8 +8,10 @@ by what they are, through Snakemake's public command line only (docs/provenance.
    --forcerun` on them, which writes Snakemake's own record of them with today's params and code and makes them
    newer than their inputs. Nothing else is touched, and nothing at all when every product was made here.
 
-Nothing is written while a Snakemake run holds the folder's lock (Snakemake refuses `--touch` then), and a product
-whose time cannot be set (a read-only link into a group-shared DVC cache) stops the sync with what to do.
+Nothing is written while a Snakemake run holds the folder's lock: before its first write the sync asks Snakemake
+itself (a dry run, which writes nothing, reports a held lock), and `snakemake --touch` refuses a locked folder
+with the same message. A product whose time cannot be set (a read-only link into a group-shared DVC cache) stops
+the sync, before anything is written, with what to do.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ import sys
 from pathlib import Path
 
 from cafe.errors import CafeError
-from cafe.provenance import load_config, made_here, newest_file, note_made_here, record_path, snake_mtime, verify
+from cafe.provenance import file_times, load_config, made_here, note_made_here, record_path, verify
 
 log = logging.getLogger(__name__)
+
+LOCKED = "Directory cannot be locked"  # Snakemake's words for a folder another run holds (dry run and real run)
+NOT_PERMITTED = ("Operation not permitted", "PermissionError")
 
 
 def needs_marking(root: Path, product: str, record: dict) -> bool:
     """A current product Snakemake would misjudge: content not made here (Snakemake's record, if any, is of other
-    content), or older than one of its inputs (DVC gives restored files new times, in no order)."""
+    content), or a file of it older than a file of one of its inputs (DVC gives restored files new times, in no
+    order). Marking a current product is always safe, so the time test may err towards marking."""
     if not made_here(root, product, record["md5"]):
         return True
-    inputs = [root / name for name in record["inputs"] if (root / name).exists()]
-    return any(newest_file(path) > snake_mtime(root / product) for path in inputs)
+    inputs = [max(file_times(root / name)) for name in record["inputs"] if (root / name).exists()]
+    return max(inputs, default=0.0) > min(file_times(root / product))
 
 
 def remove(path: Path) -> None:
@@ -51,49 +57,70 @@ def check_settable(root: Path, products: list[str]) -> None:
     group-shared, read-only DVC cache) would stop it halfway."""
     blocked = [p for p in products if (root / p).is_file() and not can_set_time(root / p)]
     if blocked:
-        raise CafeError(
-            f"cannot mark {len(blocked)} restored products up to date, e.g. {blocked[0]}: their files are read-only "
-            "links into a DVC cache owned by someone else (a shared cache). Give this checkout its own copies: "
-            "`dvc config --local cache.type copy && dvc checkout --relink`, then `cafe sync` again"
-        )
+        raise CafeError(shared_cache(f"{len(blocked)} restored products, e.g. {blocked[0]}"))
+
+
+def shared_cache(what: str) -> str:
+    return (
+        f"cannot mark {what} up to date: their files are read-only links into a DVC cache owned by someone else "
+        "(a shared cache). Give this checkout its own copies: `dvc config --local cache.type copy && "
+        "dvc checkout --relink`, then `cafe sync` again"
+    )
 
 
 def can_set_time(path: Path) -> bool:
     return path.stat().st_uid == os.geteuid() or os.access(path, os.W_OK)
 
 
+def snakemake(root: Path, args: list[str]) -> tuple[int, str]:
+    """Run Snakemake's command line in the project folder; its exit status and everything it printed."""
+    done = subprocess.run(["snakemake", *args], cwd=root, capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def refuse_if_locked(text: str) -> None:
+    """Stop, naming Snakemake's own message, where Snakemake said another run holds the folder's lock."""
+    said = next((line.strip() for line in text.splitlines() if LOCKED in line), None)
+    if said:
+        raise CafeError(
+            f"another Snakemake run holds this folder's lock (Snakemake: {said!r}): nothing changed; run cafe sync "
+            "after it ends (a lock left by a killed run: `snakemake --unlock`)"
+        )
+
+
+def ensure_unlocked(root: Path, extra: list[str]) -> None:
+    """Ask Snakemake whether another run holds the lock: a dry run writes nothing and reports a held lock."""
+    refuse_if_locked(snakemake(root, ["--dry-run", "--cores", "1", *extra])[1])
+
+
 def snakemake_touch(root: Path, products: list[str], extra: list[str]) -> None:
     """`snakemake --touch --forcerun PRODUCTS`: Snakemake's own records and times for them and what follows."""
-    cmd = ["snakemake", "--touch", "--cores", "1", *extra, "--forcerun", *products]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        text = done.stdout + done.stderr
-        if "cannot be locked" in text or "LockException" in text:
-            raise CafeError("another Snakemake run holds this folder's lock: nothing changed; run cafe sync after it")
+    code, text = snakemake(root, ["--touch", "--cores", "1", *extra, "--forcerun", *products])
+    if code != 0:
+        refuse_if_locked(text)
+        if any(word in text for word in NOT_PERMITTED):
+            raise CafeError(shared_cache("restored products") + f"\n{text[-1000:]}")
         raise CafeError(f"snakemake --touch failed:\n{text[-3000:]}")
-
-
-def locked(root: Path) -> bool:
-    """Whether a Snakemake run holds the lock (its lock files exist): then nothing may be written."""
-    return any((root / ".snakemake/locks").glob("*"))
 
 
 def sync(root: Path, params: str = "params.yaml", configfiles: list[str] | None = None) -> dict[str, list[str]]:
     """Remove products that are not current, mark restored current ones up to date; returns what was done."""
-    if locked(root):
-        raise CafeError("a Snakemake run holds this folder's lock (or a dead one: `snakemake --unlock`): nothing done")
     configfiles = configfiles or []
+    extra = [arg for name in configfiles for arg in ("--configfile", name)]
     found = verify(root, load_config(root, params, configfiles))
     present = [p for p in found if (root / p).exists()]
     stale = [p for p in present if found[p]]
     current = {p: json.loads(record_path(root / p).read_text()) for p in present if not found[p]}
     restored = [p for p, record in current.items() if needs_marking(root, p, record)]
+    if not stale and not restored:
+        return {"removed": [], "marked": []}
+    if restored:
+        check_settable(root, list(current))
+    ensure_unlocked(root, extra)
     for product in stale:
         log.info("not current, removed (remade by the next run): %s (%s)", product, "; ".join(found[product]))
         remove(root / product)
     if restored:
-        check_settable(root, list(current))
-        extra = [arg for name in configfiles for arg in ("--configfile", name)]
         snakemake_touch(root, restored, extra)
         note_made_here(root, {p: record["md5"] for p, record in current.items()})
     return {"removed": stale, "marked": restored}

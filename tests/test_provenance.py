@@ -5,9 +5,15 @@ is found and named; sync removes what is not current and writes nothing while a 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from workflow_utils import env
 
 from cafe import provenance, workspace_sync
 from cafe.cli import main
@@ -125,6 +131,7 @@ def sync_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[s
     monkeypatch.setattr(workspace_sync, "load_config", lambda *args: CONFIG)
     calls: list[list[str]] = []
     monkeypatch.setattr(workspace_sync, "snakemake_touch", lambda root, products, extra: calls.append(products))
+    monkeypatch.setattr(workspace_sync, "ensure_unlocked", lambda root, extra: None)  # no Snakefile here
     return calls
 
 
@@ -137,13 +144,45 @@ def test_sync_removes_what_is_not_current_and_marks_restored_current_products(tm
     assert len(calls) == 1
 
 
-def test_sync_writes_nothing_while_a_run_holds_the_lock(tmp_path, monkeypatch) -> None:
-    calls = sync_project(tmp_path, monkeypatch)
-    (tmp_path / ".snakemake/locks").mkdir(parents=True)
-    (tmp_path / ".snakemake/locks/0.input.lock").write_text("")
-    with pytest.raises(CafeError, match="holds this folder's lock"):
-        workspace_sync.sync(tmp_path)
-    assert (tmp_path / "results/stale.csv").exists() and calls == []
+HOLDER = """
+rule all:
+    input: "held.txt"
+
+rule hold:
+    output: "held.txt"
+    shell: "touch started && sleep 300 && touch {output}"
+"""
+
+
+@pytest.fixture()
+def held_lock(tmp_path: Path) -> Iterator[Path]:
+    """A real Snakemake run holding the folder's lock (its job sleeps); stopped after the test."""
+    (tmp_path / "Snakefile").write_text(HOLDER)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    holder = subprocess.Popen(["snakemake", "--cores", "1"], cwd=tmp_path, env=env(), start_new_session=True, **quiet)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():  # the job runs: Snakemake took the lock before it
+            assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+            time.sleep(0.2)
+        yield tmp_path
+    finally:  # the run and its sleeping job: the process group this test started
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=60)
+
+
+def test_sync_writes_nothing_while_a_run_holds_the_lock(held_lock, monkeypatch) -> None:
+    """Snakemake's own answer (a dry run) stops the sync before its first write; `--touch` refuses too."""
+    monkeypatch.setenv("PATH", env()["PATH"])
+    touch, probe = workspace_sync.snakemake_touch, workspace_sync.ensure_unlocked
+    calls = sync_project(held_lock, monkeypatch)
+    monkeypatch.setattr(workspace_sync, "ensure_unlocked", probe)  # Snakemake's own answer, in a real folder
+    before = {p: p.stat().st_mtime_ns for p in (held_lock / "results").rglob("*")}
+    with pytest.raises(CafeError, match="holds this folder's lock .*Directory cannot be locked"):
+        workspace_sync.sync(held_lock)
+    assert {p: p.stat().st_mtime_ns for p in (held_lock / "results").rglob("*")} == before and calls == []
+    with pytest.raises(CafeError, match="holds this folder's lock .*Directory cannot be locked"):
+        touch(held_lock, ["held.txt"], [])
 
 
 def test_sync_on_a_shared_read_only_cache_says_what_to_do(tmp_path, monkeypatch) -> None:

@@ -97,9 +97,14 @@ class Study:
         return True
 
     def dvc_commit(self) -> bool:
+        """`dvc commit` as the README says after a plain run: dvc.lock takes the products, git is left alone."""
         self.sh("dvc", "commit", "-f")
-        self.commit("dvc commit")
-        self.log.append("dvc commit -f && git commit")
+        self.log.append("dvc commit -f")
+        return False
+
+    def git_commit(self) -> bool:
+        self.commit("a study step")
+        self.log.append("git commit")
         return False
 
     def git_checkout(self) -> bool:
@@ -133,6 +138,7 @@ class Study:
 
     def pull_clone(self) -> bool:
         self.dvc_commit()
+        self.git_commit()
         self.sh("dvc", "push")
         clone = self.root.parent / f"{self.root.name}-clone"
         run(["git", "clone", "-q", str(self.root), str(clone)], self.root.parent)
@@ -143,33 +149,54 @@ class Study:
         return bool(SYNC)
 
 
-OPERATIONS: list[Callable[[Study], bool]] = [
-    Study.edit_params,
-    Study.edit_params,
-    Study.edit_annotation,
-    Study.snakemake,
-    Study.repro,
-    Study.dvc_commit,
-    Study.git_checkout,
-    Study.dvc_checkout,
-    Study.exp_run,
-    Study.exp_apply,
-    Study.pull_clone,
+Operation = Callable[[Study], bool]
+RUNS: list[Operation] = [Study.snakemake, Study.snakemake, Study.repro]  # the Quick start's plain run is the usual one
+# The episodes a sequence is made of, by weight. A trial is the README's flow for a param: edit, run, and after a
+# plain `snakemake` usually `dvc commit`; then keep it (git commit) or put params back (git checkout) and run again.
+# Those are the steps where Snakemake's record, DVC's lock and the products can part ways, so trials weigh most.
+EPISODES: list[tuple[str, int]] = [
+    ("trial", 5),
+    ("annotate", 1),
+    ("restore", 1),
+    ("experiment", 1),
+    ("apply", 1),
+    ("clone", 1),
 ]
+SINGLE: dict[str, list[Operation]] = {
+    "annotate": [Study.edit_annotation],
+    "restore": [Study.dvc_checkout],
+    "experiment": [Study.exp_run],
+    "apply": [Study.exp_apply],
+    "clone": [Study.pull_clone],
+}
 ENDINGS = [Study.snakemake, Study.repro]
 
 
-def draw(rng: random.Random, steps: int) -> list[Callable[[Study], bool]]:
-    """A sequence of documented operations ending in `snakemake` or `dvc repro`; one clone per sequence at most."""
-    ops = [rng.choice(OPERATIONS) for _ in range(steps - 1)]
-    clones = [i for i, op in enumerate(ops) if op is Study.pull_clone]
-    ops = [
-        op if op is not Study.pull_clone or i == (clones or [None])[0] else Study.dvc_commit for i, op in enumerate(ops)
-    ]
+def trial(rng: random.Random) -> list[Operation]:
+    """Edit a param and run; after a plain run usually `dvc commit`; keep (git commit) or undo (git checkout, run)."""
+    run = rng.choice(RUNS)
+    ops = [Study.edit_params, run]
+    if run is Study.snakemake and rng.random() < 0.75:
+        ops.append(Study.dvc_commit)
+    if rng.random() < 1 / 3:
+        return [*ops, Study.git_commit]
+    return [*ops, Study.git_checkout, rng.choice(RUNS)]
+
+
+def draw(rng: random.Random, steps: int) -> list[Operation]:
+    """Episodes of documented operations until there are at least `steps - 1` operations, then `snakemake` or
+    `dvc repro`; one clone at most."""
+    names, weights = zip(*EPISODES, strict=True)
+    ops: list[Operation] = []
+    while len(ops) < steps - 1:
+        name = rng.choices(names, weights)[0]
+        if name == "clone" and Study.pull_clone in ops:
+            name = "restore"
+        ops += trial(rng) if name == "trial" else SINGLE[name]
     return [*ops, rng.choice(ENDINGS)]
 
 
-def check_sequence(study: Study, ops: list[Callable[[Study], bool]]) -> None:
+def check_sequence(study: Study, ops: list[Operation]) -> None:
     for op in ops:
         if op(study):
             code, text = study.verify()

@@ -36,7 +36,7 @@ rule fig5:
         sheets=expand("results/annotation/sheets/layer{layer}.csv", layer=LAYERS),
         annotations=annotation_files(),
     output:
-        figure=report("results/figures/fig5_nonlocal.png", caption="../report/fig5.rst", category="Fig 5"),
+        figure=reported("results/figures/fig5_nonlocal.png", "../report/fig5.rst", "Fig 5"),
         table="results/tables/fig5_nonlocal.csv",
         metrics="results/metrics/annotation.json",
     params:
@@ -71,7 +71,7 @@ rule fig1:
     input:
         unpack(qualitative_inputs),
     output:
-        figure=report("results/figures/fig1_examples.png", caption="../report/fig1.rst", category="Fig 1"),
+        figure=reported("results/figures/fig1_examples.png", "../report/fig1.rst", "Fig 1"),
         table="results/tables/fig1_examples.csv",
     params:
         cfg=annotation_params("threshold", "fig1_per_group"),
@@ -86,7 +86,7 @@ rule fig4:
     input:
         unpack(qualitative_inputs),
     output:
-        figure=report("results/figures/fig4_examples.png", caption="../report/fig4.rst", category="Fig 4"),
+        figure=reported("results/figures/fig4_examples.png", "../report/fig4.rst", "Fig 4"),
         table="results/tables/fig4_examples.csv",
     params:
         cfg=annotation_params("threshold", "fig4_per_layer"),

@@ -15,6 +15,7 @@ from cafe.errors import CafeError
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, is_local_checkpoint, parse_section
 from cafe.io.hashes import HASH_CACHE
 from cafe.params import validate_config
+from cafe.provenance import report_labels
 from cafe.sae.formats import SAESource
 
 try:  # every value with its default filled in, so a rule's params change when a default does
@@ -45,6 +46,12 @@ ALL_CORES = os.cpu_count() or 1
 wildcard_constraints:
     layer=r"\d+",
     method=r"[a-z]+",
+
+
+def reported(product, caption, category):
+    """An output in the HTML report, labelled with its provenance record (`<product>.prov.json`, the file
+    `cafe verify` reads; docs/provenance.md), read when the report is made."""
+    return report(product, caption=caption, category=category, labels=lambda wildcards: report_labels(product))
 
 
 def as_json(value):

@@ -41,7 +41,7 @@ rule ground_truth:
     output:
         targets=expand("results/ground_truth/layer{layer}.csv", layer=LAYERS),
         table="results/tables/ground_truth.csv",
-        figure=report("results/figures/ground_truth.png", caption="../report/ground_truth.rst", category="Demo"),
+        figure=reported("results/figures/ground_truth.png", "../report/ground_truth.rst", "Demo"),
         metrics="results/metrics/ground_truth.json",
     params:
         cfg=ground_truth_params("patch_overlap", "kind_purity"),
@@ -86,8 +86,8 @@ rule compositional:
         masks="results/demo/masks.h5",
     output:
         targets="results/ground_truth/compositional.csv",
-        table=report("results/tables/compositional.csv", caption="../report/compositional_table.rst", category="Demo"),
-        figure=report("results/figures/compositional.png", caption="../report/compositional.rst", category="Demo"),
+        table=reported("results/tables/compositional.csv", "../report/compositional_table.rst", "Demo"),
+        figure=reported("results/figures/compositional.png", "../report/compositional.rst", "Demo"),
         metrics="results/metrics/compositional.json",
     params:
         cfg=ground_truth_params("patch_overlap", "min_effect", "suffices", "bootstrap"),

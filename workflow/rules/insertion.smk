@@ -70,7 +70,7 @@ rule fig3:
         greedy=expand("results/insertion/layer{layer}/greedy.csv", layer=LAYERS),
     output:
         table="results/tables/insertion_auc.csv",
-        figure=report("results/figures/fig3_insertion.png", caption="../report/fig3.rst", category="Fig 3"),
+        figure=reported("results/figures/fig3_insertion.png", "../report/fig3.rst", "Fig 3"),
         metrics="results/metrics/insertion.json",
     params:
         cfg=as_json(config["insertion"]),
