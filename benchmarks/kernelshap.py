@@ -15,7 +15,6 @@ benchmarks/results/kernelshap.json; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -88,7 +87,9 @@ def compare(alias: str, device: torch.device, timer: Timer, layer: int | None, w
         calls[solver] = lambda m=method: m.attribute(images, tokens, features)
     forwards = {solver: forwards_of(target, call) for solver, call in calls.items()}  # also the untimed warm-up
     batched, captum, ratio = timer.pair(calls["batched"], calls["captum"])
-    logging.info("%s: captum / batched seconds %.2f (median of %d pairs)", alias, 1 / ratio["median"], timer.repeats)
+    logging.info(
+        "%s: captum / batched seconds %.2f (median of %d pairs)", alias, 1 / ratio["median"], len(ratio["runs"])
+    )
     record = {
         "model": model,
         "layer": layer,
@@ -131,7 +132,12 @@ def main() -> None:
             runs[f"{alias}@{threads}"] = compare(alias, device, timer, args.layer, args.profile)
     results = {"machine": {**describe(device), "admission": admission}, "runs": runs}
     write_json(args.out, results)
-    print(json.dumps({k: {"speedup": r["speedup"]["median"], "void": r["void"]} for k, r in runs.items()}, indent=1))
+    for key, r in runs.items():  # captum's seconds over the batched solver's, per alternating pair
+        up, secs = r["speedup"], {s: r["seconds"][s]["seconds"] for s in SOLVERS}
+        print(
+            f"{key}: batched {up['median']:.2f}x captum's speed (min {up['min']:.2f}, max {up['max']:.2f}, "
+            f"{len(up['runs'])} pairs); median s {secs}; forwards {r['forwards']}; void: {r['void']}"
+        )
 
 
 if __name__ == "__main__":

@@ -63,13 +63,15 @@ def _plain_scale(x: torch.Tensor, _share: float) -> torch.Tensor:
 class Ops:
     """The operations a view's forward uses; each rule set swaps in its own with the same forward values.
     `norm(module, x)`, `linear(x, w, b, kind)` with kind 'attention' or 'mlp', `act(fn, x)`, `share(x, s)`:
-    the share s in [0, 1] of the relevance that a factor of a product receives (identity in a plain forward)."""
+    the share s in [0, 1] of the relevance that a factor of a product receives (identity in a plain forward),
+    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise)."""
 
     norm: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda module, x: module(x)
     linear: Callable[..., torch.Tensor] = lambda x, w, b, _kind: F.linear(x, w, b)
     act: Callable[[Act, torch.Tensor], torch.Tensor] = lambda fn, x: fn(x)
     share: Callable[[torch.Tensor, float], torch.Tensor] = _plain_scale
     attention_shares: tuple[float, float] = (1.0, 1.0)  # (q and k, v)
+    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = F.scaled_dot_product_attention
 
 
 PLAIN = Ops()
@@ -95,7 +97,7 @@ def attention(view: AttentionView, x: torch.Tensor, ops: Ops, query_rows: torch.
         k, v = ops.linear(x, w_kv, b_kv, "attention").view(b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
     qk_share, v_share = ops.attention_shares
     q, k, v = ops.share(q, qk_share), ops.share(k, qk_share), ops.share(v, v_share)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, d)
+    out = ops.attend(q, k, v).transpose(1, 2).reshape(b, -1, d)
     out = ops.linear(out, view.out_weight, view.out_bias, "attention")
     return out if query_rows is None else out[:, 0]
 

@@ -187,3 +187,54 @@ def test_stabilize_keeps_a_tiny_epsilon_in_float64():
 
     y = torch.tensor([0.0, -0.0, 1e-310, -3.0], dtype=torch.float64)
     assert (stabilize(y, 1e-300).abs() >= 1e-300).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matmul_attention_gives_sdpa_output_and_gradients(seed):
+    """The bf16 CPU attention (explicit matmuls, own backward) is the same function as SDPA, with the same plain
+    gradient, over random shapes and scales (float64: only rounding may differ)."""
+    from cafe.erf.mixed_precision import matmul_attention
+
+    gen = torch.Generator().manual_seed(seed)
+    b, heads, t, d = (int(v) for v in torch.randint(1, 6, (4,), generator=gen) * torch.tensor([1, 1, 7, 4]))
+    scale = float(torch.rand(1, generator=gen)) * 4
+    q, k, v = (scale * torch.randn(b, heads, t, d, dtype=torch.float64, generator=gen) for _ in range(3))
+    grad = torch.randn(b, heads, t, d, dtype=torch.float64, generator=gen)
+    outs = []
+    for fn in (matmul_attention, torch.nn.functional.scaled_dot_product_attention):
+        inputs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out = fn(*inputs)
+        outs.append((out, *torch.autograd.grad(out, inputs, grad)))
+    for ours, sdpa in zip(*outs, strict=True):
+        torch.testing.assert_close(ours, sdpa, rtol=1e-9, atol=1e-10)
+
+
+def test_weights_cast_once_follow_in_place_changes(tiny_backbone):
+    """CastViews casts each block's linear weights once per dtype, and casts again after a weight changes in place."""
+    from cafe.erf.mixed_precision import CastViews
+
+    backbone = copy.deepcopy(tiny_backbone)
+    views = CastViews(backbone)
+    first = views.view(1, torch.bfloat16)
+    assert views.view(1, torch.bfloat16) is first and views.view(1, None) is not first
+    assert first.mlp.fc1_weight.dtype == torch.bfloat16 and first.norm1 is backbone.view(1).norm1
+    torch.testing.assert_close(first.attn.qkv_weight, backbone.view(1).attn.qkv_weight.bfloat16(), rtol=0, atol=0)
+    with torch.no_grad():
+        backbone.view(1).mlp.fc2_weight.mul_(2)
+    again = views.view(1, torch.bfloat16)
+    assert again is not first
+    torch.testing.assert_close(again.mlp.fc2_weight, backbone.view(1).mlp.fc2_weight.bfloat16(), rtol=0, atol=0)
+
+
+def test_bf16_maps_rank_patches_as_the_fp32_maps_do(tiny_backbone, tiny_sae, images):
+    """Under bf16 autocast (cast weights, matmul attention on a CPU) AttnLRP's maps keep fp32's patch ranking."""
+    from cafe.compute import precision_scope
+    from cafe.stats import spearman
+
+    target = FeatureTarget(tiny_backbone, tiny_sae, LAYER)
+    features, method = active_features(target, images), attnlrp(target)
+    fp32 = method.attribute(images, TOKENS, features)
+    with precision_scope("bf16", "cpu"):
+        bf16 = method.attribute(images, TOKENS, features)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 really ran
+    assert (spearman(bf16.flatten(1).numpy(), fp32.flatten(1).numpy()) > 0.95).all()

@@ -190,3 +190,27 @@ def test_batched_values_equal_forwards_of_the_masked_images(world):
     with torch.no_grad():
         direct = torch.stack([target(torch.where(m, pixels, canvas), TOKENS, features) for m in masks])
     torch.testing.assert_close(values, direct, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget_sequences", [1, 5, 9])
+def test_a_cpu_forward_holds_what_the_memory_bound_allows_and_values_do_not_depend_on_it(
+    world, monkeypatch, budget_sequences
+):
+    """On a CPU the activation bound caps the sequences of a forward below `forward_batch` (whole coalitions, at
+    least one); the coalitions' values are the same however they are split."""
+    from cafe.erf import kernelshap
+
+    target, images, features = world
+    pixels = target.backbone.normalize(images)
+    canvas, b = torch.zeros_like(pixels), len(TOKENS)
+    coalitions = draw_coalitions(target.backbone.grid**2, 40, seed=7)
+    reference = unique_values(target, pixels, canvas, TOKENS, features, coalitions, forward_batch=1000)
+    per_sequence = target.backbone.n_tokens * 4 * target.backbone.width * 4
+    monkeypatch.setattr(kernelshap, "CPU_FORWARD_BYTES", budget_sequences * per_sequence)
+    assert kernelshap.sequences_per_forward(target.backbone, 1000) == budget_sequences
+    with monkeypatch.context() as patch:
+        counter = ForwardCounter(target.backbone, patch)
+        values = unique_values(target, pixels, canvas, TOKENS, features, coalitions, forward_batch=1000)
+    distinct = len(torch.unique(coalitions, dim=0))
+    assert counter.forwards == -(-distinct // max(1, budget_sequences // b))
+    torch.testing.assert_close(values, reference, rtol=1e-5, atol=1e-6)

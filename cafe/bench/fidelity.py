@@ -227,7 +227,7 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         fp32, bf16, ratio = timer.pair(_in_mode(job, "fp32", device), _in_mode(job, "bf16", device))
         seconds[name] = {"fp32": asdict(fp32), "bf16": asdict(bf16)}
         ratios[name] = ratio
-        log.info("%s bf16 over fp32: %.2fx (median of %d pairs)", name, ratio["median"], len(ratio["runs"]))
+        log.info("%s bf16 over fp32: %s (void: %s)", name, _spread(ratio), ratio["void"])
     share = {name: ratios[name]["median"] / ratios["matmul_4096"]["median"] for name in jobs}
     return {
         "seconds": seconds,
@@ -237,6 +237,11 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         "forward_share_of_matmul_ratio": share[f"forward_layer{depth}"],
         "targets": n,
     }
+
+
+def _spread(ratio: dict[str, Any]) -> str:
+    """A ratio's median with its min and max over the pairs."""
+    return f"{ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f}, {len(ratio['runs'])} pairs)"
 
 
 def _in_mode(job, mode: str, device: torch.device):
@@ -342,7 +347,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", "SAE: " + "; ".join(f"{k}: {v}" for k, v in record["sae"].items())]
         if "speed" in record:
             s = record["speed"]
-            lines += ["", f"Speed, bf16 over fp32 throughput: {s['bf16_over_fp32']}; AttnLRP reaches "
+            spreads = {k: _spread(r) for k, r in s["bf16_over_fp32_pairs"].items()}
+            lines += ["", f"Speed, bf16 over fp32 throughput: {spreads}; AttnLRP reaches "
                       f"{s['attnlrp_share_of_matmul_ratio']:.2f} of the matmul ratio, the forward "
                       f"{s['forward_share_of_matmul_ratio']:.2f}; void: "
                       f"{ {k: r['void'] for k, r in s['bf16_over_fp32_pairs'].items()} }"]  # fmt: skip
@@ -360,4 +366,5 @@ def run_fidelity(models: list[str], out: Path, device: torch.device, harness: Ha
             results["models"][alias] = fidelity_model(SETTINGS[alias], device, timer, Path(tmp))
     write_json(out, results)
     write_text(out.with_suffix(".md"), markdown(results))
+    print(markdown(results))
     return results

@@ -16,6 +16,7 @@ import torch
 from cafe.erf.base import Attribution, ErfMethod, patch_sum
 from cafe.erf.config import ErfConfig
 from cafe.erf.lrp import check_supported, residual_with_rules
+from cafe.erf.mixed_precision import CastViews
 from cafe.erf.rules import sae_rule
 from cafe.feature_target import FeatureTarget
 
@@ -28,13 +29,13 @@ class AttnLRP(ErfMethod):
     def __init__(self, target: FeatureTarget, config: ErfConfig | None = None):
         super().__init__(target, config)
         check_supported(self.backbone)
-        self.rules = self.config.attnlrp
+        self.rules, self.views = self.config.attnlrp, CastViews(self.backbone)
 
     def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
         pixels = pixels.detach().requires_grad_(True)
         rows = torch.arange(len(pixels), device=pixels.device)
         with torch.enable_grad():
-            resid = residual_with_rules(self.backbone, pixels, self.target.layer, self.rules)
+            resid = residual_with_rules(self.views, pixels, self.target.layer, self.rules)
             z = sae_rule(resid[rows, tokens], self.target.sae, features, self.rules.epsilon)
             (grad,) = torch.autograd.grad(z.sum(), pixels)
         maps = patch_sum(pixels.detach() * grad, self.backbone.patch_size)

@@ -63,7 +63,9 @@ class KernelShapConfig:
     samples: int = 256
     seed: int = 0
     solver: str = "batched"  # batched: cafe.erf.kernelshap's own, on the device | captum: the reference
-    forward_batch: int = 256  # images per truncated forward (batched solver; captum uses erf.batch_size)
+    forward_batch: int = (
+        256  # most images per truncated forward (batched; fewer on a CPU: kernelshap.CPU_FORWARD_BYTES)
+    )
 
     def __post_init__(self) -> None:
         if self.solver not in KERNELSHAP_SOLVERS:

@@ -5,8 +5,8 @@ Two solvers of the same estimator (Lundberg & Lee 2017, as captum's `KernelShap`
 - `batched` (default): the coalitions are drawn once on the device and shared by every target of the batch (as
   the captum path does too: it reseeds per target); each distinct coalition is evaluated once (z(image) and
   z(canvas) are the everyone and no-one coalitions), for all targets, in forwards of about `forward_batch`
-  sequences that start from the image's and the canvas's patch embeddings mixed per token (each computed once);
-  one weighted least squares in float64 gives every target's map at once.
+  sequences (fewer on a CPU: `CPU_FORWARD_BYTES`) that start from the image's and the canvas's patch embeddings
+  mixed per token (each computed once); one weighted least squares in float64 gives every target's map at once.
 - `captum`: captum's `KernelShap`, one target at a time, kept as the reference.
 
 Sampling and weights are captum's: the first two coalitions are all players and none, each with weight 1e6
@@ -22,12 +22,18 @@ from __future__ import annotations
 import torch
 from captum.attr import KernelShap as CaptumKernelShap
 
+from cafe.backbone import Backbone
 from cafe.erf.base import Attribution
 from cafe.erf.methods import CanvasMethod
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 
 ENDPOINT_WEIGHT = 1e6  # captum's KernelShap.inf_weight
+# On a CPU a forward's MLP hidden activation (sequences x tokens x 4 width, float32) stays within this: larger ones
+# miss the caches and, past glibc's 32 MiB mmap threshold, take fresh pages at every op. Profiled on the demo tower
+# at one thread: 256 sequences a forward (34 MB) spent ~1.5x the CPU time per sequence of 16-64 (2-8 MB), and
+# made the batched solver no faster than captum's 16-image forwards.
+CPU_FORWARD_BYTES = 8 << 20
 
 
 def draw_coalitions(players: int, samples: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -64,6 +70,14 @@ def solve_surrogates(coalitions: torch.Tensor, values: torch.Tensor, weights: to
     return (torch.linalg.pinv(root * x_c) @ (root * y_c)).T
 
 
+def sequences_per_forward(backbone: Backbone, forward_batch: int) -> int:
+    """At most `forward_batch` sequences a forward; on a CPU also at most CPU_FORWARD_BYTES of MLP hidden activation
+    (a ViT's MLP is 4x its width)."""
+    if backbone.device.type != "cpu":
+        return forward_batch
+    return max(1, min(forward_batch, CPU_FORWARD_BYTES // (backbone.n_tokens * 4 * backbone.width * 4)))
+
+
 def coalition_values(
     target: FeatureTarget,
     pixels: torch.Tensor,
@@ -78,7 +92,7 @@ def coalition_values(
     The patch embedding (conv with stride = kernel = patch; CLS, registers, positions, pre-norm: all per token) maps
     each patch on its own, so a masked image's token sequence is the image's embedding at present patches and the
     canvas's elsewhere: both are embedded once and mixed per token, and only the blocks run per coalition, in
-    truncated forwards of about `forward_batch` sequences (whole coalitions x all B targets per forward)."""
+    truncated forwards of about `sequences_per_forward` sequences (whole coalitions x all B targets per forward)."""
     b, players = len(pixels), coalitions.shape[1]
     with torch.no_grad():
         inside, outside = target.backbone.embed(pixels), target.backbone.embed(canvas)  # (B, T, D) each
@@ -90,7 +104,7 @@ def coalition_values(
         )
     kept = torch.ones(len(coalitions), prefix, dtype=torch.bool, device=coalitions.device)
     present = torch.cat([kept, coalitions], 1)[:, None, :, None]  # (S, 1, T, 1)
-    per_forward = max(1, forward_batch // b)
+    per_forward = max(1, sequences_per_forward(target.backbone, forward_batch) // b)
     values = []
     with torch.no_grad():
         for chunk in present.split(per_forward):

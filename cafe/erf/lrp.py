@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from cafe.backbone import Backbone
 from cafe.blocks import Ops, block_forward
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
+from cafe.erf.mixed_precision import CastViews, autocast_dtype, matmul_attention
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
 
 # Share of an attention output's relevance that each factor receives (uniform rule over the two matmuls):
@@ -34,14 +36,17 @@ def _linear(config: AttnLRPConfig, x, weight, bias, kind: str) -> torch.Tensor:
     return linear_rule(x, weight, bias, config.epsilon, gamma)
 
 
-def rule_ops(config: AttnLRPConfig) -> Ops:
-    """The view forward's operations under the AttnLRP rules of `config`."""
+def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
+    """The view forward's operations under the AttnLRP rules of `config` (attention by bf16 matmuls under a CPU
+    autocast: `cafe.erf.mixed_precision`)."""
+    low_precision_cpu = device.type == "cpu" and autocast_dtype(device) not in (None, torch.float32)
     return Ops(
         norm=layer_norm_rule,
         linear=functools.partial(_linear, config),
         act=identity_rule,
         share=scale_grad,
         attention_shares=ATTENTION_SHARES[config.attention],
+        attend=matmul_attention if low_precision_cpu else F.scaled_dot_product_attention,
     )
 
 
@@ -58,9 +63,10 @@ def embed(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
         return backbone.family.embed(backbone.visual, pixels, layer_norm_rule)
 
 
-def residual_with_rules(backbone: Backbone, pixels: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
-    """Residual stream after block `layer` (B, T, D), running only blocks 1..layer, with LRP rules in the backward."""
-    ops, x = rule_ops(config), embed(backbone, pixels)
+def residual_with_rules(views: CastViews, pixels: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
+    """Residual stream after block `layer` (B, T, D), running only blocks 1..layer, with LRP rules in the backward;
+    under autocast the blocks' linear weights come cast once (`views`)."""
+    ops, x, dtype = rule_ops(config, pixels.device), embed(views.backbone, pixels), autocast_dtype(pixels.device)
     for i in range(1, layer + 1):
-        x = block_forward(backbone.view(i), x, ops)
+        x = block_forward(views.view(i, dtype), x, ops)
     return x
