@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def process_age() -> float | None:
         return None
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads) and of its finished children (data loaders)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     as_process = argv is None  # the `cafe` program, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
@@ -90,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if as_process and (age := process_age()) is not None:  # benchmarks/dag_timing.py sums these per rule
-        log.info("start-up %.2f s (interpreter and imports of cafe %s)", age, args.command)
+        log.info("start-up %.2f s, %.2f s CPU (interpreter and imports of cafe %s)", age, cpu_seconds(), args.command)
     try:
         status = args.func(args)
         modules = list(sys.modules)  # the code of the step, before the record writer imports anything
         from cafe.provenance import write_records
 
         write_records(args, modules)
+        if as_process:
+            log.info("%.2f s CPU in all (cafe %s)", cpu_seconds(), args.command)
     except CafeError as exc:
         print(f"cafe {args.command}: error: {exc}", file=sys.stderr)
         return 2
