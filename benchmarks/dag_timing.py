@@ -10,8 +10,9 @@ busy machine is refused, or the figure marked void), and writes benchmarks/resul
 summed seconds (from Snakemake's own start/finish timestamps in its log) and their summed start-up seconds
 (interpreter and imports, which each `cafe` job states in its log), and the CPU seconds of both (user + system,
 also stated by each job: meaningful on a shared machine, where wall seconds are not); then the start-up share of
-all job-seconds and of all job CPU seconds, and the seconds before the first job started (Snakemake loading the
-DAG). `--params FILE` runs the copy with that params.yaml (tests/workflow_utils.py's TINY_PARAMS, say).
+all job-seconds and of all job CPU seconds, the seconds before the first job started (Snakemake loading the DAG),
+and the CPU seconds of the whole run (Snakemake and its jobs). `--params FILE` runs the copy with that params.yaml
+(tests/workflow_utils.py's TINY_PARAMS, say).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -103,13 +105,13 @@ def with_startup(rules: dict[str, dict[str, float]], stated: dict[str, dict[str,
         rule: {**r, **{name: round(per_rule.get(rule, 0.0), 2) for name, per_rule in stated.items()}}
         for rule, r in rules.items()
     }
-    totals = {name: round(sum(per_rule.get(rule, 0.0) for rule in rules), 2) for name, per_rule in stated.items()}
+    totals = {name: sum(per_rule.get(rule, 0.0) for rule in rules) for name, per_rule in stated.items()}
     job_seconds = sum(r["seconds"] for r in rules.values())
     startup, cpu = totals.get("startup_seconds", 0.0), totals.get("cpu_seconds")
     return {
         "rules": dict(sorted(table.items(), key=lambda kv: -kv[1]["seconds"])),
         "job_seconds": job_seconds,
-        **totals,
+        **{name: round(total, 2) for name, total in totals.items()},
         "startup_share": round(startup / job_seconds, 3) if job_seconds else None,
         "startup_cpu_share": round(totals.get("startup_cpu_seconds", 0.0) / cpu, 3) if cpu else None,
     }
@@ -124,6 +126,12 @@ def first_job_after(log: str, began: float) -> float | None:
     return None
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (Snakemake, and through it every job)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_dag(cores: int, resources: list[str], params: Path | None, runs: list[dict]) -> None:
     """Snakemake on a fresh copy of the working tree (with `params` as its params.yaml, if given); its log, what
     its jobs stated (start-up and CPU seconds) and its DAG-load seconds appended to `runs`."""
@@ -134,14 +142,15 @@ def run_dag(cores: int, resources: list[str], params: Path | None, runs: list[di
             shutil.copy2(params, work / "params.yaml")
         env = {**os.environ, "PYTHONPATH": str(work)}
         command = ["snakemake", "--cores", str(cores), *(["--resources", *resources] if resources else [])]
-        launched = time.time()
+        launched, used = time.time(), children_cpu()
         run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        used = children_cpu() - used
         log = run.stdout + run.stderr
         if run.returncode:
             raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
         logs = job_logs(log)
         stated = {name: stated_seconds(work, logs, pattern) for name, pattern in STATED.items()}
-        runs.append({"log": log, "stated": stated, "dag_load_seconds": first_job_after(log, launched)})
+        runs.append({"log": log, "stated": stated, "cpu": used, "dag_load_seconds": first_job_after(log, launched)})
 
 
 def main() -> None:
@@ -169,6 +178,7 @@ def main() -> None:
         "seconds": figure.stats()["median"],
         "figure": figure.record(),
         "dag_load_seconds": runs[-1]["dag_load_seconds"],
+        "run_cpu_seconds": round(runs[-1]["cpu"], 2),  # Snakemake and all its jobs; cpu_seconds: the jobs' own
         **with_startup(per_rule(runs[-1]["log"]), runs[-1]["stated"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
