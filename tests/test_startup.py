@@ -27,7 +27,7 @@ from cafe.cli import COMMANDS
 HEAVY = ("torch", "open_clip", "timm", "transformers", "h5py", "pandas", "matplotlib", "scipy", "sklearn")
 MODEL_LIBRARIES = ("open_clip", "timm", "transformers")
 TORCH_COMMANDS = {  # their step runs torch; the model libraries load with the tower, not with the command
-    "train-demo-backbone", "activations", "sae", "sae-import", "sae-summary", "features", "erf", "insertion",
+    "train-demo-backbone", "activations", "sae", "sae-import", "features", "erf", "insertion",
     "greedy", "counterfactuals",
 }  # fmt: skip
 BARE_COMMANDS = {"params", "verify", "sync", "bench"}  # read params and records only: none of HEAVY
@@ -108,6 +108,7 @@ def test_each_command_imports_only_what_its_step_uses() -> None:
     assert {c: s for c, s in seen.items() if {"torch", *MODEL_LIBRARIES} & set(s)} == {}
     assert {c: s for c, s in seen.items() if c in BARE_COMMANDS and s} == {}
     assert "h5py" not in seen["manifest"] and "matplotlib" not in seen["manifest"]  # a CSV of paths
+    assert seen["sae-summary"] == []  # JSON files in, one out
     heavy = imported_by(sorted(TORCH_COMMANDS), MODEL_LIBRARIES, preloaded=("torch", "numpy", "h5py", "pandas"))
     assert {c: s for c, s in heavy.items() if s} == {}
 
