@@ -115,11 +115,24 @@ def check_images(root: str | os.PathLike, rows: pd.DataFrame, workers: int = 1) 
 
 @dataclass(frozen=True)
 class Crop:
-    """A model's eval crop: the shorter side resized to `resize` (bicubic), then the center `size` x `size`
-    (timm's crop_pct < 1, a Hugging Face processor's shortest_edge > crop_size). A plain int size is Crop(n, n)."""
+    """A model's eval crop: the image resized (bicubic), then the center `size` x `size`. `resize` an int: the
+    shorter side to it, keeping the aspect (timm's crop_pct < 1, a Hugging Face processor's shortest_edge >
+    crop_size); a (height, width) pair: to exactly that, squashed (a Hugging Face SigLIP processor, timm's
+    crop_mode squash), torchvision's `Resize` convention. A plain int size is Crop(n, n)."""
 
     size: int
-    resize: int
+    resize: int | tuple[int, int]
+
+    def __post_init__(self) -> None:  # a list from JSON or a config is the same pair
+        if not isinstance(self.resize, int):
+            object.__setattr__(self, "resize", tuple(int(side) for side in self.resize))
+
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an image of that size after the resize (torchvision's rounding of the longer side)."""
+        if not isinstance(self.resize, int):
+            return self.resize
+        long_side = int(self.resize * max(height, width) / min(height, width))
+        return (long_side, self.resize) if width <= height else (self.resize, long_side)
 
 
 ImageSize = int | Crop  # what every loader below takes as `size`
@@ -130,8 +143,8 @@ def crop_of(size: ImageSize) -> Crop:
 
 
 def eval_transform(size: ImageSize) -> Callable[[Image.Image], torch.Tensor]:
-    """OpenCLIP's eval transform without normalisation: shorter side to the crop's `resize` (bicubic), center
-    crop."""
+    """OpenCLIP's eval transform without normalisation: the crop's resize (bicubic; the shorter side, or squashed
+    to a (height, width) pair), center crop."""
     from torchvision import transforms
 
     crop = crop_of(size)
@@ -347,15 +360,14 @@ def _decode_jpeg(data: torch.Tensor, path: str, size: ImageSize, device: torch.d
 
 
 def resize_crop(image: torch.Tensor, size: ImageSize) -> torch.Tensor:
-    """`eval_transform` on a decoded uint8 image (3, h, w), on its device: shorter side to `resize` (bicubic,
+    """`eval_transform` on a decoded uint8 image (3, h, w), on its device: the crop's resize (bicubic,
     antialiased) in PIL's two passes, width then height, each rounded to uint8 (as Pillow <= 12 and torchvision's
     CPU kernel do, so every device computes the same), then the center crop, as float in [0, 1]."""
     from torchvision.transforms.v2 import functional as F
 
     crop = crop_of(size)
     height, width = image.shape[-2:]
-    long_side = int(crop.resize * max(height, width) / min(height, width))  # torchvision's Resize(size) rounding
-    out_height, out_width = (long_side, crop.resize) if width <= height else (crop.resize, long_side)
+    out_height, out_width = crop.resized(height, width)
     for shape in ([height, out_width], [out_height, out_width]):
         image = F.resize(image, shape, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
     return F.center_crop(image, [crop.size]).float().div_(255)

@@ -55,6 +55,7 @@ def _timm(name: str, **kwargs) -> Callable[[], Backbone]:
         visual = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs})
         return timm_backbone(_informative(visual, ("gamma", "token", "pos_embed")), name)
 
+    build.model, build.kwargs = name, {**SMALL, **kwargs}  # what it is built from (timm_from_file builds it again)
     return build
 
 
@@ -120,18 +121,8 @@ def openclip_to_timm(source: Backbone, reg_tokens: int = 0, class_token: bool = 
 
 def openclip_to_hf_clip(source: Backbone) -> Backbone:
     """The OpenCLIP tower's weights in a Hugging Face CLIPVisionModel (packed in_proj split into q, k, v)."""
-    visual, d = source.visual, source.width
-    config = transformers.CLIPVisionConfig(
-        hidden_size=d,
-        intermediate_size=source.view(1).mlp.fc1_weight.shape[0],
-        num_hidden_layers=source.depth,
-        num_attention_heads=source.view(1).attn.heads,
-        image_size=source.image_size,
-        patch_size=source.patch_size,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-    )
-    model = transformers.CLIPVisionModel(config)
+    visual = source.visual
+    model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**_hf_geometry(source)))
     state = {
         "embeddings.patch_embedding.weight": visual.conv1.weight,
         "embeddings.class_embedding": visual.class_embedding,
@@ -141,23 +132,85 @@ def openclip_to_hf_clip(source: Backbone) -> Backbone:
         "post_layernorm.weight": visual.ln_post.weight,
         "post_layernorm.bias": visual.ln_post.bias,
     }
-    for i, block in enumerate(visual.transformer.resblocks):
-        to = f"encoder.layers.{i}."
-        for name, part in zip(("q", "k", "v"), range(3)):
-            state[f"{to}self_attn.{name}_proj.weight"] = block.attn.in_proj_weight[part * d : (part + 1) * d]
-            state[f"{to}self_attn.{name}_proj.bias"] = block.attn.in_proj_bias[part * d : (part + 1) * d]
-        pairs = {
-            "self_attn.out_proj": block.attn.out_proj,
-            "layer_norm1": block.ln_1,
-            "layer_norm2": block.ln_2,
-            "mlp.fc1": block.mlp.c_fc,
-            "mlp.fc2": block.mlp.c_proj,
-        }
-        for name, module in pairs.items():
-            state[f"{to}{name}.weight"], state[f"{to}{name}.bias"] = module.weight, module.bias
+    _copy_openclip_blocks(state, visual, "encoder.layers.{}.", CLIP_NAMES)
     model.vision_model.load_state_dict(state)
+    return _hf_like(source, model, "openclip-in-hf")
+
+
+CLIP_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "layer_norm1",
+              "layer_norm2", "mlp.fc1", "mlp.fc2")  # fmt: skip
+DINOV2_NAMES = ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                "attention.output.dense", "norm1", "norm2", "mlp.fc1", "mlp.fc2")  # fmt: skip
+
+
+def _hf_geometry(source: Backbone) -> dict:
+    """An HF vision config's size arguments for the OpenCLIP tower `source` (its GELU and LayerNorm eps too)."""
+    return dict(
+        hidden_size=source.width,
+        intermediate_size=source.view(1).mlp.fc1_weight.shape[0],
+        num_hidden_layers=source.depth,
+        num_attention_heads=source.view(1).attn.heads,
+        image_size=source.image_size,
+        patch_size=source.patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+
+
+def _copy_openclip_blocks(state: dict, visual: nn.Module, to: str, names: tuple[str, ...]) -> None:
+    """The OpenCLIP blocks' weights under HF names: `to` formats the block index; `names` are q, k, v, out, norm1,
+    norm2, fc1, fc2."""
+    d = visual.transformer.width
+    for i, block in enumerate(visual.transformer.resblocks):
+        for part, name in enumerate(names[:3]):
+            state[f"{to.format(i)}{name}.weight"] = block.attn.in_proj_weight[part * d : (part + 1) * d]
+            state[f"{to.format(i)}{name}.bias"] = block.attn.in_proj_bias[part * d : (part + 1) * d]
+        modules = (block.attn.out_proj, block.ln_1, block.ln_2, block.mlp.c_fc, block.mlp.c_proj)
+        for name, module in zip(names[3:], modules):
+            state[f"{to.format(i)}{name}.weight"], state[f"{to.format(i)}{name}.bias"] = module.weight, module.bias
+
+
+def _hf_like(source: Backbone, model: nn.Module, name: str) -> Backbone:
     mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
-    return Backbone(model.eval(), tuple(mean), tuple(std), "openclip-in-hf", "random", get_family("hf"))
+    return Backbone(model.eval(), tuple(mean), tuple(std), name, "random", get_family("hf"))
+
+
+def openclip_to_hf_no_prenorm(source: Backbone, kind: str) -> Backbone:
+    """The OpenCLIP tower's blocks and embeddings in a Hugging Face `Dinov2Model`, `Dinov2WithRegistersModel` (4
+    zero registers) or `SiglipVisionModel` (no CLS): `kind` is dinov2, dinov2-reg4 or siglip. These have no
+    pre-norm, so `ln_pre` is dropped: the same tower only where nothing reads the stream before block 1's ln_1
+    but what a LayerNorm leaves unchanged (the planted tower: its SAE reads channels its embeddings leave 0)."""
+    visual, d = source.visual, source.width
+    conv = {"weight": visual.conv1.weight, "bias": torch.zeros(d)}
+    if kind == "siglip":
+        config = transformers.SiglipVisionConfig(**_hf_geometry(source), vision_use_head=False)
+        model, core, prefix, names = transformers.SiglipVisionModel(config), None, "encoder.layers.{}.", CLIP_NAMES
+        state = {f"embeddings.patch_embedding.{k}": v for k, v in conv.items()}
+        state["embeddings.position_embedding.weight"] = visual.positional_embedding[1:]
+        state |= {f"post_layernorm.{k}": v for k, v in visual.ln_post.state_dict().items()}
+    else:
+        registers = {"num_register_tokens": 4} if kind == "dinov2-reg4" else {}
+        geometry = {k: v for k, v in _hf_geometry(source).items() if k != "intermediate_size"}
+        geometry["mlp_ratio"] = source.view(1).mlp.fc1_weight.shape[0] / d
+        config_class = "Dinov2WithRegistersConfig" if registers else "Dinov2Config"
+        config = getattr(transformers, config_class)(**geometry, **registers)
+        model = getattr(transformers, config_class.replace("Config", "Model"))(config)
+        core, prefix, names = model, "encoder.layer.{}.", DINOV2_NAMES
+        state = {f"embeddings.patch_embeddings.projection.{k}": v for k, v in conv.items()}
+        state |= {
+            "embeddings.cls_token": visual.class_embedding.view(1, 1, d),
+            "embeddings.mask_token": torch.zeros(1, d),
+        }
+        state["embeddings.position_embeddings"] = visual.positional_embedding[None]
+        state |= {f"layernorm.{k}": v for k, v in visual.ln_post.state_dict().items()}
+        if registers:
+            state["embeddings.register_tokens"] = torch.zeros(1, 4, d)
+        for i in range(source.depth):
+            for scale in ("layer_scale1", "layer_scale2"):
+                state[f"{prefix.format(i)}{scale}.lambda1"] = torch.ones(d)
+    _copy_openclip_blocks(state, visual, prefix, names)
+    (core or model.vision_model).load_state_dict(state)
+    return _hf_like(source, model, f"openclip-in-hf-{kind}")
 
 
 def timm_dinov2_to_hf(source: Backbone) -> Backbone:
@@ -198,8 +251,7 @@ def timm_dinov2_to_hf(source: Backbone) -> Backbone:
         _copy_timm_block(state, block, to, qkv, ("attention.output.dense", "norm1", "norm2", "mlp.fc1", "mlp.fc2"))
         state[f"{to}layer_scale1.lambda1"], state[f"{to}layer_scale2.lambda1"] = block.ls1.gamma, block.ls2.gamma
     model.load_state_dict(state)
-    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
-    return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
+    return _hf_like(source, model, "timm-in-hf")
 
 
 def _copy_timm_block(state: dict, block, to: str, qkv: tuple[str, ...], names: tuple[str, ...]) -> None:
@@ -243,5 +295,30 @@ def timm_siglip_to_hf(source: Backbone) -> Backbone:
             state, block, to, qkv, ("self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
         )
     model.vision_model.load_state_dict(state)
-    mean, std = source.mean.flatten().tolist(), source.std.flatten().tolist()
-    return Backbone(model.eval(), tuple(mean), tuple(std), "timm-in-hf", "random", get_family("hf"))
+    return _hf_like(source, model, "timm-in-hf")
+
+
+def timm_dinov2_as_hub(visual: VisionTransformer) -> dict[str, torch.Tensor]:
+    """A timm DINOv2's weights in torch.hub's layout (facebookresearch/dinov2 `DinoVisionTransformer`, block_chunks
+    0): a mask token; with registers, `register_tokens` and the CLS position kept in `pos_embed` (timm folds it
+    into the CLS token: split here at a random point); SwiGLU's fc1/fc2 as w12/w3; block names are timm's."""
+    d = visual.embed_dim
+    state = {k: v.clone() for k, v in visual.state_dict().items() if not k.startswith("head")}
+    state["mask_token"] = torch.zeros(1, d)
+    if visual.num_reg_tokens:
+        state["register_tokens"] = state.pop("reg_token")
+        cls_position = torch.randn(1, 1, d)
+        state["cls_token"] = state["cls_token"] - cls_position
+        state["pos_embed"] = torch.cat([cls_position, state["pos_embed"]], 1)
+    if isinstance(visual.blocks[0].mlp, timm.layers.GluMlp):
+        state = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in state.items()}
+    return state
+
+
+def timm_from_file(tower: str, path: Path) -> Backbone:
+    """The timm tower `tower` of TOWERS built again with the weights of a checkpoint file, as `backbone.pretrained:
+    <path>` does (cafe's timm family: timm's own checkpoint filter converts the file's key names)."""
+    build = TOWERS[tower]
+    overlay = {"file": str(path)}
+    visual = TimmVit()._build(build.model, pretrained=True, pretrained_cfg_overlay=overlay, **build.kwargs)
+    return timm_backbone(visual, build.model)

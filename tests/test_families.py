@@ -1,6 +1,7 @@
 """Every backbone family (OpenCLIP, timm, Hugging Face) at tiny size with random weights: the block view equals
 the library's own block, AttnLRP conserves relevance at every layer, the same weights in two implementations
-give the same activations and ERF maps, and the planted cause is found through every implementation."""
+give the same activations and ERF maps, and the planted cause is found through every implementation (OpenCLIP,
+timm with CLS, registers or neither, HF CLIP, DINOv2, DINOv2 with registers, SigLIP)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from family_towers import TOWERS, openclip_to_hf_clip, openclip_to_timm, timm_dinov2_to_hf, timm_siglip_to_hf
+from family_towers import (
+    HF_SMALL,
+    TOWERS,
+    openclip_to_hf_clip,
+    openclip_to_hf_no_prenorm,
+    openclip_to_timm,
+    timm_dinov2_as_hub,
+    timm_dinov2_to_hf,
+    timm_from_file,
+    timm_siglip_to_hf,
+)
 from planted import planted_world
 from scipy import stats
 
@@ -172,6 +183,9 @@ CONVERSIONS = {
     "timm-registers": lambda b: openclip_to_timm(b, reg_tokens=4),
     "timm-no-cls": lambda b: openclip_to_timm(b, class_token=False),
     "hf-clip": openclip_to_hf_clip,
+    "hf-dinov2": lambda b: openclip_to_hf_no_prenorm(b, "dinov2"),
+    "hf-dinov2-reg4": lambda b: openclip_to_hf_no_prenorm(b, "dinov2-reg4"),
+    "hf-siglip": lambda b: openclip_to_hf_no_prenorm(b, "siglip"),
 }
 
 
@@ -182,11 +196,16 @@ def test_every_implementation_finds_the_planted_cause(implementation, method):
     backbone = CONVERSIONS[implementation](planted.backbone)
     shift = backbone.layout.n_prefix - planted.backbone.layout.n_prefix  # registers push the patches on
     target = FeatureTarget(backbone, planted.sae, planted.layer)
-    maps = make_method(method, target, parse_section(ErfConfig, FAST, "erf")).attribute(
-        planted.images, torch.tensor([planted.token + shift]), torch.tensor([planted.feature])
-    )
+    token, feature = torch.tensor([planted.token + shift]), torch.tensor([planted.feature])
+    maps = make_method(method, target, parse_section(ErfConfig, FAST, "erf")).attribute(planted.images, token, feature)
     source = planted.source - planted.backbone.layout.n_prefix
     assert torch.isfinite(maps).all() and maps.flatten().argmax().item() == source
+    with torch.no_grad():  # the same feature value as the OpenCLIP tower's (about 7): the same planted tower
+        z, expected = (
+            FeatureTarget(b, planted.sae, planted.layer)(b.normalize(planted.images), t, feature)
+            for b, t in ((backbone, token), (planted.backbone, torch.tensor([planted.token])))
+        )
+    torch.testing.assert_close(z, expected, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -226,6 +245,27 @@ def test_offline_without_weights_is_a_clear_error_within_seconds(monkeypatch, cf
     with pytest.raises(CafeError, match=message):
         Backbone.load(cfg)
     assert time.perf_counter() - began < 60  # generous on a loaded machine; without the probe it is minutes
+
+
+def test_planning_an_hf_tower_needs_its_config_only_and_offline_says_what_to_fetch(monkeypatch, tmp_path):
+    """`snakemake -n` checks params against the tower's shape: timm and OpenCLIP know it from the name, a Hugging
+    Face model from its config.json (a folder with nothing else plans); offline without it, a CafeError within
+    seconds names the files."""
+    import transformers
+
+    from cafe.params import check_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    transformers.Dinov2Config(**HF_SMALL).save_pretrained(tmp_path)
+    plan = {"layers": [2], "demo": {"enabled": False}, "data": {"images": str(tmp_path)}}
+    check_config({**plan, "backbone": {"model": str(tmp_path), "pretrained": str(tmp_path / "weights")}})
+    with pytest.raises(CafeError, match="layers .3. do not exist"):
+        check_config({**plan, "layers": [3], "backbone": {"model": str(tmp_path)}})
+    began = time.perf_counter()
+    hub_id = "facebook/dinov2-small-cafe-test"
+    with pytest.raises(CafeError, match=f"planning .* `hf download {hub_id} config.json preprocessor_config.json`"):
+        check_config({**plan, "backbone": {"model": hub_id, "pretrained": "main"}})
+    assert time.perf_counter() - began < 60  # generous on a loaded machine; a download's retries take minutes
 
 
 def test_one_rule_decides_what_a_local_checkpoint_is():
@@ -283,6 +323,21 @@ def test_local_checkpoints_of_timm_and_hf_load_the_saved_weights(tmp_path):
             torch.testing.assert_close(mine, saved)
 
 
+@pytest.mark.parametrize("tower", ["timm-dinov2", "timm-dinov2-reg4", "timm-dinov2-giant-swiglu"])
+def test_a_torch_hub_dinov2_checkpoint_loads_through_timm(tmp_path, tower):
+    """torch.hub's DINOv2 (facebookresearch/dinov2) needs the network for its code; its state dict loads through
+    the timm family as a local checkpoint (timm's filter maps mask/register tokens, the CLS position, SwiGLU's
+    w12/w3): a random tower saved in the hub's layout comes back with the same activations."""
+    source = TOWERS[tower]()
+    torch.save(timm_dinov2_as_hub(source.visual), tmp_path / "hub.pth")
+    loaded = timm_from_file(tower, tmp_path / "hub.pth")
+    x = source.normalize(images_for(source, 2))
+    with torch.no_grad():
+        mine, theirs = (b.forward_layers(x, [source.depth])[source.depth] for b in (source, loaded))
+    assert loaded.layout == source.layout
+    torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
+
+
 def test_the_models_eval_crop_reaches_the_images(tmp_path):
     """A crop_pct < 1 (AugReg's 0.9: resize to 248, crop 224) keeps the center only: a frame an eighth of the image
     wide shows in the plain crop of the shorter side and not in the model's crop."""
@@ -300,17 +355,77 @@ def test_the_models_eval_crop_reaches_the_images(tmp_path):
     assert (augreg.image_size, augreg.resize) == (224, 248)
 
 
-def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets():
-    from cafe.bench.families import family_ratio
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+PROCESSORS = {  # config class -> (its image processor, settings as a hub folder's preprocessor_config.json has them)
+    "SiglipVisionConfig": ("SiglipImageProcessor", {"size": {"height": 28, "width": 28}}),  # squash, no crop
+    "CLIPVisionConfig": (
+        "CLIPImageProcessor",
+        {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}},
+    ),
+    "Dinov2Config": (
+        "BitImageProcessor",
+        {"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}, **IMAGENET},
+    ),
+}
+
+
+def _random_photos(folder, n: int, seed: int) -> list[str]:
+    """`n` smooth random RGB images of random sizes (20-119 px a side) saved as PNG; their names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(n):
+        width, height = (int(side) for side in rng.integers(20, 120, 2))
+        fields = rng.integers(0, 256, (height // 6 + 2, width // 6 + 2, 3), dtype=np.uint8)
+        Image.fromarray(fields).resize((width, height), Image.Resampling.BICUBIC).save(folder / f"{i}.png")
+    return [f"{i}.png" for i in range(n)]
+
+
+@pytest.mark.parametrize("config_class", sorted(PROCESSORS))
+def test_hf_preprocessing_is_the_models_own_image_processors(tmp_path, config_class):
+    """A folder with config.json and preprocessor_config.json: cafe's images, normalised, equal the processor's
+    pixel_values (SigLIP squashes to a square, CLIP and DINOv2 resize the shorter side and crop). The one
+    difference allowed: where the crop's margin is odd, torchvision (cafe, OpenCLIP, timm) rounds the crop's
+    offset half to even, the processor floors it, a window one pixel apart on that axis."""
+    import transformers
+    from PIL import Image
+
+    from cafe.images import Crop, load_images
+
+    processor_class, settings = PROCESSORS[config_class]
+    processor = getattr(transformers, processor_class)(**settings)
+    getattr(transformers, config_class)(**HF_SMALL).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    backbone = Backbone.load(BackboneConfig(str(tmp_path / "model"), device="cpu"))
+    crop = Crop(backbone.image_size, backbone.resize)
+    names = _random_photos(tmp_path / "images", 12, seed=len(config_class))
+    mine = backbone.normalize(load_images(tmp_path / "images", names, crop))
+    theirs = processor([Image.open(tmp_path / "images" / name) for name in names], return_tensors="pt")
+    for name, a, b in zip(names, mine, theirs["pixel_values"]):
+        with Image.open(tmp_path / "images" / name) as image:
+            margins = [side - crop.size for side in crop.resized(image.height, image.width)]
+        offsets_agree = all(round(m / 2) == m // 2 for m in margins)
+        assert offsets_agree == bool(torch.allclose(a, b, atol=1e-5)), (name, margins, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("tower", ["timm-dinov2-reg4", "hf-siglip"])
+def test_the_families_bench_times_attnlrp_beside_autograd_on_the_same_targets(tower, tmp_path):
+    """On a timm tower and an HF one built from its config through the hf family (the bench's --quick towers)."""
+    from cafe.bench.families import QUICK, family_ratio, load_family_tower, run_families
     from cafe.bench.harness import Harness
     from cafe.bench.measure import Timer
 
-    backbone = TOWERS["timm-dinov2-reg4"]()
-    timer = Timer(Harness(wait_s=0, override=True), torch.device("cpu"), repeats=1, pairs=3)
+    cpu = torch.device("cpu")
+    backbone = TOWERS[tower]() if tower.startswith("timm") else load_family_tower(*QUICK[tower], cpu)
+    assert backbone.family.name == tower.split("-")[0]
+    timer = Timer(Harness(wait_s=0, override=True), cpu, repeats=1, pairs=3)
     records = family_ratio(backbone, timer, 2, 1)
     assert records["attnlrp"]["count"] == records["gradient"]["count"] == 2
     speed = records["attnlrp_vs_autograd"]
     assert len(speed["runs"]) == 3 and speed["min"] <= speed["median"] <= speed["max"]
+    with pytest.raises(CafeError, match="unknown .'hf-vit'.; known"):
+        run_families(tmp_path / "out.json", cpu, True, Harness(wait_s=0, override=True), 2, ["hf-vit"])
 
 
 def test_sae_evaluation_reads_no_register_tokens(tmp_path):

@@ -273,15 +273,16 @@ def _batches(root: Path, paths: list[str], size: ImageSize, device: torch.device
     return torch.cat([i for i, _ in batches]), torch.cat([b for _, b in batches])
 
 
-@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2), (Crop(32, 40), 0)])
+@pytest.mark.parametrize(("size", "workers"), [(32, 0), (64, 2), (Crop(32, 40), 0), (Crop(32, (32, 32)), 0)])
 def test_decoding_on_the_device_matches_pil_within_resize_rounding(
     tmp_path: Path, size: ImageSize, workers: int
 ) -> None:
     """The device path (run here on the CPU) against PIL's. Decoding is the same libjpeg-turbo on both (measured:
     identical pixels); both resize in PIL's two passes with uint8 rounding between, with fixed-point (PIL) or float
     coefficients (torch), so a pixel may land one level apart (measured on these images at sizes 32, 64 and 224: max
-    1 level, mean 0.004 levels). Bounds a bit above: 2 levels per pixel, mean 0.02 levels. A crop one pixel off,
-    a wrong scale or channel order moves the max by tens of levels and the mean by far more."""
+    1 level, mean 0.004 levels; squashed to 32 x 32, max 1, mean 0.03: tall.jpg's 50 rows to 32 put a fifth of its
+    pixels one level apart). Bounds a bit above: 2 levels per pixel, mean 0.05 levels. A crop one pixel off, a wrong
+    scale or channel order moves the max by tens of levels and the mean by far more."""
     paths = _decoding_folder(tmp_path / "images")
     cpu = torch.device("cpu")
     indices, device = _batches(tmp_path / "images", paths, size, cpu, workers)
@@ -290,7 +291,7 @@ def test_decoding_on_the_device_matches_pil_within_resize_rounding(
     side = crop_of(size).size
     assert device.shape == pil.shape == (len(paths), 3, side, side) and device.dtype == torch.float32
     levels = (device - pil).abs() * 255
-    assert levels.max() <= 2 and levels.mean() <= 0.02, (levels.max(), levels.mean())
+    assert levels.max() <= 2 and levels.mean() <= 0.05, (levels.max(), levels.mean())
     for name in ("cmyk.jpg", "scene.png"):  # decoded by PIL on both paths
         assert torch.equal(device[paths.index(f"a/{name}")], pil[paths.index(f"a/{name}")])
     gray = device[paths.index("a/gray.jpg")]

@@ -27,7 +27,7 @@ CHEAP = {  # params whose change reruns only the annotation sheets and figures
     ("annotation", "fig4_per_layer"): [1, 2],
 }
 SEEDS = (0, 1)
-STEPS = 4
+STEPS = 3
 SYNC = ["cafe", "sync"]  # what the README says to run after dvc checkout / pull / exp apply
 
 

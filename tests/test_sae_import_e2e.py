@@ -1,39 +1,54 @@
 """End to end: an SAE written by SAELens's own save routine (tests/sae_tools.py) on the tiny demo tower's layer 2,
 imported by the DAG instead of trained (`sae: {source: ...}`, no train tokens), through Fig 3 and Fig 5 with
-`dvc repro`; DVC tracks the imported file by content."""
+`dvc repro` on a copy of the one finished tiny demo (its tower and images; the new layer's activations are
+extracted); DVC tracks the imported file by content."""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from sae_tools import run_tool
 from safetensors.torch import load_file, save_file
-from workflow_utils import TINY_PARAMS, make_workspace, run
+from workflow_utils import copy_workspace, run, write_params
 
 from cafe.sae.model import load_sae
 
 LAYER = 2  # the SAELens SAEs of tests/sae_tools_run.py hook blocks.1.hook_resid_post: the residual after block 2
 CASE = "topk_layer_norm"  # TopK after SAELens's per-token layer norm: the AttnLRP rule goes through both
 WIDTH = 32  # cafe-tiny-vit
+# What the imported SAE reaches in this run (the copied demo's other layers and stages are left as they were)
+REACHED = [
+    f"results/sae/layer{LAYER}.pt",
+    f"results/sae/layer{LAYER}.json",
+    f"results/features/layer{LAYER}.h5",
+    f"results/erf/layer{LAYER}",
+    f"results/insertion/layer{LAYER}",
+    "results/figures/fig3_insertion.png",
+    "results/figures/fig5_nonlocal.png",
+]
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def imported_study(tmp_path_factory) -> Path:
+def imported_study(tmp_path_factory, finished_tiny_demo) -> Path:
     tools = tmp_path_factory.mktemp("saelens")
     np.save(tools / "acts.npy", np.random.default_rng(0).standard_normal((8, WIDTH)).astype(np.float32))
     spec = run_tool("saelens", tools)[CASE]
-    params = copy.deepcopy(TINY_PARAMS)
+    root = copy_workspace(finished_tiny_demo, tmp_path_factory.mktemp("imported") / "study")
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["layers"] = [LAYER]
     params["data"]["n_train"] = 0
     params["erf"]["methods"] = ["attnlrp", "gradient"]
     params["sae"]["source"] = {"format": "saelens", "path": "data/saes/layer{layer}", "options": {}}
-    root = make_workspace(tmp_path_factory.mktemp("imported"), params, dvc=True)
+    write_params(root, params)
     shutil.copytree(spec["path"], root / "data" / "saes" / f"layer{LAYER}")
     run(["dvc", "repro", "analysis", "fig5"], root)
     return root
@@ -43,6 +58,9 @@ def test_the_dag_imports_instead_of_training_and_reaches_fig3_and_fig5(imported_
     root = imported_study
     for figure in ("fig3_insertion.png", "fig5_nonlocal.png"):
         assert (root / "results" / "figures" / figure).stat().st_size > 0
+    for table in ("insertion_auc.csv", "fig5_nonlocal.csv"):  # remade from the imported SAE's layer alone
+        assert set(pd.read_csv(root / "results" / "tables" / table)["layer"]) == {LAYER}, table
+    assert set(pd.read_csv(root / "results" / "tables" / "insertion_auc.csv")["method"]) >= {"attnlrp", "gradient"}
     sae, meta = load_sae(root / "results" / "sae" / f"layer{LAYER}.pt")
     assert meta["kind"] == "import" and meta["source"]["format"] == "saelens"
     assert meta["source"]["hook"] == "blocks.1.hook_resid_post" and sae.norm == "layer_norm"
@@ -63,8 +81,8 @@ def test_the_imported_file_is_tracked_by_content(imported_study):
     try:
         status = run(["dvc", "status", "sae"], root).stdout
         assert "modified" in status and "data/saes" in status, status
-        stale = run(["cafe", "verify"], root, check=False)  # the import's record names the file's old content
+        stale = run(["cafe", "verify", *REACHED], root, check=False)  # the import's record names the file's old content
         assert stale.returncode == 1 and f"results/sae/layer{LAYER}.pt" in stale.stdout, stale.stdout
     finally:
         weights.write_bytes(before)
-    assert run(["cafe", "verify"], root).returncode == 0  # its provenance record: file, format and options
+    assert run(["cafe", "verify", *REACHED], root).returncode == 0  # its provenance record: file, format and options

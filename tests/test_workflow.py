@@ -101,23 +101,34 @@ def test_paper_config_uses_vit_l14_laion_weights():
     assert paper["layers"] == list(range(1, 25))
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "message"),
-    [
-        ("sae.lr", "fast", "lr"),
-        ("sae.learning_rate", 0.1, "learning_rate"),
-        ("layers", [1, 30], "30"),
-        ("erf.methods", ["attnlrp", "occlusion"], "occlusion"),
-        ("insertion.canvases", ["grey"], "grey"),
-        ("features.n_features", 10_000, "features.n_features"),
-        ("compute", {"precision": "fp16"}, "fp16"),
-    ],
-)
-def test_bad_params_stop_with_a_message_naming_the_key(tmp_path, path, value, message):
+BAD_PARAMS = [
+    ("sae.lr", "fast", "lr"),
+    ("sae.learning_rate", 0.1, "learning_rate"),
+    ("layers", [1, 30], "30"),
+    ("erf.methods", ["attnlrp", "occlusion"], "occlusion"),
+    ("insertion.canvases", ["grey"], "grey"),
+    ("features.n_features", 10_000, "features.n_features"),
+    ("compute", {"precision": "fp16"}, "fp16"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [BAD_PARAMS[0], BAD_PARAMS[2]])  # schema; cross-field
+def test_bad_params_stop_snakemake_with_a_message_naming_the_key(tmp_path, path, value, message):
     root = make_workspace(tmp_path, with_change(path, value))
     result = dry_run(root)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_PARAMS)
+def test_bad_params_are_refused_with_a_message_naming_the_key(path, value, message):
+    """What the Snakefile runs at load (workflow/rules/common.smk), in process; the two cases above show that
+    `snakemake` stops on either kind of error."""
+    from cafe.errors import CafeError
+    from cafe.params import validate_config
+
+    with pytest.raises(CafeError, match=re.escape(message)):
+        validate_config(with_change(path, value), REPO / "workflow/schemas/params.schema.yaml")
 
 
 def test_cross_checks_compare_the_values_the_steps_will_use_defaults_included():

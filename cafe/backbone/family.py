@@ -31,13 +31,14 @@ def plain_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The model's own data config: input size, normalisation, and the eval crop: the shorter side resized to
-    `resize` (None: to the input size), then the center crop (`cafe.images.Crop`)."""
+    """The model's own data config: input size, normalisation, and the eval crop (`cafe.images.Crop`): the shorter
+    side resized to `resize` (None: to the input size), or the image squashed to a (height, width) `resize`, then
+    the center crop."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    resize: int | None = None
+    resize: int | tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class TowerShape:
     image_size: int
     patch_size: int
     layout: TokenLayout
-    resize: int | None = None  # the shorter side before the center crop (None given: image_size)
+    resize: int | tuple[int, int] | None = None  # the Preprocess's (None given: the shorter side to image_size)
 
     def __post_init__(self) -> None:
         if self.resize is None:

@@ -2,7 +2,9 @@
 `Dinov2Model` and `Dinov2WithRegistersModel` (CLS, [4 registers], patches; LayerScale; SwiGLU in the giant),
 `SiglipVisionModel` (patches only, tanh-GELU). `backbone.model` is a hub id or a local folder with config.json;
 `backbone.pretrained` None (random weights from the config), a hub revision, or a local folder of weights. Size,
-mean/std and crop come from the model's image processor (its class defaults where the repo has none).
+mean/std, resize and crop come from the model's image processor (preprocessor_config.json: CLIP and DINOv2
+resize the shorter side and crop the center, SigLIP squashes to a square without a crop); where the repo or
+folder has none, the config's size and the mean/std of the architecture's published checkpoints.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what every processor of the classes below uses by default
 log = logging.getLogger(__name__)
 # config class name -> (model class, image processor class, the mean/std its published checkpoints use)
 MODELS = {
@@ -40,10 +43,12 @@ MODELS = {
 
 def _offline_message(model: str, why: str) -> str:
     return (
-        f"backbone: cannot get Hugging Face model {model!r} ({why}). On a machine with network run "
-        f'`python -c "import transformers; transformers.AutoModel.from_pretrained({model!r})"` to fill the '
-        f"Hugging Face cache (copy ~/.cache/huggingface over), or `save_pretrained` it to a folder and set "
-        f"backbone.model (and backbone.pretrained) to that folder."
+        f"backbone: cannot get Hugging Face model {model!r} ({why}). Its config.json holds the architecture, so "
+        f"even planning (`snakemake -n`) needs it and preprocessor_config.json (kilobytes, no weights); a run needs "
+        f"the weights too. On a machine with network run `hf download {model} config.json preprocessor_config.json` "
+        f"(planning) or `hf download {model}` (a run) to fill the Hugging Face cache (copy ~/.cache/huggingface "
+        f"over), or `save_pretrained` the model and its image processor to a folder and set backbone.model (and "
+        f"backbone.pretrained) to that folder."
     )
 
 
@@ -54,7 +59,7 @@ def vision_config(model: str, revision: str | None = None):
         try:
             config = transformers.AutoConfig.from_pretrained(model, revision=revision, local_files_only=True)
         except OSError as exc:
-            raise CafeError(_offline_message(model, "no network and no cached config")) from exc
+            raise CafeError(_offline_message(model, "no network and no cached config.json")) from exc
     else:
         try:
             config = transformers.AutoConfig.from_pretrained(model, revision=revision)
@@ -66,17 +71,24 @@ def vision_config(model: str, revision: str | None = None):
     return config
 
 
+def at_size(preprocess: Preprocess, image_size: int) -> Preprocess:
+    """`backbone.image_size` over the processor's: the shorter side to it, or squashed to it where the processor
+    squashes."""
+    resize = None if isinstance(preprocess.resize, int) else (image_size, image_size)
+    return dataclasses.replace(preprocess, image_size=image_size, resize=resize)
+
+
 SIZE_ATTRIBUTE = "cafe_input_size"  # set on a built model: (input size, resize before the crop) it runs at
 
 
-def _shape(config, size: int, resize: int | None = None) -> TowerShape:
+def _shape(config, size: int, resize: int | tuple[int, int] | None = None) -> TowerShape:
     has_cls = "Siglip" not in type(config).__name__
     layout = TokenLayout(size // config.patch_size, has_cls, int(getattr(config, "num_register_tokens", 0)))
     return TowerShape(config.num_hidden_layers, config.hidden_size, size, config.patch_size, layout, resize)
 
 
 def preprocessing(model: str, config, revision: str | None = None) -> Preprocess:
-    """The image processor's size, crop and mean/std; where the repo or folder has none (a random tower), the
+    """The image processor's resize, crop and mean/std; where the repo or folder has none (a random tower), the
     config's image size and the mean/std of the architecture's published checkpoints."""
     _, processor_class, (mean, std) = MODELS[type(config).__name__]
     try:
@@ -85,14 +97,25 @@ def preprocessing(model: str, config, revision: str | None = None) -> Preprocess
         )
     except OSError:
         log.warning("%s: no image processor settings; using %d px and the published mean/std", model, config.image_size)
-        return Preprocess(int(config.image_size), mean, std)
-    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    size = size or processor.size
-    image = int(size.get("height", size.get("shortest_edge", config.image_size)))
-    resize = processor.size.get("shortest_edge", image)
-    if not getattr(processor, "do_center_crop", False) and "shortest_edge" not in processor.size:
-        log.warning("%s: its processor resizes to a square without keeping the aspect; cafe crops the center", model)
-    return Preprocess(image, tuple(processor.image_mean), tuple(processor.image_std), int(resize))
+        _, resize = processor_geometry(getattr(transformers, processor_class)())  # the class's: squash or crop
+        return at_size(Preprocess(int(config.image_size), mean, std, resize), int(config.image_size))
+    image, resize = processor_geometry(processor)
+    if "shortest_edge" in processor.size and not getattr(processor, "do_center_crop", False):
+        log.warning("%s: its processor resizes the shorter side without a crop; cafe crops the center", model)
+    if getattr(processor, "resample", BICUBIC) != BICUBIC:
+        log.warning("%s: its processor resizes with PIL resample %s; cafe resizes bicubic", model, processor.resample)
+    return Preprocess(image, tuple(processor.image_mean), tuple(processor.image_std), resize)
+
+
+def processor_geometry(processor) -> tuple[int, int | tuple[int, int]]:
+    """(input size, resize) of an HF image processor: `shortest_edge` then `crop_size` (CLIP, DINOv2), or
+    `height` x `width` squashed without a crop (SigLIP), in `cafe.images.Crop`'s terms."""
+    size, crop = processor.size, getattr(processor, "do_center_crop", False)
+    if "shortest_edge" in size:
+        resize = int(size["shortest_edge"])
+        return (int(processor.crop_size["height"]) if crop else resize), resize
+    squash = (int(size["height"]), int(size["width"]))
+    return (int(processor.crop_size["height"]) if crop else squash[0]), squash
 
 
 class HfVision(Family):
@@ -101,7 +124,8 @@ class HfVision(Family):
     def shape(self, model: str, image_size: int | None = None) -> TowerShape:
         config = vision_config(model)
         own = preprocessing(model, config)
-        return _shape(config, image_size or own.image_size, None if image_size else own.resize)
+        own = at_size(own, image_size) if image_size else own
+        return _shape(config, own.image_size, own.resize)
 
     def create(
         self, model: str, pretrained: str | None, seed: int, image_size: int | None = None
@@ -122,7 +146,7 @@ class HfVision(Family):
                 raise CafeError(_offline_message(model, str(exc))) from exc
         preprocess = preprocessing(model, config, revision)
         if image_size:
-            preprocess = dataclasses.replace(preprocess, image_size=image_size, resize=None)
+            preprocess = at_size(preprocess, image_size)
         setattr(visual, SIZE_ATTRIBUTE, (preprocess.image_size, preprocess.resize))
         return visual.eval(), preprocess
 

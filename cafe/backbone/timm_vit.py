@@ -117,13 +117,17 @@ class TimmVit(Family):
 
     @staticmethod
     def preprocess(visual: nn.Module) -> Preprocess:
-        """timm's data config: mean/std, and its eval resize to floor(size / crop_pct) before the center crop."""
+        """timm's data config: mean/std, and its eval resize to floor(size / crop_pct) (the shorter side, or both
+        sides where its crop_mode is squash) before the center crop."""
         data = timm.data.resolve_data_config({}, model=visual)
         size = int(visual.patch_embed.img_size[0])  # the size it was built at (= the data config's unless overridden)
-        if data.get("crop_mode", "center") != "center":
-            log.warning("timm data config crops by %r; cafe crops the center", data["crop_mode"])
+        mode = data.get("crop_mode", "center")
+        if mode not in ("center", "squash"):
+            log.warning("timm data config crops by %r; cafe crops the center", mode)
         resize = math.floor(size / float(data["crop_pct"]))
-        return Preprocess(size, tuple(data["mean"]), tuple(data["std"]), resize)
+        return Preprocess(
+            size, tuple(data["mean"]), tuple(data["std"]), (resize, resize) if mode == "squash" else resize
+        )
 
     def describe(self, visual: nn.Module) -> TowerShape:
         grid = visual.patch_embed.grid_size

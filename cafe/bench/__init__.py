@@ -40,7 +40,7 @@ def run_bench(args: argparse.Namespace) -> None:
         from cafe.bench.families import run_families
 
         out = DEFAULT_FAMILIES_OUT if args.out == DEFAULT_OUT else args.out
-        results = run_families(out, resolve_device(args.device), args.quick, from_arguments(args))
+        results = run_families(out, resolve_device(args.device), args.quick, from_arguments(args), only=args.towers)
         for family, record in results.items():
             if family != "admission":
                 speed = record["attnlrp_vs_autograd"]
@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--families",
         action="store_true",
         help="instead: AttnLRP vs plain autograd on a tower of each backbone family (OpenCLIP, timm DINOv2, ...)",
+    )
+    parser.add_argument(
+        "--towers",
+        nargs="+",
+        metavar="NAME",
+        help="with --families: only these towers (openclip, timm-clip, timm-siglip, timm-dinov2-reg4, hf-clip, "
+        "hf-dinov2, hf-dinov2-reg4, hf-siglip)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument(
