@@ -8,8 +8,11 @@ Copies the working tree (tracked and untracked, not ignored; so no results/) int
 busy machine is refused, or the figure marked void), and writes benchmarks/results/dag_timing.json: total seconds
 (median, min, max over `--repeats` runs), the machine, and per rule of the last run the number of jobs, their
 summed seconds (from Snakemake's own start/finish timestamps in its log) and their summed start-up seconds
-(interpreter and imports, which each `cafe` job states in its log); then the start-up share of all job-seconds,
-and the seconds before the first job started (Snakemake loading the DAG).
+(interpreter and imports, which each `cafe` job states in its log), and the CPU seconds of both (user + system,
+also stated by each job: meaningful on a shared machine, where wall seconds are not); then the start-up share of
+all job-seconds and of all job CPU seconds, the seconds before the first job started (Snakemake loading the DAG),
+and the CPU seconds of the whole run (Snakemake and its jobs). `--params FILE` runs the copy with that params.yaml
+(tests/workflow_utils.py's TINY_PARAMS, say).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +43,9 @@ JOBID = re.compile(r"^\s+jobid: (\d+)$")
 FINISHED = re.compile(r"^Finished job(?:id)?:? (\d+)")
 LOG = re.compile(r"^\s+log: (\S+)$")
 STARTUP = re.compile(r"cafe\.cli: start-up ([\d.]+) s")
+STARTUP_CPU = re.compile(r"cafe\.cli: start-up [\d.]+ s, ([\d.]+) s CPU")
+JOB_CPU = re.compile(r"cafe\.cli: ([\d.]+) s CPU in all")
+STATED = {"startup_seconds": STARTUP, "startup_cpu_seconds": STARTUP_CPU, "cpu_seconds": JOB_CPU}
 
 
 def copy_tree(dest: Path) -> None:
@@ -82,25 +89,31 @@ def job_logs(log: str) -> dict[str, list[str]]:
     return dict(logs)
 
 
-def startup_seconds(work: Path, logs: dict[str, list[str]]) -> dict[str, float]:
-    """Per rule, the summed start-up seconds its jobs' logs state (`cafe.cli: start-up X s`)."""
+def stated_seconds(work: Path, logs: dict[str, list[str]], pattern: re.Pattern = STARTUP) -> dict[str, float]:
+    """Per rule, the summed seconds its jobs' logs state in lines that `pattern` matches (default: start-up)."""
     return {
         rule: sum(float(m.group(1)) for name in names if (work / name).is_file()
-                  for m in STARTUP.finditer((work / name).read_text(errors="replace")))
+                  for m in pattern.finditer((work / name).read_text(errors="replace")))
         for rule, names in logs.items()
     }  # fmt: skip
 
 
-def with_startup(rules: dict[str, dict[str, float]], startup: dict[str, float]) -> dict:
-    """The per-rule table with start-up seconds, sorted by job-seconds, and the totals with the start-up share."""
-    table = {rule: {**r, "startup_seconds": round(startup.get(rule, 0.0), 2)} for rule, r in rules.items()}
+def with_startup(rules: dict[str, dict[str, float]], stated: dict[str, dict[str, float]]) -> dict:
+    """The per-rule table with what the jobs stated (`stated`: name -> per-rule seconds, e.g. `startup_seconds`),
+    sorted by job-seconds; the totals, the start-up share of the job-seconds and of the job CPU seconds."""
+    table = {
+        rule: {**r, **{name: round(per_rule.get(rule, 0.0), 2) for name, per_rule in stated.items()}}
+        for rule, r in rules.items()
+    }
+    totals = {name: sum(per_rule.get(rule, 0.0) for rule in rules) for name, per_rule in stated.items()}
     job_seconds = sum(r["seconds"] for r in rules.values())
-    total = sum(startup.get(rule, 0.0) for rule in rules)
+    startup, cpu = totals.get("startup_seconds", 0.0), totals.get("cpu_seconds")
     return {
         "rules": dict(sorted(table.items(), key=lambda kv: -kv[1]["seconds"])),
         "job_seconds": job_seconds,
-        "startup_seconds": round(total, 2),
-        "startup_share": round(total / job_seconds, 3) if job_seconds else None,
+        **{name: round(total, 2) for name, total in totals.items()},
+        "startup_share": round(startup / job_seconds, 3) if job_seconds else None,
+        "startup_cpu_share": round(totals.get("startup_cpu_seconds", 0.0) / cpu, 3) if cpu else None,
     }
 
 
@@ -113,20 +126,31 @@ def first_job_after(log: str, began: float) -> float | None:
     return None
 
 
-def run_dag(cores: int, resources: list[str], runs: list[dict]) -> None:
-    """Snakemake on a fresh copy of the working tree; its log, start-ups and DAG-load seconds appended to `runs`."""
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (Snakemake, and through it every job)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_dag(cores: int, resources: list[str], params: Path | None, runs: list[dict]) -> None:
+    """Snakemake on a fresh copy of the working tree (with `params` as its params.yaml, if given); its log, what
+    its jobs stated (start-up and CPU seconds) and its DAG-load seconds appended to `runs`."""
     with tempfile.TemporaryDirectory(prefix="cafe-dag-") as tmp:
         work = Path(tmp)
         copy_tree(work)
+        if params is not None:
+            shutil.copy2(params, work / "params.yaml")
         env = {**os.environ, "PYTHONPATH": str(work)}
         command = ["snakemake", "--cores", str(cores), *(["--resources", *resources] if resources else [])]
-        launched = time.time()
+        launched, used = time.time(), children_cpu()
         run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        used = children_cpu() - used
         log = run.stdout + run.stderr
         if run.returncode:
             raise SystemExit(f"snakemake failed ({run.returncode}):\n{log[-4000:]}")
-        startup = startup_seconds(work, job_logs(log))
-        runs.append({"log": log, "startup": startup, "dag_load_seconds": first_job_after(log, launched)})
+        logs = job_logs(log)
+        stated = {name: stated_seconds(work, logs, pattern) for name, pattern in STATED.items()}
+        runs.append({"log": log, "stated": stated, "cpu": used, "dag_load_seconds": first_job_after(log, launched)})
 
 
 def main() -> None:
@@ -135,12 +159,14 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--resources", nargs="+", default=[], help="passed to snakemake, e.g. gpu=1")
     parser.add_argument("--repeats", type=int, default=1, help="whole DAG runs, each on a fresh copy (default 1)")
+    parser.add_argument("--params", type=Path, help="the params.yaml the copy runs with (default: this checkout's)")
     parser.add_argument("--out", type=Path, default=OUT)
     add_arguments(parser)
     args = parser.parse_args()
     harness = from_arguments(args)
     admission, runs = harness.admit(), []
-    figure = harness.time(lambda: run_dag(args.cores, args.resources, runs), repeats=args.repeats, warmup=0)
+    dag = lambda: run_dag(args.cores, args.resources, args.params, runs)  # noqa: E731
+    figure = harness.time(dag, repeats=args.repeats, warmup=0)
     result = {
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -148,10 +174,12 @@ def main() -> None:
         "machine": {**describe(torch.device("cpu")), "admission": admission},
         "cores": args.cores,
         "resources": args.resources,
+        "params": str(args.params or "params.yaml"),
         "seconds": figure.stats()["median"],
         "figure": figure.record(),
         "dag_load_seconds": runs[-1]["dag_load_seconds"],
-        **with_startup(per_rule(runs[-1]["log"]), runs[-1]["startup"]),
+        "run_cpu_seconds": round(runs[-1]["cpu"], 2),  # Snakemake and all its jobs; cpu_seconds: the jobs' own
+        **with_startup(per_rule(runs[-1]["log"]), runs[-1]["stated"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from cafe.bench.fixtures import load_tower, random_images, random_sae, random_ta
 from cafe.bench.harness import add_arguments, from_arguments, summary
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
-from cafe.erf import ErfConfig, make_method
+from cafe.erf.config import ErfConfig
+from cafe.erf.registry import make_method
 from cafe.feature_target import FeatureTarget
 from cafe.io import write_json
 

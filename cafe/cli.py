@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -21,19 +22,19 @@ from cafe.errors import CafeError
 log = logging.getLogger(__name__)
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("cafe.demo", "generate the demo scenes (ImageFolder) with object records and masks"),
+    "demo-data": ("cafe.demo.data", "generate the demo scenes (ImageFolder) with object records and masks"),
     "train-demo-backbone": ("cafe.demo.backbone", "train the demo OpenCLIP tower on the demo scenes"),
-    "manifest": ("cafe.manifest", "list which images are used, in which split and order"),
-    "activations": ("cafe.activations", "write residual-stream activations of every layer (one pass)"),
+    "manifest": ("cafe.manifest.draw", "list which images are used, in which split and order"),
+    "activations": ("cafe.activations.command", "write residual-stream activations of every layer (one pass)"),
     "sae": ("cafe.sae.command", "train one layer's Matryoshka SAE, streaming from its activations"),
     "sae-import": ("cafe.sae.command", "read one layer's SAE from another tool's file (SAELens, saev...) instead"),
     "sae-summary": ("cafe.sae.command", "collect per-layer SAE metrics into one DVC metrics file"),
-    "features": ("cafe.features", "top activations of the first N features of one layer's SAE"),
+    "features": ("cafe.features.find", "top activations of the first N features of one layer's SAE"),
     "erf": ("cafe.erf.command", "effective receptive fields of the feature targets, by one attribution method"),
     "insertion": ("cafe.insertion.command", "insertion/deletion curves of one ranking method"),
     "greedy": ("cafe.insertion.command", "greedy insertion ceiling on a few targets"),
     "fig3": ("cafe.insertion.fig3", "AUC table, statistics and Fig 3"),
-    "ground-truth": ("cafe.ground_truth", "score maps against the demo's planted causes"),
+    "ground-truth": ("cafe.ground_truth.command", "score maps against the demo's planted causes"),
     "counterfactuals": ("cafe.ground_truth.interventions", "z of demo targets re-rendered without their causes"),
     "compositional": ("cafe.ground_truth.compositional_report", "interventional truth of demo targets vs ERFs"),
     "sheets": ("cafe.annotation.sheets", "annotation sheet, galleries and HTML index of one layer"),
@@ -79,6 +80,12 @@ def process_age() -> float | None:
         return None
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads) and of its finished children (data loaders)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     as_process = argv is None  # the `cafe` program, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
@@ -90,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if as_process and (age := process_age()) is not None:  # benchmarks/dag_timing.py sums these per rule
-        log.info("start-up %.2f s (interpreter and imports of cafe %s)", age, args.command)
+        log.info("start-up %.2f s, %.2f s CPU (interpreter and imports of cafe %s)", age, cpu_seconds(), args.command)
     try:
         status = args.func(args)
         modules = list(sys.modules)  # the code of the step, before the record writer imports anything
         from cafe.provenance import write_records
 
         write_records(args, modules)
+        if as_process:
+            log.info("%.2f s CPU in all (cafe %s)", cpu_seconds(), args.command)
     except CafeError as exc:
         print(f"cafe {args.command}: error: {exc}", file=sys.stderr)
         return 2

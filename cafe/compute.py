@@ -21,10 +21,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cafe.errors import CafeError
+
+if TYPE_CHECKING:  # torch loads with the first scope entered: the config (cafe.params) needs none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ def check_precision(mode: str, key: str = "precision") -> str:
 @contextlib.contextmanager
 def _matmul_flags(tf32: bool) -> Iterator[None]:
     """Set the float32 matmul precision flags for the block, and restore them after."""
+    import torch
+
     saved = (
         torch.get_float32_matmul_precision(),
         torch.backends.cuda.matmul.allow_tf32,
@@ -88,6 +92,8 @@ def _matmul_flags(tf32: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def precision_scope(mode: str, device: torch.device | str) -> Iterator[None]:
     """Run the block in `mode` (fp32 | tf32 | bf16) on `device`'s type; see the module docstring."""
+    import torch
+
     check_precision(mode)
     device_type = torch.device(device).type
     if mode == "bf16" and device_type == "cpu":
@@ -125,6 +131,8 @@ def _warn_if_slow_bf16() -> None:
 def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
     """Autocast off for a block that must stay float32 inside a bf16 step (the patch embedding, the SAE encoder of
     the targets): cheap operations whose rounding would reach every later number."""
+    import torch
+
     return torch.autocast(torch.device(device).type, enabled=False)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 from cafe.compute import full_precision
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from cafe.errors import CafeError
@@ -26,7 +25,10 @@ from cafe.io import file_hash
 from cafe.io.features import FeatureFile
 from cafe.io.manifest import read_manifest
 
-if TYPE_CHECKING:  # torch and torchvision load only when images are (steps that read CSVs start fast)
+# torch, torchvision and pandas load only when images are listed or read: cafe.params reads this module's names
+# (DECODERS) without them, and steps that read CSVs start fast
+if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ def list_images(root: str | os.PathLike) -> pd.DataFrame:
             f"data.images: no images ({', '.join(IMAGE_EXTENSIONS)}) in the {len(classes)} class "
             f"folder(s) of {str(root)!r}"
         )
+    import pandas as pd
+
     return pd.DataFrame(sorted(rows), columns=["path", "class"])
 
 

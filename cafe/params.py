@@ -4,7 +4,9 @@ Each default has one home: the config dataclass of the step that uses it (docume
 are the embedded demo. `Params` composes those dataclasses; params.yaml and any `--configfile` only override,
 merged key by key in that order (as Snakemake merges config files). Validation runs the JSON schema (types,
 ranges, the registries' names), builds `Params` (each step's own checks), then checks across fields and steps
-(e.g. layer 30 of a 24-block tower). This module sits above every step; no step imports it.
+(e.g. layer 30 of a 24-block tower). This module sits above every step; no step imports it. It reads only the
+steps' torch-free config modules, so the DAG loads (Snakefile, `cafe sync`) without torch or any model library:
+tests/test_startup.py checks it.
 """
 
 from __future__ import annotations
@@ -14,25 +16,23 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cafe.activations.extract import ActivationsConfig
+from cafe.activations.config import ActivationsConfig
 from cafe.annotation.config import AnnotationConfig
 from cafe.backbone import BackboneConfig, tower_shape
 from cafe.backbone.registry import AUTO, FAMILIES
 from cafe.compute import PRECISIONS, ComputeConfig
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, as_dict, parse_section
-from cafe.demo import DemoConfig
-from cafe.demo.backbone import DemoBackboneConfig
+from cafe.demo.config import DemoBackboneConfig, DemoConfig
 from cafe.erf.config import ATTENTION_RULES, ATTRIBUTION_METHODS, KERNELSHAP_SOLVERS, ErfConfig
 from cafe.errors import CafeError
-from cafe.features import FeaturesConfig
+from cafe.features.config import FeaturesConfig
 from cafe.ground_truth.config import GroundTruthConfig
 from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES
 from cafe.insertion.config import InsertionConfig
-from cafe.manifest import BAD_IMAGES, DataConfig
-from cafe.sae.feed import RESIDENT_MODES
+from cafe.manifest.config import BAD_IMAGES, DataConfig
+from cafe.sae.config import RESIDENT_MODES, SAEConfig
 from cafe.sae.formats import FORMATS
-from cafe.sae.model import SAEConfig
 from cafe.sae.nonlinearity import ACTIVATIONS
 
 

@@ -13,7 +13,8 @@ import torch
 from conftest import make_image_folder
 from layer_files import write_layer
 
-from cafe.activations import ActivationsConfig, extract
+from cafe.activations.config import ActivationsConfig
+from cafe.activations.extract import extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.images import load_images

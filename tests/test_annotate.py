@@ -17,7 +17,8 @@ from annotation_world import LAYER, N_FEATURES, annotate, fig5, project, tree_ha
 from browser import annotate_server, chromium
 
 from cafe.annotation.answers import write_answer
-from cafe.annotation.ingest import human_path, read_sheet
+from cafe.annotation.files import human_path
+from cafe.annotation.ingest import read_sheet
 from cafe.annotation.server import AnnotationServer, open_session
 from cafe.errors import CafeError
 

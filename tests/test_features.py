@@ -13,7 +13,8 @@ import torch
 from layer_files import write_layer
 
 from cafe import activations, features, manifest, sae
-from cafe.activations import ActivationsConfig, extract
+from cafe.activations.config import ActivationsConfig
+from cafe.activations.extract import extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.features import FeaturesConfig, find_features
@@ -40,7 +41,7 @@ def save_sae(sae: MatryoshkaSAE, path: Path, layer: int, **meta) -> Path:
 def test_top_images_match_brute_force(
     tiny_layer: Path, tiny_sae: MatryoshkaSAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cafe.features.READ_TOKENS", 3 * 17)  # several blocks of 3 images
+    monkeypatch.setattr("cafe.features.find.READ_TOKENS", 3 * 17)  # several blocks of 3 images
     sae_path = save_sae(tiny_sae, tmp_path / "sae.pt", 2, backbone="cafe-tiny-vit")
     find_features(tiny_layer, sae_path, tmp_path / "features.h5", FeaturesConfig(n_features=20, top_k=5), "cpu")
     with h5py.File(tiny_layer) as acts:

@@ -19,7 +19,7 @@ from cafe.errors import CafeError
 from cafe.images import DECODERS
 from cafe.insertion.canvases import CANVASES
 from cafe.params import Params, defaults, load_schema, merge, resolve, validate_config
-from cafe.sae.feed import RESIDENT_MODES
+from cafe.sae.config import RESIDENT_MODES
 from cafe.sae.nonlinearity import ACTIVATIONS
 
 SCHEMA_PATH = REPO / "workflow/schemas/params.schema.yaml"

@@ -16,12 +16,12 @@ import torch
 from layer_files import write_layer
 
 from cafe.errors import CafeError
-from cafe.sae import SAEConfig, load_sae, train
+from cafe.sae import SAEConfig, load_sae
 from cafe.sae.command import summarise
 from cafe.sae.evaluate import input_stats
 from cafe.sae.feed import ResidentStream, TokenStream, available_ram, open_stream
 from cafe.sae.resume import partial_path, run_key
-from cafe.sae.train import Trainer
+from cafe.sae.train import Trainer, train
 
 CONFIG = SAEConfig(expansion=8, steps=300, batch_size=256, lr=3e-3, checkpoint_every=100, l1=3e-3, k=4)
 

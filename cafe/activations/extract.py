@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import Backbone
+from cafe.activations.config import ActivationsConfig
+from cafe.backbone.tower import Backbone
 from cafe.compute import precision_scope
 from cafe.errors import CafeError
-from cafe.images import DECODERS, Batch, Crop, decode_device, image_batches
+from cafe.images import Batch, Crop, decode_device, image_batches
 from cafe.io import atomic_path, file_hash
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
 from cafe.io.background import BackgroundWriter
@@ -36,28 +37,6 @@ from cafe.io.manifest import read_manifest
 log = logging.getLogger(__name__)
 
 FLOAT16_OVERFLOW = 65520.0  # |x| from here on rounds to inf in float16 (its max, 65504, plus half a step)
-
-
-@dataclass(frozen=True)
-class ActivationsConfig:
-    """Extraction parameters (params.yaml `activations:`)."""
-
-    batch_size: int = 64
-    tokens_per_image: int | None = None  # train tokens kept per image: None = all, else a seeded subsample
-    seed: int = 0  # seeds the per-image token subsample
-    num_workers: int = 0  # image-decoding worker processes (with decode on the device, they only read files)
-    decode: str = "auto"  # JPEGs decoded by PIL in the workers (cpu), on the backbone's device, or auto: on CUDA
-    write_queue: int = 1  # batches that may wait for the HDF5 writer thread (host memory); 0: no thread
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise CafeError(f"params: activations.batch_size must be >= 1, got {self.batch_size}")
-        if self.decode not in DECODERS:
-            raise CafeError(f"params: activations.decode must be one of {DECODERS}, got {self.decode!r}")
-        if self.write_queue < 0:
-            raise CafeError(f"params: activations.write_queue must be >= 0, got {self.write_queue}")
-        if self.tokens_per_image is not None and self.tokens_per_image < 1:
-            raise CafeError(f"params: activations.tokens_per_image must be null or >= 1, got {self.tokens_per_image}")
 
 
 def token_subsample(image: int, tokens: np.ndarray, keep: int, seed: int) -> np.ndarray:

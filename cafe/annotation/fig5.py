@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from cafe.annotation.agreement import label_matrix, majority, people_agreement
 from cafe.annotation.config import AnnotationConfig
-from cafe.annotation.ingest import human_files, read_sheet, validate_human
+from cafe.annotation.files import human_files
+from cafe.annotation.ingest import read_sheet, validate_human
 from cafe.annotation.score import agreement
 from cafe.config import parse_section
 from cafe.errors import CafeError

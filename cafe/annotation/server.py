@@ -31,15 +31,16 @@ from PIL import Image
 
 from cafe.annotation.answers import write_answer
 from cafe.annotation.config import AnnotationConfig
+from cafe.annotation.files import human_path
 from cafe.annotation.gallery import blend, load_gallery_images, overlay_cmap, target_views
-from cafe.annotation.ingest import annotate_init, human_path, read_cells, read_sheet, validate_human
+from cafe.annotation.ingest import annotate_init, read_cells, read_sheet, validate_human
 from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.page import render_page
 from cafe.annotation.schema import is_unsure, parse_answer
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io.manifest import read_manifest
-from cafe.manifest import DataConfig
+from cafe.manifest.config import DataConfig
 
 log = logging.getLogger(__name__)
 

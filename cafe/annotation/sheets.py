@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cafe.annotation.config import AnnotationConfig
+from cafe.annotation.files import human_path
 from cafe.annotation.gallery import load_gallery_images, render_galleries
 from cafe.annotation.index import write_index
-from cafe.annotation.ingest import human_path, read_cells
+from cafe.annotation.ingest import read_cells
 from cafe.annotation.layer_maps import LayerTargets, read_layer
 from cafe.annotation.schema import SHEET_COLUMNS, as_int
 from cafe.annotation.score import MapScores, evidence, feature_scores, peak, target_scores

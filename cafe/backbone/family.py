@@ -1,7 +1,8 @@
 """What a backbone family (a library's ViT classes) tells cafe: how to build a tower, its token layout and
 preprocessing, its token embedding and its blocks, each block as a `cafe.blocks.BlockView`. One file per family
 (cafe/backbone/openclip.py, timm_vit.py, hf.py), one line in `cafe.backbone.registry`; a family imports its
-library only inside its own module, so naming it costs nothing until a tower is built.
+library only inside its own module, so naming it costs nothing until a tower is built. This module imports no
+torch: a tower's shape (`TowerShape`) is known from its config, which `cafe.params` reads as the DAG loads.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from cafe.blocks import BlockView
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
 
-Norm = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (LayerNorm or Identity, x) -> normalised x
+if TYPE_CHECKING:  # torch loads only where a tower is built: a tower's shape is known without it (cafe.params)
+    import torch
+    from torch import nn
+
+    from cafe.blocks import BlockView
+
+    Norm = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (LayerNorm or Identity, x) -> normalised x
 
 
 def plain_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

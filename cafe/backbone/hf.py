@@ -13,16 +13,20 @@ import dataclasses
 import logging
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
 from torch import nn
 
-from cafe.backbone.family import Family, Norm, Preprocess, TowerShape, hub_reachable, plain_norm
+from cafe.backbone.family import Family, Preprocess, TowerShape, hub_reachable, plain_norm
 from cafe.blocks import AttentionView, BlockView, MlpView
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
+
+if TYPE_CHECKING:
+    from cafe.backbone.family import Norm
 
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

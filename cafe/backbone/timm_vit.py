@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -18,11 +19,14 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from cafe.backbone.family import Family, Norm, Preprocess, TowerShape, hub_reachable, plain_norm
+from cafe.backbone.family import Family, Preprocess, TowerShape, hub_reachable, plain_norm
 from cafe.blocks import AttentionView, BlockView, MlpView
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
+
+if TYPE_CHECKING:
+    from cafe.backbone.family import Norm
 
 log = logging.getLogger(__name__)
 TINY = "vit_cafe_tiny_patch8_reg4_dinov2"

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 from cafe.bench.flops import Architecture
 from cafe.bench.harness import summary
 from cafe.bench.measure import Timer, Timing, stage_record
 from cafe.bench.profiles import Profile
-from cafe.sae import MatryoshkaSAE
+from cafe.sae.model import MatryoshkaSAE
 
 
 @dataclass(frozen=True)

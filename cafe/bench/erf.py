@@ -13,8 +13,9 @@ from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import random_images, random_targets
 from cafe.bench.flops import Architecture
 from cafe.bench.profiles import Profile
-from cafe.erf import ErfConfig, ErfMethod, make_method
-from cafe.erf.config import ATTRIBUTION_METHODS
+from cafe.erf.base import ErfMethod
+from cafe.erf.config import ATTRIBUTION_METHODS, ErfConfig
+from cafe.erf.registry import make_method
 from cafe.feature_target import FeatureTarget
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from cafe.activations import ActivationsConfig, extract
+from cafe.activations.config import ActivationsConfig
+from cafe.activations.extract import extract
 from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import image_folder, random_images
 from cafe.images import image_batches

@@ -12,11 +12,13 @@ from typing import Any
 
 import torch
 
-from cafe.backbone import Backbone, BackboneConfig
+from cafe.backbone import BackboneConfig
+from cafe.backbone.tower import Backbone
 from cafe.bench.fixtures import random_images, random_sae, random_targets
 from cafe.bench.harness import Harness, summary
 from cafe.bench.measure import Timer, stage_record
-from cafe.erf import ErfConfig, make_method
+from cafe.erf.config import ErfConfig
+from cafe.erf.registry import make_method
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 from cafe.io import write_json

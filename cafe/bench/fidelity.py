@@ -24,20 +24,22 @@ import h5py
 import numpy as np
 import torch
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 from cafe.bench.fixtures import load_tower, random_images, random_sae
 from cafe.bench.harness import Harness
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
 from cafe.compute import PRECISIONS, precision_scope
-from cafe.erf import ErfConfig, make_method
+from cafe.erf.config import ErfConfig
+from cafe.erf.registry import make_method
 from cafe.feature_target import FeatureTarget
 from cafe.insertion.canvases import make_canvas
 from cafe.insertion.curves import curves
 from cafe.insertion.orders import rank_patches, step_counts
 from cafe.io import write_json, write_text
 from cafe.io.activations import LayerInfo, LayerWriter
-from cafe.sae import SAEConfig, train
+from cafe.sae.config import SAEConfig
+from cafe.sae.train import train
 from cafe.stats import bootstrap_ci, spearman, trapezoid_auc
 
 log = logging.getLogger(__name__)

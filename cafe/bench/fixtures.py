@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cafe.backbone import Backbone, BackboneConfig
+from cafe.backbone import BackboneConfig
+from cafe.backbone.tower import Backbone
 from cafe.io import atomic_path, write_csv
 from cafe.io.activations import LayerInfo, LayerWriter, layer_path
-from cafe.manifest import DataConfig, make_manifest
-from cafe.sae import MatryoshkaSAE
+from cafe.manifest.config import DataConfig
+from cafe.manifest.draw import make_manifest
+from cafe.sae.model import MatryoshkaSAE
 from cafe.tokens import TokenLayout
 
 WRITE_ROWS = 1 << 16  # tokens generated and written at a time, so a large file never sits in memory

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 
 FLOP_MODEL = (
     "matmul FLOPs only (2 per multiply-add). Forward per token per block 8D^2 + 4DH + 4TD (= 24D^2 + 4TD "

@@ -13,8 +13,9 @@ from typing import Any
 from cafe.bench.context import Context, Stage
 from cafe.bench.fixtures import layer_file
 from cafe.bench.flops import sae_train_flops
-from cafe.sae import SAEConfig, train
+from cafe.sae.config import SAEConfig
 from cafe.sae.feed import DEFAULT_BUFFER_TOKENS
+from cafe.sae.train import train
 
 ANALYSIS_IMAGES = 4  # held-out images the evaluation reads (kept small: it is not what is measured)
 FEEDS = {  # sae.resident mode: (record name, what is timed)

@@ -16,39 +16,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from cafe.backbone import Backbone, tower_shape
+from cafe.backbone import tower_shape
+from cafe.backbone.openclip import library
+from cafe.backbone.tower import Backbone
 from cafe.config import as_dict, parse_section
-from cafe.demo import COMPOSITIONAL
-from cafe.errors import CafeError
+from cafe.demo.config import DemoBackboneConfig
+from cafe.demo.world import COMPOSITIONAL
 from cafe.images import list_images, load_images
 from cafe.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DemoBackboneConfig:
-    """Training of the demo tower (params.yaml `demo.backbone:`)."""
-
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.002
-    weight_decay: float = 0.05
-    holdout: float = 0.15
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CafeError(
-                f"params: demo.backbone.epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            )
-        if not 0 < self.holdout < 1:
-            raise CafeError(f"params: demo.backbone.holdout must be in (0, 1), got {self.holdout}")
 
 
 @dataclass(frozen=True)
@@ -137,8 +118,8 @@ def _class_ids(classes: tuple[str, ...], names: tuple[str, ...]) -> torch.Tensor
 def _build(model: str, seed: int) -> tuple[nn.Module, Backbone]:
     """The whole CLIP model from OpenCLIP's factory (seeded, as `Backbone.load` does) and a trainable view."""
     torch.manual_seed(seed)
-    clip = open_clip.create_model(model, pretrained=None, device="cpu")
-    pp = open_clip.get_model_preprocess_cfg(clip)
+    clip = library(model).create_model(model, pretrained=None, device="cpu")
+    pp = library().get_model_preprocess_cfg(clip)
     backbone = Backbone(clip.visual, tuple(pp["mean"]), tuple(pp["std"]), model, f"demo-training-seed{seed}")
     return clip, backbone
 

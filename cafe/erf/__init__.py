@@ -4,11 +4,22 @@ Every method has the same shape (captum-like): `make_method(name, target, config
 features)` -> `Attribution` (maps (B, grid, grid)), on a `FeatureTarget` (backbone + SAE + layer); only blocks
 1..L run. Methods are registered by name in `registry`.
 `attnlrp` (the paper's method; `rules` + `lrp`), `ig`, `kernelshap`, `gradient` and the `activation` baseline
-(`methods`); `command` is `cafe erf`, which writes the ERF contract (`cafe.io.erf_maps`).
+(`methods`); `command` is `cafe erf`, which writes the ERF contract (`cafe.io.erf_maps`). The params (`config`)
+are torch-free; the names below load their module when first asked for.
 """
 
-from cafe.erf.base import Attribution, ErfMethod
-from cafe.erf.config import ErfConfig
-from cafe.erf.registry import METHODS, make_method
+from __future__ import annotations
+
+from cafe.lazy import lazy_names
 
 __all__ = ["METHODS", "Attribution", "ErfConfig", "ErfMethod", "make_method"]
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "Attribution": "cafe.erf.base",
+        "ErfConfig": "cafe.erf.config",
+        "ErfMethod": "cafe.erf.base",
+        "METHODS": "cafe.erf.registry",
+        "make_method": "cafe.erf.registry",
+    },
+)

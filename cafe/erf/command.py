@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.backbone import BackboneConfig, tower_shape
+from cafe.backbone.tower import Backbone
 from cafe.compute import add_precision_argument, precision_scope
 from cafe.config import as_dict, parse_section
 from cafe.erf.base import ErfMethod
@@ -23,8 +24,7 @@ from cafe.feature_target import FeatureTarget
 from cafe.images import Crop, ImageLoader, manifest_loader
 from cafe.io.erf_maps import ErfResult, write_erf
 from cafe.io.features import FeatureFile, read_features
-from cafe.sae import load_sae
-from cafe.sae.model import check_sae
+from cafe.sae.model import check_sae, load_sae
 
 log = logging.getLogger(__name__)
 

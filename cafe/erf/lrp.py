@@ -18,7 +18,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 from cafe.blocks import Ops, block_forward
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig

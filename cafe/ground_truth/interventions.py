@@ -26,9 +26,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.backbone import BackboneConfig, tower_shape
+from cafe.backbone.tower import Backbone
 from cafe.config import parse_section
-from cafe.demo import DemoConfig, render_scene, scene_index
+from cafe.demo.config import DemoConfig
+from cafe.demo.data import render_scene, scene_index
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 from cafe.ground_truth.causes import COUNTERFACTUAL_COLUMNS, World, causal_parts, load_world

@@ -12,7 +12,7 @@ from cafe.errors import CafeError
 if TYPE_CHECKING:  # torch loads only when a canvas is made (fig3 and params validation read the names alone)
     import torch
 
-    from cafe.backbone import Backbone
+    from cafe.backbone.tower import Backbone
 
 Canvas = Callable[["torch.Tensor", "Backbone", float], "torch.Tensor"]  # (images01, backbone, blur_sigma) -> canvas
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cafe.backbone import Backbone, BackboneConfig, tower_shape
+from cafe.backbone import BackboneConfig, tower_shape
+from cafe.backbone.tower import Backbone
 from cafe.compute import add_precision_argument, precision_scope
 from cafe.config import parse_section
 from cafe.errors import CafeError
@@ -16,8 +17,7 @@ from cafe.insertion.run import BUILTIN_METHODS, layer_curves
 from cafe.io import write_csv
 from cafe.io.erf_maps import read_erf_maps
 from cafe.io.features import read_features
-from cafe.sae import load_sae
-from cafe.sae.model import check_sae
+from cafe.sae.model import check_sae, load_sae
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cafe.backbone import Backbone
+from cafe.backbone.tower import Backbone
 from cafe.errors import CafeError
 from cafe.feature_target import FeatureTarget
 from cafe.insertion.canvases import make_canvas

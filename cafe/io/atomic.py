@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h5py
-
 from cafe.errors import CafeError
 
 
@@ -116,8 +114,10 @@ def save_figure(path: str | os.PathLike, fig: matplotlib.figure.Figure, dpi: int
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
 
 
-def open_h5(path: str | os.PathLike, required: tuple[str, ...] = ()) -> h5py.File:
+def open_h5(path: str | os.PathLike, required: tuple[str, ...] = ()) -> h5py.File:  # noqa: F821
     """Open an HDF5 file read-only, with a clear error if it is missing, corrupt or lacks datasets."""
+    import h5py  # here, not at the top: most writers of this module (params, provenance, CSVs) need none of it
+
     path = Path(path)
     if not path.exists():
         raise CafeError(f"{path}: file not found (has the step that writes it run?)")

@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import h5py
 import numpy as np
 
 from cafe.errors import CafeError
@@ -58,6 +57,8 @@ class FeatureFile:
 
 def write_features(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
     """Write a features file atomically: the datasets above and their attributes."""
+    import h5py  # here: modules that only name FeatureFile (cafe.images, for the DAG's params) skip it
+
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         for name, array in arrays.items():
             handle.create_dataset(name, data=array)

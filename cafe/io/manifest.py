@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from cafe.errors import CafeError
 from cafe.io.atomic import write_text
+
+if TYPE_CHECKING:  # pandas loads with the first read: the DAG's params (cafe.images' names) need none of it
+    import pandas as pd
 
 MANIFEST_COLUMNS = ("index", "split", "path", "class")
 SKIPPED_COLUMNS = ("path", "class", "reason")
@@ -49,6 +51,8 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataF
     path = Path(path)
     if not path.is_file():
         raise CafeError(f"{path}: manifest not found (has the `manifest` step run?)")
+    import pandas as pd
+
     manifest = pd.read_csv(path, dtype={"path": str, "class": str, "split": str})
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
@@ -75,4 +79,6 @@ def read_skipped(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise CafeError(f"{path}: skipped-image list not found; re-run the `manifest` step")
+    import pandas as pd
+
     return pd.read_csv(path, dtype=str, keep_default_na=False)

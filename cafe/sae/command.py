@@ -11,9 +11,7 @@ from cafe.compute import add_precision_argument
 from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.io import write_json
-from cafe.io.activations import open_layer
-from cafe.sae.model import SAEConfig
-from cafe.sae.train import train
+from cafe.sae.config import SAEConfig
 
 
 def run_sae_import(args: argparse.Namespace) -> None:
@@ -26,6 +24,9 @@ def run_sae_import(args: argparse.Namespace) -> None:
 
 def run_sae(args: argparse.Namespace) -> None:
     """CLI: train one layer's SAE (on an activation file of the layer asked for, if --layer is given)."""
+    from cafe.io.activations import open_layer  # here: `cafe sae-summary` (this module too) needs no torch or HDF5
+    from cafe.sae.train import train
+
     if args.layer is not None:
         with open_layer(args.activations) as handle:
             found = int(handle.attrs["layer"])

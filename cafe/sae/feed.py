@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from cafe.errors import CafeError
 from cafe.io.activations import open_layer, read_rows
+from cafe.sae.config import check_resident
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER_TOKENS = 1 << 17  # 256 MiB of float16 at ViT-L width
 READ_AHEAD = 4  # batches a background thread reads (HDF5, shuffle, pinning) while a GPU trains
-RESIDENT_MODES = ("auto", "always", "never")  # sae.resident
 RESIDENT_SHARE = 0.75  # `auto`: the most of the device's free memory the float16 tokens may take
 MEMINFO = Path("/proc/meminfo")
 GB = 1e9
@@ -193,13 +193,6 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     return available_ram()
-
-
-def check_resident(mode: str) -> str:
-    """`mode` if it is a known sae.resident value, else an error listing them."""
-    if mode not in RESIDENT_MODES:
-        raise CafeError(f"params: sae.resident must be one of {list(RESIDENT_MODES)}, got {mode!r}")
-    return mode
 
 
 def resident_fits(mode: str, nbytes: int, free: int, device: str, source: str) -> tuple[bool, str]:

@@ -19,8 +19,8 @@ from cafe.errors import CafeError
 from cafe.io import atomic_path, write_json
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.sae.encoder import SAEEncoder
-from cafe.sae.formats import Imported, read_sae
-from cafe.sae.formats.base import RESIDUAL
+from cafe.sae.formats import read_sae
+from cafe.sae.formats.base import RESIDUAL, Imported
 from cafe.sae.formats.saev import SAMPLES, estimate_input_scaling, fold_input_scaling
 from cafe.sae.model import save_import
 from cafe.tokens import TokenLayout

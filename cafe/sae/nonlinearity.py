@@ -4,9 +4,12 @@ training and at inference, and what each needs from the training loop. Adding on
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cafe.errors import CafeError
+
+if TYPE_CHECKING:  # torch loads with the first batch: the names (params validation) need none of it
+    import torch
 
 
 class Nonlinearity:
@@ -31,10 +34,10 @@ class ReLU(Nonlinearity):
     name, l1_penalty, learns_threshold = "relu", True, False
 
     def train(self, pre: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.relu(pre)
+        return pre.relu()
 
     def infer(self, pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-        return torch.relu(pre)
+        return pre.relu()
 
 
 class BatchTopK(Nonlinearity):
@@ -44,9 +47,9 @@ class BatchTopK(Nonlinearity):
     name, l1_penalty, learns_threshold = "batchtopk", False, True
 
     def train(self, pre: torch.Tensor, k: int) -> torch.Tensor:
-        flat = torch.relu(pre).flatten()
-        keep = torch.topk(flat, min(k * pre.shape[0], flat.numel())).indices
-        return torch.zeros_like(flat).scatter(0, keep, flat[keep]).view_as(pre)
+        flat = pre.relu().flatten()
+        keep = flat.topk(min(k * pre.shape[0], flat.numel())).indices
+        return flat.new_zeros(flat.shape).scatter(0, keep, flat[keep]).view_as(pre)
 
     def infer(self, pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         return pre * (pre > threshold)

@@ -13,7 +13,8 @@ import torch
 from layer_files import write_layer
 from lost_files import count_lost, files_lost, hashes
 
-from cafe.activations import ActivationsConfig, extract
+from cafe.activations.config import ActivationsConfig
+from cafe.activations.extract import extract
 from cafe.backbone import Backbone
 from cafe.errors import CafeError
 from cafe.io import write_csv

@@ -10,7 +10,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from cafe.compute import ComputeConfig
-from cafe.annotation.ingest import human_files
+from cafe.annotation.files import human_files
 from cafe.errors import CafeError
 from cafe.config import DEMO_BACKBONE, DEMO_IMAGES, is_local_checkpoint, parse_section
 from cafe.io.hashes import HASH_CACHE

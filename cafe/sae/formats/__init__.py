@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cafe.errors import CafeError
-from cafe.sae.formats.base import Imported, Options, TrainedAt
+
+if TYPE_CHECKING:  # a format's reading code (and torch) loads when an SAE is read, not when params name one
+    from cafe.sae.formats.base import Imported
 
 FORMATS: dict[str, str] = {  # name -> module with `read(path, options) -> Imported` and OPTIONS
     "cafe": "cafe.sae.formats.cafe_own",
@@ -76,9 +78,11 @@ def read_sae(format: str, path: str | Path, options: dict[str, Any] | None = Non
     path = Path(path)
     if not path.exists():
         raise CafeError(f"{path}: no {format} SAE there (sae.source.path)")
+    from cafe.sae.formats.base import Options
+
     module = importlib.import_module(FORMATS[format])
     opts = Options(format, dict(options or {}), module.OPTIONS)
     return module.read(path, opts)
 
 
-__all__ = ["FORMATS", "Imported", "SAESource", "TrainedAt", "read_sae"]
+__all__ = ["FORMATS", "SAESource", "read_sae"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +18,16 @@ from tqdm import tqdm
 from cafe.config import parse_section
 from cafe.devices import resolve_device
 from cafe.errors import CafeError
+from cafe.features.config import FeaturesConfig
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.io.features import write_features
-from cafe.sae import MatryoshkaSAE, SAEEncoder, load_sae
+from cafe.sae.encoder import SAEEncoder
+from cafe.sae.model import MatryoshkaSAE, load_sae
 from cafe.tokens import TokenLayout
 
 log = logging.getLogger(__name__)
 
 READ_TOKENS = 1 << 13  # analysis tokens read and encoded at a time
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """Which features and how many top images each (params.yaml `features:`)."""
-
-    n_features: int = 32  # the first N features of each SAE (the paper: 100)
-    top_k: int = 4  # top activations (distinct images) per feature
-
-    def __post_init__(self) -> None:
-        for name in ("n_features", "top_k"):
-            if getattr(self, name) < 1:
-                raise CafeError(f"params: features.{name} must be >= 1, got {getattr(self, name)}")
 
 
 class TopImages:

@@ -13,42 +13,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cafe.config import DEMO_IMAGES, parse_section
+from cafe.config import parse_section
 from cafe.errors import CafeError
 from cafe.images import check_images, list_images
 from cafe.io.hashes import HASH_CACHE, HashCache
 from cafe.io.manifest import MANIFEST_COLUMNS, SPLITS, skipped_path, write_manifest, write_skipped
+from cafe.manifest.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-BAD_IMAGES = ("error", "skip")
 SHOWN_BAD = 20  # broken files listed in the error message (all of them go to the log)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which images the pipeline sees (params.yaml `data:`)."""
-
-    images: str = DEMO_IMAGES
-    n_train: int = 1600  # 0 when the SAEs are imported (sae.source): no train tokens are extracted
-    n_analysis: int = 240
-    seed: int = 0
-    bad_images: str = "error"  # error: stop and list every broken image; skip: leave them out, listed
-
-    def __post_init__(self) -> None:
-        if self.n_analysis < 1 or self.n_train < 0:
-            raise CafeError(
-                f"params: data.n_analysis must be >= 1 and n_train >= 0, got {self.n_analysis} and {self.n_train}"
-            )
-        if self.bad_images not in BAD_IMAGES:
-            raise CafeError(f"params: data.bad_images must be one of {BAD_IMAGES}, got {self.bad_images!r}")
 
 
 def make_manifest(config: DataConfig) -> pd.DataFrame:
