@@ -11,9 +11,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from annotation_world import LAYER, N_FEATURES, TOP_K, write_layer, write_manifest
 from PIL import Image
 
-from cafe.annotation.gallery import DISPLAY_SIZE, load_indexed_images
+from cafe.annotation.gallery import DISPLAY_SIZE, load_gallery_images, load_indexed_images
+from cafe.annotation.layer_maps import read_layer
 from cafe.errors import CafeError
 from cafe.images import Crop, load_images
 from cafe.io.erf_maps import read_erf_crop
@@ -60,6 +62,28 @@ def test_a_plain_square_crop_shows_what_it_showed_before(tmp_path: Path, size: i
     before = (load_images(tmp_path, names, DISPLAY_SIZE).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     assert Crop(size, size).scaled(DISPLAY_SIZE) == Crop(DISPLAY_SIZE, DISPLAY_SIZE)
     assert all(np.array_equal(shown[i], before[i]) for i in range(len(names)))
+
+
+@pytest.mark.parametrize("crop", [[224, [224, 224]], [224, 256]])
+def test_a_layer_read_for_the_sheets_and_the_page_shows_the_crop_its_erf_file_records(tmp_path: Path, crop) -> None:
+    """The path galleries and the labelling page take: the ERF file's crop -> `read_layer` -> the shown images."""
+    images = tmp_path / "images" / "n01440764"
+    images.mkdir(parents=True)
+    for i in range(7):  # coprime with the world's image stride (5): every image is some feature's target
+        photo_like(images, *SHAPES[i % len(SHAPES)], i)
+    results = tmp_path / "results"
+    n_images = write_manifest(tmp_path / "images", results / "data/manifest.csv")
+    features, erf = write_layer(results, n_images)
+    with h5py.File(erf, "a") as h5:
+        h5.attrs["crop"] = json.dumps(crop)
+    targets = read_layer(features, erf, LAYER, N_FEATURES)
+    assert targets.crop == Crop(*crop)
+    paths = {i: f"n01440764/{i}.png" for i in range(n_images)}
+    shown = load_gallery_images(targets, TOP_K, tmp_path / "images", paths)
+    assert len(shown) == n_images
+    for i, pixels in shown.items():
+        model = model_input_at(Crop(*crop), tmp_path / "images", paths[i], DISPLAY_SIZE)
+        assert np.abs(pixels.astype(int) - model).mean() <= 1.5
 
 
 def test_the_erf_file_records_the_crop_and_one_without_it_is_refused(tmp_path: Path) -> None:
