@@ -134,6 +134,13 @@ class Crop:
         long_side = int(self.resize * max(height, width) / min(height, width))
         return (long_side, self.resize) if width <= height else (self.resize, long_side)
 
+    def scaled(self, size: int) -> Crop:
+        """The same region of the image at another input size: the resize scaled by size / self.size (rounded)."""
+        scale = size / self.size
+        if isinstance(self.resize, int):
+            return Crop(size, round(self.resize * scale))
+        return Crop(size, tuple(round(side * scale) for side in self.resize))
+
 
 ImageSize = int | Crop  # what every loader below takes as `size`
 

@@ -4,6 +4,7 @@ with fixtures and helpers that play the person: start a human file, type answers
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cafe.images import list_images
 from cafe.io import write_csv
 
 GRID, TOP_K, N_FEATURES, LAYER = 4, 3, 8, 3
+CROP = [32, 32]  # the model's eval crop (input size, resize): a plain square center crop, as the demo tower's
 NON_LOCAL = (1, 4, 6)  # feature 6 fires only at CLS
 CLS_FEATURE = 6
 CONFIG = AnnotationConfig(n_features=N_FEATURES, gallery_k=TOP_K, threshold=0.5)
@@ -63,7 +65,7 @@ def write_layer(results: Path, n_images: int, fingerprint: str = "sae000000001")
         f.attrs.update(layer=LAYER, grid=GRID, n_tokens=tokens, sae_fingerprint=fingerprint)
     with h5py.File(erf_path, "w") as e:
         e["maps"] = erf
-        e.attrs.update(method="attnlrp", layer=LAYER)
+        e.attrs.update(method="attnlrp", layer=LAYER, crop=json.dumps(CROP))
     return features, erf_path
 
 

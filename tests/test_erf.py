@@ -173,6 +173,7 @@ def test_erf_command_writes_maps_values_and_provenance(tmp_path, tiny_backbone, 
     assert attrs["method"] == method and attrs["layer"] == LAYER and attrs["n_targets"] == 3
     assert json.loads(attrs["params"])["batch_size"] == 2 and attrs["targets_per_s"] > 0
     assert json.loads(attrs["params"]).get("precision") == ("fp32" if method != "activation" else None)
+    assert json.loads(attrs["crop"]) == [tiny_backbone.image_size, tiny_backbone.resize]  # the region the maps cover
     with h5py.File(inputs["features"]) as h5:
         stored = h5["value"][()]
     np.testing.assert_allclose(value[[0, 0, 1], [0, 1, 0]], stored[[0, 0, 1], [0, 1, 0]], rtol=1e-4, atol=1e-5)

@@ -106,8 +106,13 @@ def load_shown(selection: pd.DataFrame, layer_files: dict[int, tuple[Path, Path]
     for row in selection.itertuples():
         layer_targets, n, cols = shown.first_target(row.layer, row.feature)
         wanted |= {int(layer_targets.image[n, j]) for j in cols[:per_feature]}
+    crops = {layer_targets.crop for layer_targets in targets.values()}
+    if len(crops) > 1:
+        raise CafeError(
+            f"ERF files of layers {sorted(layers)} record different model crops {crops}: re-run the erf step"
+        )
     paths = dict(zip(*read_manifest(manifest)[["index", "path"]].to_numpy().T))
-    shown.images = load_indexed_images(sorted(wanted), images_root, paths, SHOW_SIZE)
+    shown.images = load_indexed_images(sorted(wanted), images_root, paths, crops.pop(), SHOW_SIZE) if crops else {}
     return shown
 
 

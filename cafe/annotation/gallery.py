@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cafe.annotation.layer_maps import LayerTargets
 from cafe.annotation.score import MapScores, evidence, peak
-from cafe.images import load_images
+from cafe.images import Crop, load_images
 from cafe.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,19 +48,19 @@ def shown_targets(targets: LayerTargets, k: int) -> list[np.ndarray]:
 def load_gallery_images(
     targets: LayerTargets, k: int, root: str | Path, paths: dict[int, str], size: int = DISPLAY_SIZE
 ) -> dict[int, np.ndarray]:
-    """The shown images as uint8 (size, size, 3), cropped like the model saw them, keyed by manifest index."""
+    """The shown images as uint8 (size, size, 3), the region the model saw, keyed by manifest index."""
     wanted = sorted({int(targets.image[n, j]) for n, cols in enumerate(shown_targets(targets, k)) for j in cols})
-    return load_indexed_images(wanted, root, paths, size)
+    return load_indexed_images(wanted, root, paths, targets.crop, size)
 
 
 def load_indexed_images(
-    wanted: list[int], root: str | Path, paths: dict[int, str], size: int = DISPLAY_SIZE
+    wanted: list[int], root: str | Path, paths: dict[int, str], crop: Crop, size: int = DISPLAY_SIZE
 ) -> dict[int, np.ndarray]:
-    """Images by manifest index as uint8 (size, size, 3), cropped like the model saw them."""
+    """Images by manifest index as uint8 (size, size, 3): the model's crop `crop` of each, at `size` pixels."""
     images = {}
     for start in tqdm(range(0, len(wanted), LOAD_CHUNK), desc="gallery images", unit="chunk", leave=False):
         chunk = wanted[start : start + LOAD_CHUNK]
-        batch = load_images(root, [paths[i] for i in chunk], size)
+        batch = load_images(root, [paths[i] for i in chunk], crop.scaled(size))
         pixels = (batch.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         images.update(zip(chunk, pixels))
     return images

@@ -8,18 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from cafe.errors import CafeError
+from cafe.images import Crop
 from cafe.io import open_h5
-from cafe.io.erf_maps import read_erf_maps
+from cafe.io.erf_maps import read_erf_crop, read_erf_maps
 from cafe.io.features import read_features
 from cafe.tokens import TokenLayout
 
 
 @dataclass(frozen=True)
 class LayerTargets:
-    """Row n is feature `feature[n]`; column k its k-th top target (image -1 = none). Maps are (N, K, grid, grid)."""
+    """Row n is feature `feature[n]`; column k its k-th top target (image -1 = none). Maps are (N, K, grid, grid),
+    over the region of each image that `crop` (the model's eval crop) keeps."""
 
     layer: int
     layout: TokenLayout
+    crop: Crop
     fingerprint: str
     method: str
     feature: np.ndarray
@@ -53,6 +56,7 @@ def read_layer(features_path: str | Path, erf_path: str | Path, layer: int, n_fe
     return LayerTargets(
         layer=layer,
         layout=ff.layout,
+        crop=Crop(*read_erf_crop(erf_path)),
         fingerprint=ff.sae_fingerprint,
         method=method,
         feature=ff.feature[first].astype(int),

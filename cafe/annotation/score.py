@@ -15,10 +15,12 @@ their mean, averaged over the feature's targets. It suggests; the person decides
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cafe.annotation.layer_maps import LayerTargets
+if TYPE_CHECKING:  # the Fig 5 step scores sheets, not layer files: it needs no image code
+    from cafe.annotation.layer_maps import LayerTargets
 
 ACTIVE_SHARE = 0.5
 ACTIVE_MAX = 0.1

@@ -72,7 +72,7 @@ def run_erf(args: argparse.Namespace) -> None:
     params = method_params(config, args.method)
     if args.method != "activation":  # read off the features file: no forward, no precision
         params["precision"] = args.precision
-    write_erf(args.out, args.method, params, ff, result)
+    write_erf(args.out, args.method, params, ff, result, (shape.image_size, shape.resize))
     log.info("wrote %s (%.3g targets/s)", args.out, result.targets_per_s)
 
 

@@ -9,7 +9,8 @@ results/erf/layer{L}/{method}.h5 (read by the insertion step):
                                               cafe.erf.base.Attribution); NaN for saliency and activation
 
 Attributes: method, params (JSON: batch_size, the method's section and, where a tower ran, the precision), layer,
-grid, sae_fingerprint, n_targets, targets_per_s (method compute only, image loading excluded).
+grid, sae_fingerprint, n_targets, targets_per_s (method compute only, image loading excluded), crop (JSON
+[input size, resize]: the model's eval crop, `cafe.images.Crop`, the region of each image the maps lie over).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ class ErfResult:
     targets_per_s: float
 
 
-def write_erf(path: str, method: str, params: dict, ff: FeatureFile, result: ErfResult) -> None:
-    """Write the ERF file atomically."""
+def write_erf(
+    path: str, method: str, params: dict, ff: FeatureFile, result: ErfResult, crop: tuple[int, int | tuple[int, int]]
+) -> None:
+    """Write the ERF file atomically; `crop` is the model's (input size, resize), as `cafe.images.Crop` takes them."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("maps", data=result.maps, chunks=(1, *result.maps.shape[1:]), compression="gzip")
         h5.create_dataset("target_value", data=result.target_value)
@@ -50,6 +53,7 @@ def write_erf(path: str, method: str, params: dict, ff: FeatureFile, result: Erf
             sae_fingerprint=ff.sae_fingerprint,
             n_targets=int((ff.image >= 0).sum()),
             targets_per_s=float(result.targets_per_s),
+            crop=json.dumps(list(crop)),
         )
 
 
@@ -73,3 +77,13 @@ def read_erf_maps(path: str | os.PathLike, method: str | None, ff: FeatureFile) 
         if shape != expected:
             raise CafeError(f"{path}: maps have shape {shape}, expected {expected} from {ff.path}")
         return h5["maps"][()]
+
+
+def read_erf_crop(path: str | os.PathLike) -> tuple[int, int | list[int]]:
+    """The model's eval crop the maps lie over: (input size, resize: the shorter side or a [height, width] pair)."""
+    with open_h5(path, ("maps",)) as h5:
+        crop = h5.attrs.get("crop")
+    if crop is None:
+        raise CafeError(f"{path}: records no crop (the model's input region); re-run the `erf` step")
+    size, resize = json.loads(crop)
+    return int(size), resize
