@@ -43,7 +43,16 @@ class FeatureTarget:
     def from_embedding(self, embedded: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z of every row from the token sequence entering block 1 (Backbone.embed's output, (B, T, D)), as
         `__call__` computes it from pixels: blocks 1..L-1 in full, block L at the target token only."""
-        return self.encode_at(self.backbone.forward_at_embedded(embedded, self.layer, tokens), features)
+        return self.from_hidden(self.before_layer(embedded), tokens, features)
+
+    def before_layer(self, embedded: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering block L (blocks 1..L-1 on `Backbone.embed`'s output), (B, T, D): what
+        targets of the same image share."""
+        return self.backbone.run_blocks(embedded, 0, self.layer - 1)
+
+    def from_hidden(self, hidden: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """z of every row from `before_layer`'s output: block L at the target token only, then the SAE."""
+        return self.encode_at(self.backbone.last_block_at(hidden, self.layer, tokens), features)
 
     def __call__(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """z_{features[b]}(pixels[b], tokens[b]) for every row b, shape (B,)."""

@@ -3,14 +3,25 @@ captum's KernelShap when both are given the same coalitions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import KernelShap as CaptumKernelShap
 
 from cafe.config import parse_section
 from cafe.erf import ErfConfig, make_method
-from cafe.erf.kernelshap import ENDPOINT_WEIGHT, draw_coalitions, kernel_weights, solve_surrogates, unique_values
+from cafe.erf.command import compute_erf
+from cafe.erf.kernelshap import (
+    ENDPOINT_WEIGHT,
+    distinct_scenes,
+    draw_coalitions,
+    kernel_weights,
+    solve_surrogates,
+    KernelShap,
+    unique_values,
+)
 from cafe.feature_target import FeatureTarget
+from cafe.io.features import FeatureFile
 
 LAYER = 2
 TOKENS = torch.tensor([0, 5, 11])
@@ -214,3 +225,71 @@ def test_a_cpu_forward_holds_what_the_memory_bound_allows_and_values_do_not_depe
     distinct = len(torch.unique(coalitions, dim=0))
     assert counter.forwards == -(-distinct // max(1, budget_sequences // b))
     torch.testing.assert_close(values, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_targets_of_one_image_share_its_forwards_and_get_the_values_they_get_alone(world, monkeypatch, case):
+    """Generated batches where several targets (other tokens, features) show the same image: blocks 1..L-1 run
+    once per distinct image and coalition, and every target's coalition values are those of its batch of one."""
+    target, images, _ = world
+    gen = torch.Generator().manual_seed(case)
+    n = 5 + case
+    image_of = torch.randint(0, 2 + case % 2, (n,), generator=gen)
+    pixels = target.backbone.normalize(images[image_of])
+    canvas = torch.zeros_like(pixels)
+    tokens = torch.randint(0, target.backbone.n_tokens, (n,), generator=gen)
+    features = torch.randint(0, target.sae.W_e.shape[0], (n,), generator=gen)
+    coalitions = draw_coalitions(target.backbone.grid**2, 24, seed=case)
+    with monkeypatch.context() as patch:
+        counter = ForwardCounter(target.backbone, patch)
+        shared = unique_values(target, pixels, canvas, tokens, features, coalitions, forward_batch=10_000)
+    alone = torch.cat(
+        [unique_values(target, pixels[[b]], canvas[[b]], tokens[[b]], features[[b]], coalitions, 10_000) for b in range(n)],
+        1,
+    )
+    assert counter.sequences == len(torch.unique(coalitions, dim=0)) * len(torch.unique(image_of))
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_distinct_scenes_index_each_targets_image_and_canvas(case):
+    """Over generated batches with repeats: the scenes are distinct and each target's index points at its own image
+    and canvas."""
+    gen = torch.Generator().manual_seed(case)
+    library = torch.rand(4, 3, 8, 8, generator=gen)
+    image_of = torch.randint(0, 4, (9,), generator=gen)
+    canvas_of = torch.randint(0, 2, (9,), generator=gen)
+    pixels, canvas = library[image_of], library[canvas_of]
+    first, scene_of = distinct_scenes(pixels, canvas)
+    assert torch.equal(pixels[first][scene_of], pixels) and torch.equal(canvas[first][scene_of], canvas)
+    assert len(first) == len({(int(i), int(c)) for i, c in zip(image_of, canvas_of)})
+
+
+def test_the_erf_step_batches_kernelshap_by_image_and_writes_the_maps_of_the_row_major_batches(world):
+    """`cafe erf` groups KernelSHAP's targets by image (each image's targets in one batch, where they share forwards);
+    every map, value and remainder is the one row-major batches of the same size give."""
+    target, _, _ = world
+    gen = torch.Generator().manual_seed(3)
+    library = torch.rand(5, 3, 32, 32, generator=gen)
+    image = torch.randint(0, 5, (6, 3), generator=gen).numpy()  # 18 targets on 5 images, rows interleave them
+    token = torch.randint(0, target.backbone.n_tokens, (6, 3), generator=gen).numpy()
+    zeros = np.zeros((6, 3), np.float32)
+    grid = target.backbone.grid
+    ff = FeatureFile("f.h5", LAYER, grid, "", "", np.arange(6), image, token, zeros, zeros[..., None], zeros[:, 0], None)
+    config = parse_section(ErfConfig, {"batch_size": 4, "kernelshap": {"samples": 24}}, "erf")
+    batches = []
+
+    def load(indices):
+        batches.append(sorted(set(indices.tolist())))
+        return library[torch.as_tensor(indices)]
+
+    grouped = compute_erf(make_method("kernelshap", target, config), ff, load, config.batch_size)
+    # each image's targets in one batch, or split once where a batch ends: at most one image shared per boundary
+    assert sum(len(b) for b in batches) <= len(np.unique(image)) + len(batches) - 1
+
+    class RowMajor(KernelShap):
+        batch_by_image = False
+
+    plain = compute_erf(RowMajor(target, config), ff, lambda i: library[torch.as_tensor(i)], config.batch_size)
+    for name in ("maps", "target_value", "absorbed"):
+        np.testing.assert_allclose(getattr(grouped, name), getattr(plain, name), rtol=1e-5, atol=1e-6)

@@ -113,7 +113,11 @@ class Backbone:
     def forward_at_embedded(self, embedded: torch.Tensor, layer: int, tokens: torch.Tensor) -> torch.Tensor:
         """`forward_at` from the token sequence entering block 1 (`embed`'s output, (B, T, D))."""
         self.check_layer(layer)
-        x = self.run_blocks(embedded, 0, layer - 1)
+        return self.last_block_at(self.run_blocks(embedded, 0, layer - 1), layer, tokens)
+
+    def last_block_at(self, x: torch.Tensor, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Block `layer`'s output (B, D) at token tokens[b] of row b, from the residual stream x (B, T, D) that has
+        passed blocks 1..layer-1 (`forward_at`'s last step: callers that share x between targets run it once)."""
         tokens = tokens.to(x.device)
         try:
             view = self.view(layer)

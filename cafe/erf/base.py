@@ -28,6 +28,8 @@ class ErfMethod(ABC):
     """An attribution method over a FeatureTarget; subclasses implement `_explain` on normalised pixels."""
 
     name: ClassVar[str]
+    # True where targets of one image in one batch share work (KernelSHAP); `cafe erf` then batches them together
+    batch_by_image: ClassVar[bool] = False
 
     def __init__(self, target: FeatureTarget, config: ErfConfig | None = None):
         self.target, self.config = target, config or ErfConfig()

@@ -91,6 +91,9 @@ def compute_erf(
     maps = np.full((n, k, ff.grid, ff.grid), np.nan, dtype=np.float32)
     value, absorbed = np.full((n, k), np.nan, dtype=np.float32), np.full((n, k), np.nan, dtype=np.float32)
     rows, ranks = np.nonzero(ff.image >= 0)
+    if method.batch_by_image:  # the maps do not depend on the batch; targets of one image then share its forwards
+        by_image = np.argsort(ff.image[rows, ranks], kind="stable")
+        rows, ranks = rows[by_image], ranks[by_image]
     seconds = 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc=f"erf L{ff.layer} {method.name}", unit="batch"):
         r, c = rows[start : start + batch_size], ranks[start : start + batch_size]

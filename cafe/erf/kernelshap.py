@@ -94,8 +94,9 @@ def coalition_values(
     canvas's elsewhere: both are embedded once and mixed per token, and only the blocks run per coalition, in
     truncated forwards of about `sequences_per_forward` sequences (whole coalitions x all B targets per forward)."""
     b, players = len(pixels), coalitions.shape[1]
+    scenes, scene_of = distinct_scenes(pixels, canvas)  # targets of one image share its sequences up to block L
     with torch.no_grad():
-        inside, outside = target.backbone.embed(pixels), target.backbone.embed(canvas)  # (B, T, D) each
+        inside, outside = target.backbone.embed(pixels[scenes]), target.backbone.embed(canvas[scenes])  # (U, T, D)
     prefix = target.backbone.layout.n_prefix  # CLS and registers: the same in both sequences
     if inside.shape[1] != prefix + players:
         raise CafeError(
@@ -108,10 +109,21 @@ def coalition_values(
     values = []
     with torch.no_grad():
         for chunk in present.split(per_forward):
-            sequences = torch.where(chunk, inside, outside).flatten(0, 1)  # (c * B, T, D), coalition-major
-            z = target.from_embedding(sequences, tokens.repeat(len(chunk)), features.repeat(len(chunk)))
+            hidden = target.before_layer(torch.where(chunk, inside, outside).flatten(0, 1))  # (c * U, T, D)
+            rows = (torch.arange(len(chunk), device=hidden.device)[:, None] * len(scenes) + scene_of).flatten()
+            z = target.from_hidden(hidden[rows], tokens.repeat(len(chunk)), features.repeat(len(chunk)))
             values.append(z.view(len(chunk), b))
     return torch.cat(values)
+
+
+def distinct_scenes(pixels: torch.Tensor, canvas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first target of each distinct (image, canvas) pair; each target's pair among them): targets of one image
+    (other tokens or features) see the same coalitions, so blocks 1..L-1 run once for all of them."""
+    keys = torch.cat([pixels.flatten(1), canvas.flatten(1)], 1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    rows = torch.arange(len(keys), device=keys.device)
+    first = torch.full((int(inverse.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
+    return first.scatter_reduce(0, inverse, rows, "amin"), inverse
 
 
 def unique_values(
@@ -134,6 +146,7 @@ class KernelShap(CanvasMethod):
     """KernelSHAP with one player per patch; absent patches show the mean canvas (params: erf.kernelshap)."""
 
     name = "kernelshap"
+    batch_by_image = True
 
     def _explain(self, pixels: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> Attribution:
         """The batched solver: z(image) and z(canvas) are the values of the everyone and no-one coalitions, so they
