@@ -13,11 +13,11 @@ from cafe.erf import ErfConfig, make_method
 from cafe.erf.command import compute_erf
 from cafe.erf.kernelshap import (
     ENDPOINT_WEIGHT,
+    KernelShap,
     distinct_scenes,
     draw_coalitions,
     kernel_weights,
     solve_surrogates,
-    KernelShap,
     unique_values,
 )
 from cafe.feature_target import FeatureTarget
@@ -243,10 +243,8 @@ def test_targets_of_one_image_share_its_forwards_and_get_the_values_they_get_alo
     with monkeypatch.context() as patch:
         counter = ForwardCounter(target.backbone, patch)
         shared = unique_values(target, pixels, canvas, tokens, features, coalitions, forward_batch=10_000)
-    alone = torch.cat(
-        [unique_values(target, pixels[[b]], canvas[[b]], tokens[[b]], features[[b]], coalitions, 10_000) for b in range(n)],
-        1,
-    )
+    one = [(pixels[[b]], canvas[[b]], tokens[[b]], features[[b]]) for b in range(n)]
+    alone = torch.cat([unique_values(target, *args, coalitions, forward_batch=10_000) for args in one], 1)
     assert counter.sequences == len(torch.unique(coalitions, dim=0)) * len(torch.unique(image_of))
     torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-6)
 
@@ -274,8 +272,8 @@ def test_the_erf_step_batches_kernelshap_by_image_and_writes_the_maps_of_the_row
     image = torch.randint(0, 5, (6, 3), generator=gen).numpy()  # 18 targets on 5 images, rows interleave them
     token = torch.randint(0, target.backbone.n_tokens, (6, 3), generator=gen).numpy()
     zeros = np.zeros((6, 3), np.float32)
-    grid = target.backbone.grid
-    ff = FeatureFile("f.h5", LAYER, grid, "", "", np.arange(6), image, token, zeros, zeros[..., None], zeros[:, 0], None)
+    grid, names = target.backbone.grid, np.arange(6)
+    ff = FeatureFile("f.h5", LAYER, grid, "", "", names, image, token, zeros, zeros[..., None], zeros[:, 0], names < 0)
     config = parse_section(ErfConfig, {"batch_size": 4, "kernelshap": {"samples": 24}}, "erf")
     batches = []
 
