@@ -6,7 +6,8 @@ Two solvers of the same estimator (Lundberg & Lee 2017, as captum's `KernelShap`
   the captum path does too: it reseeds per target); each distinct coalition is evaluated once (z(image) and
   z(canvas) are the everyone and no-one coalitions), for all targets, in forwards of about `forward_batch`
   sequences (fewer on a CPU: `CPU_FORWARD_BYTES`) that start from the image's and the canvas's patch embeddings
-  mixed per token (each computed once); one weighted least squares in float64 gives every target's map at once.
+  mixed per token (each computed once); targets of one image share blocks 1..L-1 (`cafe erf` batches them together);
+  one weighted least squares in float64 gives every target's map at once.
 - `captum`: captum's `KernelShap`, one target at a time, kept as the reference.
 
 Sampling and weights are captum's: the first two coalitions are all players and none, each with weight 1e6
