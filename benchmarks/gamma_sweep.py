@@ -19,6 +19,7 @@ import yaml
 
 from cafe.insertion.summary import auc_table, read_curve_aucs
 from cafe.io import write_csv
+from cafe.params import defaults, merge
 
 
 def run(*args: str) -> None:
@@ -72,7 +73,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gamma_sweep.csv"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        table = sweep(yaml.safe_load(args.params.read_text()), args.gammas, Path(scratch))
+        params = merge(defaults(), yaml.safe_load(args.params.read_text()))  # empty sections = the defaults
+        table = sweep(params, args.gammas, Path(scratch))
     write_csv(args.out, table)
     print(table.pivot_table(index=["canvas", "kind", "layer"], columns="gamma", values="auc_mean").round(3))
 
