@@ -21,6 +21,38 @@ Act = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """What a tensor derived from weights (a cast, a packed q/k/v) was made from: each source's storage, pinned by a
+    detached alias (so no new tensor can take its address), dtype, device and in-place version. The derived tensor
+    is current while `matches` holds."""
+
+    aliases: tuple[torch.Tensor | None, ...]
+    versions: tuple[int | None, ...]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor | None]) -> Stamp:
+        return cls(
+            tuple(None if t is None else t.detach() for t in tensors),
+            tuple(None if t is None else t._version for t in tensors),
+        )
+
+    def matches(self, tensors: list[torch.Tensor | None]) -> bool:
+        """The same tensors, unchanged since the stamp (None where the stamp had None)."""
+        return len(tensors) == len(self.aliases) and all(
+            (a is None and t is None)
+            or (
+                a is not None
+                and t is not None
+                and a.data_ptr() == t.data_ptr()
+                and a.dtype == t.dtype
+                and a.device == t.device
+                and n == t._version
+            )
+            for a, n, t in zip(self.aliases, self.versions, tensors)
+        )
+
+
+@dataclass(frozen=True)
 class AttentionView:
     """Softmax self-attention: packed projections (3D, D) in q, k, v order, `heads` heads, out projection."""
 

@@ -224,6 +224,11 @@ def test_weights_cast_once_follow_in_place_changes(tiny_backbone):
     again = views.view(1, torch.bfloat16)
     assert again is not first
     torch.testing.assert_close(again.mlp.fc2_weight, backbone.view(1).mlp.fc2_weight.bfloat16(), rtol=0, atol=0)
+    mlp = backbone.visual.transformer.resblocks[0].mlp
+    for _ in range(5):  # a replaced weight, its predecessor freed: recast, whatever address the new one gets
+        mlp.c_fc.weight = nn.Parameter(torch.randn_like(mlp.c_fc.weight), requires_grad=False)
+        recast = views.view(1, torch.bfloat16).mlp.fc1_weight
+        torch.testing.assert_close(recast, mlp.c_fc.weight.bfloat16(), rtol=0, atol=0)
 
 
 def test_bf16_maps_rank_patches_as_the_fp32_maps_do(tiny_backbone, tiny_sae, images):
