@@ -6,7 +6,15 @@ profile of AttnLRP on ViT-L/14 showed the bf16 time going to work other than the
   keeps the copy while the weights stay the same (half the float32 tower's memory);
 - attention on a CPU: torch's fused CPU attention kernel has a slow bf16 backward (slower than its float32 one),
   so there `matmul_attention` runs softmax(q k^T / sqrt(d)) v as batched bf16 matmuls with the softmax taken in
-  float32 inside its kernel, as an unfused attention under autocast does, with the plain gradient.
+  float32 inside its kernel, as an unfused attention under autocast does, with the plain gradient times each
+  factor's share of the relevance (the uniform rule, instead of one more pass per factor), computed only for the
+  inputs that need one;
+- the patch embedding on a CPU: its float32 backward (a convolution whose stride is its kernel) is several times
+  slower in oneDNN than in torch's own kernel, so `native_convolution` turns oneDNN off for that backward alone;
+- casts: each block's LayerNorms hand the matmuls bf16 (`cafe.erf.rules.layer_norm_rule`), so the backward
+  widens their gradient in the pass that multiplies it by the norm's weight instead of in a cast of its own.
+
+The fp32 path is none of this: its maps stay what they were, bit for bit.
 """
 
 from __future__ import annotations
@@ -117,8 +125,8 @@ def matmul_attention(
 @contextlib.contextmanager
 def native_convolution(device: torch.device) -> Iterator[None]:
     """oneDNN off for the block under a low-precision autocast on a CPU: there the patch embedding's float32
-    backward (a convolution with stride = kernel) is ~7x faster in torch's own kernel than in oneDNN's. fp32 keeps
-    oneDNN's, so its maps stay what they were, bit for bit."""
+    backward (a convolution with stride = kernel) is several times faster in torch's own kernel than in oneDNN's.
+    fp32 keeps oneDNN's, so its maps stay what they were, bit for bit."""
     if device.type != "cpu" or autocast_dtype(device) in (None, torch.float32):
         yield
         return
