@@ -96,7 +96,8 @@ class Ops:
     """The operations a view's forward uses; each rule set swaps in its own with the same forward values.
     `norm(module, x)`, `linear(x, w, b, kind)` with kind 'attention' or 'mlp', `act(fn, x)`, `share(x, s)`:
     the share s in [0, 1] of the relevance that a factor of a product receives (identity in a plain forward),
-    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise)."""
+    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise),
+    `linear_act(x, w, b, fn)` an ungated MLP's fc1 and its activation as one operation (None: `linear`, `act`)."""
 
     norm: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda module, x: module(x)
     linear: Callable[..., torch.Tensor] = lambda x, w, b, _kind: F.linear(x, w, b)
@@ -104,6 +105,7 @@ class Ops:
     share: Callable[[torch.Tensor, float], torch.Tensor] = _plain_scale
     attention_shares: tuple[float, float] = (1.0, 1.0)  # (q and k, v)
     attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = F.scaled_dot_product_attention
+    linear_act: Callable[..., torch.Tensor] | None = None
 
 
 PLAIN = Ops()
@@ -136,6 +138,9 @@ def attention(view: AttentionView, x: torch.Tensor, ops: Ops, query_rows: torch.
 
 def mlp(view: MlpView, x: torch.Tensor, ops: Ops) -> torch.Tensor:
     """fc1, activation (gated for SwiGLU: each factor of act(a) * b gets half the relevance), fc2."""
+    if ops.linear_act is not None and not view.gated:
+        h = ops.linear_act(x, view.fc1_weight, view.fc1_bias, view.act)
+        return ops.linear(h, view.fc2_weight, view.fc2_bias, "mlp")
     h = ops.linear(x, view.fc1_weight, view.fc1_bias, "mlp")
     if view.gated:
         a, gate = h.chunk(2, dim=-1)

@@ -243,3 +243,28 @@ def test_bf16_maps_rank_patches_as_the_fp32_maps_do(tiny_backbone, tiny_sae, ima
         bf16 = method.attribute(images, TOKENS, features)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 really ran
     assert (spearman(bf16.flatten(1).numpy(), fp32.flatten(1).numpy()) > 0.95).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_fused_linear_activation_rule_is_the_epsilon_rule_then_the_identity_rule(seed):
+    """bf16's fc1 + activation as one rule gives the modified gradient of the two rules apart (float64, random
+    shapes, activations, epsilons, and outputs exactly 0)."""
+    from cafe.erf.mixed_precision import linear_act_rule
+    from cafe.erf.rules import identity_rule, linear_rule
+
+    gen = torch.Generator().manual_seed(seed)
+    n, d_in, d_out = (int(v) for v in torch.randint(1, 9, (3,), generator=gen))
+    fn = [nn.functional.gelu, nn.functional.silu, torch.relu, lambda t: t * torch.sigmoid(1.702 * t)][seed % 4]
+    epsilon = [1e-6, 0.3, 1e-300][seed % 3]
+    x = torch.randn(n, d_in, dtype=torch.float64, generator=gen).requires_grad_(True)
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=gen)
+    bias = torch.randn(d_out, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        x[0] = 0.0
+        bias[0] = 0.0  # h[0, 0] = 0 exactly
+    grad = torch.randn(n, d_out, dtype=torch.float64, generator=gen)
+    fused = linear_act_rule(x, weight, bias, fn, epsilon)
+    apart = identity_rule(fn, linear_rule(x, weight, bias, epsilon))
+    torch.testing.assert_close(fused, apart, rtol=0, atol=0)
+    ours, theirs = (torch.autograd.grad(y, x, grad)[0] for y in (fused, apart))
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)

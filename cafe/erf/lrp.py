@@ -22,7 +22,13 @@ from cafe.backbone.tower import Backbone
 from cafe.blocks import Ops, block_forward
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
-from cafe.erf.mixed_precision import CastViews, autocast_dtype, matmul_attention, native_convolution
+from cafe.erf.mixed_precision import (
+    CastViews,
+    autocast_dtype,
+    linear_act_rule,
+    matmul_attention,
+    native_convolution,
+)
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
 
 # Share of an attention output's relevance that each factor receives (uniform rule over the two matmuls):
@@ -38,8 +44,8 @@ def _linear(config: AttnLRPConfig, x, weight, bias, kind: str) -> torch.Tensor:
 
 def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
     """The view forward's operations under the AttnLRP rules of `config`. Under a low-precision autocast the
-    LayerNorms hand the matmuls their dtype, and on a CPU attention runs as bf16 matmuls with the shares in its
-    backward (`cafe.erf.mixed_precision`)."""
+    LayerNorms hand the matmuls their dtype, fc1 and its activation run as one rule (epsilon > 0, gamma 0), and on a
+    CPU attention runs as bf16 matmuls with the shares in its backward (`cafe.erf.mixed_precision`)."""
     low = autocast_dtype(device)
     low = None if low == torch.float32 else low
     shares = ATTENTION_SHARES[config.attention]
@@ -47,6 +53,7 @@ def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
         shares, attend = (1.0, 1.0), functools.partial(matmul_attention, shares=shares)
     else:
         attend = F.scaled_dot_product_attention
+    fused = low is not None and config.epsilon > 0 and config.gamma.mlp == 0
     return Ops(
         norm=functools.partial(layer_norm_rule, dtype=low),
         linear=functools.partial(_linear, config),
@@ -54,6 +61,7 @@ def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
         share=scale_grad,
         attention_shares=shares,
         attend=attend,
+        linear_act=functools.partial(linear_act_rule, epsilon=config.epsilon) if fused else None,
     )
 
 

@@ -11,6 +11,8 @@ profile of AttnLRP on ViT-L/14 showed the bf16 time going to work other than the
   inputs that need one;
 - the patch embedding on a CPU: its float32 backward (a convolution whose stride is its kernel) is several times
   slower in oneDNN than in torch's own kernel, so `native_convolution` turns oneDNN off for that backward alone;
+- the MLP's fc1 and activation: the epsilon rule and the identity rule each pass over the hidden activations
+  several times; `linear_act_rule` folds both into one factor per element (the same rules);
 - casts: each block's LayerNorms hand the matmuls bf16 (`cafe.erf.rules.layer_norm_rule`), so the backward
   widens their gradient in the pass that multiplies it by the norm's weight instead of in a cast of its own.
 
@@ -120,6 +122,32 @@ def matmul_attention(
     if shares[1] == 0:
         v = v.detach()
     return _MatmulAttention.apply(q, k, v, shares)
+
+
+class _LinearActRule(Function):
+    """a = fn(x W^T + b) under the epsilon rule on the linear layer and the identity rule on fn, as one factor per
+    element: the backward's gradient at h = x W^T + b is grad * fn(h) / h (identity) * h / (h + eps sign h)
+    (epsilon), i.e. grad * fn(h) / (h + eps sign h), computed in the forward in three passes where the two rules
+    apart take eight (sign 0 = the sign bit's: h never divides by 0, and fn(0) = 0 gives 0 there)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
+        h = torch.nn.functional.linear(x, weight, bias)
+        a = fn(h)
+        stabilised = torch.copysign(torch.tensor(epsilon, dtype=h.dtype, device=h.device), h).add_(h)
+        ctx.save_for_backward(weight, torch.div(a, stabilised, out=stabilised))
+        return a
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, factor = ctx.saved_tensors  # its own tensor: the product goes into it
+        return factor.mul_(grad) @ weight, None, None, None, None
+
+
+def linear_act_rule(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
+    """fn(F.linear(x, weight, bias)) with the epsilon rule (epsilon > 0) on the linear layer and the identity rule
+    on fn, fused (`Ops.linear_act`: the rule forward's MLP under autocast)."""
+    return _LinearActRule.apply(x, weight, bias, fn, epsilon)
 
 
 @contextlib.contextmanager
