@@ -268,3 +268,12 @@ def test_the_fused_linear_activation_rule_is_the_epsilon_rule_then_the_identity_
     torch.testing.assert_close(fused, apart, rtol=0, atol=0)
     ours, theirs = (torch.autograd.grad(y, x, grad)[0] for y in (fused, apart))
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_the_fused_rule_keeps_an_epsilon_below_bf16s_range_from_dividing_by_zero():
+    from cafe.erf.mixed_precision import linear_act_rule
+
+    x = torch.zeros(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    out = linear_act_rule(x, torch.ones(4, 3, dtype=torch.bfloat16), None, nn.functional.gelu, 1e-300)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(grad).all() and (grad == 0).all()

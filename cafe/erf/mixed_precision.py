@@ -134,7 +134,8 @@ class _LinearActRule(Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
         h = torch.nn.functional.linear(x, weight, bias)
         a = fn(h)
-        stabilised = torch.copysign(torch.tensor(epsilon, dtype=h.dtype, device=h.device), h).add_(h)
+        epsilon = max(epsilon, torch.finfo(h.dtype).tiny)  # one that h's dtype does not round to 0
+        stabilised = torch.copysign(torch.full((), epsilon, dtype=h.dtype, device=h.device), h).add_(h)
         ctx.save_for_backward(weight, torch.div(a, stabilised, out=stabilised))
         return a
 
