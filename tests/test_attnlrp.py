@@ -182,6 +182,22 @@ def test_the_epsilon_rule_divides_the_relevance_by_the_stabilised_output(epsilon
     torch.testing.assert_close(modified, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("epsilon", [1e-6, 0.5, 1e-300])
+def test_the_16_bit_epsilon_rule_is_the_float32_one_up_to_rounding_and_exact_at_zero(epsilon):
+    """bf16's three-pass form of the epsilon rule (autocast) gives 0 where y = 0 and otherwise the float32 form's
+    value within bf16's rounding of the factor (outputs over eleven decades, random gradients)."""
+    from cafe.erf.rules import epsilon_scale
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-9, 2, (4096,), generator=gen)
+    y[:64] = 0.0
+    grad = torch.randn(4096, generator=gen).bfloat16()
+    low = epsilon_scale(grad, y.bfloat16(), epsilon)
+    high = epsilon_scale(grad.float(), y.bfloat16().float(), epsilon)
+    assert low.dtype == torch.bfloat16 and (low[:64] == 0).all()
+    assert ((low.float() - high).abs() <= 2**-7 * grad.float().abs()).all()
+
+
 def test_stabilize_keeps_a_tiny_epsilon_in_float64():
     from cafe.erf.rules import stabilize
 
