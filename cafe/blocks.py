@@ -21,6 +21,38 @@ Act = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """What a tensor derived from weights (a cast, a packed q/k/v) was made from: each source's storage, pinned by a
+    detached alias (so no new tensor can take its address), dtype, device and in-place version. The derived tensor
+    is current while `matches` holds."""
+
+    aliases: tuple[torch.Tensor | None, ...]
+    versions: tuple[int | None, ...]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor | None]) -> Stamp:
+        return cls(
+            tuple(None if t is None else t.detach() for t in tensors),
+            tuple(None if t is None else t._version for t in tensors),
+        )
+
+    def matches(self, tensors: list[torch.Tensor | None]) -> bool:
+        """The same tensors, unchanged since the stamp (None where the stamp had None)."""
+        return len(tensors) == len(self.aliases) and all(
+            (a is None and t is None)
+            or (
+                a is not None
+                and t is not None
+                and a.data_ptr() == t.data_ptr()
+                and a.dtype == t.dtype
+                and a.device == t.device
+                and n == t._version
+            )
+            for a, n, t in zip(self.aliases, self.versions, tensors)
+        )
+
+
+@dataclass(frozen=True)
 class AttentionView:
     """Softmax self-attention: packed projections (3D, D) in q, k, v order, `heads` heads, out projection."""
 
@@ -64,7 +96,8 @@ class Ops:
     """The operations a view's forward uses; each rule set swaps in its own with the same forward values.
     `norm(module, x)`, `linear(x, w, b, kind)` with kind 'attention' or 'mlp', `act(fn, x)`, `share(x, s)`:
     the share s in [0, 1] of the relevance that a factor of a product receives (identity in a plain forward),
-    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise)."""
+    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise),
+    `linear_act(x, w, b, fn)` an ungated MLP's fc1 and its activation as one operation (None: `linear`, `act`)."""
 
     norm: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda module, x: module(x)
     linear: Callable[..., torch.Tensor] = lambda x, w, b, _kind: F.linear(x, w, b)
@@ -72,6 +105,7 @@ class Ops:
     share: Callable[[torch.Tensor, float], torch.Tensor] = _plain_scale
     attention_shares: tuple[float, float] = (1.0, 1.0)  # (q and k, v)
     attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = F.scaled_dot_product_attention
+    linear_act: Callable[..., torch.Tensor] | None = None
 
 
 PLAIN = Ops()
@@ -104,6 +138,9 @@ def attention(view: AttentionView, x: torch.Tensor, ops: Ops, query_rows: torch.
 
 def mlp(view: MlpView, x: torch.Tensor, ops: Ops) -> torch.Tensor:
     """fc1, activation (gated for SwiGLU: each factor of act(a) * b gets half the relevance), fc2."""
+    if ops.linear_act is not None and not view.gated:
+        h = ops.linear_act(x, view.fc1_weight, view.fc1_bias, view.act)
+        return ops.linear(h, view.fc2_weight, view.fc2_bias, "mlp")
     h = ops.linear(x, view.fc1_weight, view.fc1_bias, "mlp")
     if view.gated:
         a, gate = h.chunk(2, dim=-1)

@@ -182,6 +182,22 @@ def test_the_epsilon_rule_divides_the_relevance_by_the_stabilised_output(epsilon
     torch.testing.assert_close(modified, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("epsilon", [1e-6, 0.5, 1e-300])
+def test_the_16_bit_epsilon_rule_is_the_float32_one_up_to_rounding_and_exact_at_zero(epsilon):
+    """bf16's three-pass form of the epsilon rule (autocast) gives 0 where y = 0 and otherwise the float32 form's
+    value within bf16's rounding of the factor (outputs over eleven decades, random gradients)."""
+    from cafe.erf.rules import epsilon_scale
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-9, 2, (4096,), generator=gen)
+    y[:64] = 0.0
+    grad = torch.randn(4096, generator=gen).bfloat16()
+    low = epsilon_scale(grad, y.bfloat16(), epsilon)
+    high = epsilon_scale(grad.float(), y.bfloat16().float(), epsilon)
+    assert low.dtype == torch.bfloat16 and (low[:64] == 0).all()
+    assert ((low.float() - high).abs() <= 2**-7 * grad.float().abs()).all()
+
+
 def test_stabilize_keeps_a_tiny_epsilon_in_float64():
     from cafe.erf.rules import stabilize
 
@@ -224,6 +240,11 @@ def test_weights_cast_once_follow_in_place_changes(tiny_backbone):
     again = views.view(1, torch.bfloat16)
     assert again is not first
     torch.testing.assert_close(again.mlp.fc2_weight, backbone.view(1).mlp.fc2_weight.bfloat16(), rtol=0, atol=0)
+    mlp = backbone.visual.transformer.resblocks[0].mlp
+    for _ in range(5):  # a replaced weight, its predecessor freed: recast, whatever address the new one gets
+        mlp.c_fc.weight = nn.Parameter(torch.randn_like(mlp.c_fc.weight), requires_grad=False)
+        recast = views.view(1, torch.bfloat16).mlp.fc1_weight
+        torch.testing.assert_close(recast, mlp.c_fc.weight.bfloat16(), rtol=0, atol=0)
 
 
 def test_bf16_maps_rank_patches_as_the_fp32_maps_do(tiny_backbone, tiny_sae, images):
@@ -238,3 +259,37 @@ def test_bf16_maps_rank_patches_as_the_fp32_maps_do(tiny_backbone, tiny_sae, ima
         bf16 = method.attribute(images, TOKENS, features)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 really ran
     assert (spearman(bf16.flatten(1).numpy(), fp32.flatten(1).numpy()) > 0.95).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_fused_linear_activation_rule_is_the_epsilon_rule_then_the_identity_rule(seed):
+    """bf16's fc1 + activation as one rule gives the modified gradient of the two rules apart (float64, random
+    shapes, activations, epsilons, and outputs exactly 0)."""
+    from cafe.erf.mixed_precision import linear_act_rule
+    from cafe.erf.rules import identity_rule, linear_rule
+
+    gen = torch.Generator().manual_seed(seed)
+    n, d_in, d_out = (int(v) for v in torch.randint(1, 9, (3,), generator=gen))
+    fn = [nn.functional.gelu, nn.functional.silu, torch.relu, lambda t: t * torch.sigmoid(1.702 * t)][seed % 4]
+    epsilon = [1e-6, 0.3, 1e-300][seed % 3]
+    x = torch.randn(n, d_in, dtype=torch.float64, generator=gen).requires_grad_(True)
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=gen)
+    bias = torch.randn(d_out, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        x[0] = 0.0
+        bias[0] = 0.0  # h[0, 0] = 0 exactly
+    grad = torch.randn(n, d_out, dtype=torch.float64, generator=gen)
+    fused = linear_act_rule(x, weight, bias, fn, epsilon)
+    apart = identity_rule(fn, linear_rule(x, weight, bias, epsilon))
+    torch.testing.assert_close(fused, apart, rtol=0, atol=0)
+    ours, theirs = (torch.autograd.grad(y, x, grad)[0] for y in (fused, apart))
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_the_fused_rule_keeps_an_epsilon_below_bf16s_range_from_dividing_by_zero():
+    from cafe.erf.mixed_precision import linear_act_rule
+
+    x = torch.zeros(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    out = linear_act_rule(x, torch.ones(4, 3, dtype=torch.bfloat16), None, nn.functional.gelu, 1e-300)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(grad).all() and (grad == 0).all()

@@ -150,3 +150,48 @@ def test_pretrained_tag_offline_without_a_cache_fails_fast_and_says_how_to_fix_i
     message = str(error.value)
     assert "ViT-L-14/laion2b_s32b_b82k" in message and "no network and no cached copy" in message
     assert "backbone.pretrained to its local path" in message
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_stamp_matches_its_own_unchanged_tensors_and_nothing_else(seed):
+    """Stamp.matches holds for the same tensors unchanged since `of`, and fails after an in-place write, a dtype or
+    device change, a replaced tensor, a None moved or a list of another length (random shapes and positions)."""
+    from cafe.blocks import Stamp
+
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 6, (1,), generator=gen))
+    draws = torch.rand(n, generator=gen)
+    tensors = [None if float(u) < 0.3 else torch.randn(3, 2, generator=gen) for u in draws]
+    tensors[0] = torch.randn(4, generator=gen)
+    stamp = Stamp.of(tensors)
+    assert stamp.matches(tensors) and stamp.matches(list(tensors))
+    assert not stamp.matches(tensors + [None]) and not stamp.matches(tensors[:-1])
+    i = int(torch.randint(0, n, (1,), generator=gen))
+    if tensors[i] is None:
+        assert not stamp.matches([*tensors[:i], torch.zeros(1), *tensors[i + 1 :]])
+    else:
+        assert not stamp.matches([*tensors[:i], None, *tensors[i + 1 :]])
+        assert not stamp.matches([*tensors[:i], tensors[i].clone(), *tensors[i + 1 :]])  # same values, new storage
+        assert not stamp.matches([*tensors[:i], tensors[i].view(torch.int32), *tensors[i + 1 :]])  # same address
+        tensors[i].mul_(1)  # an in-place write, even one that changes no value
+        assert not stamp.matches(tensors)
+
+
+def test_a_stamp_pins_its_sources_so_a_freed_address_cannot_match_a_new_tensor():
+    """The address-reuse hole: a stamp of (data_ptr, version) alone matches a new tensor that the allocator puts where
+    a freed source was. Stamp's detached aliases keep the source's storage alive, so no new tensor gets that address."""
+    from cafe.blocks import Stamp
+
+    reused = 0
+    for _ in range(50):
+        source = torch.empty(1024)
+        address, stamp = source.data_ptr(), Stamp.of([source])
+        del source
+        fresh = torch.empty(1024)
+        assert fresh.data_ptr() != address and not stamp.matches([fresh])
+        del fresh
+        loose = torch.empty(1024)  # the same without a stamp: the allocator may well reuse the address
+        address = loose.data_ptr()
+        del loose
+        reused += torch.empty(1024).data_ptr() == address
+    assert reused > 0, "the allocator never reused an address here: the pinning check above proves nothing"

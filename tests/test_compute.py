@@ -63,14 +63,17 @@ def test_tf32_sets_only_the_matmul_precision_flags_and_restores_them():
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
 def test_attnlrp_rules_see_the_modes_matmuls_and_return_float32_relevance(tiny_backbone, tiny_sae, monkeypatch, mode):
     outputs = []
-    real = lrp.linear_rule
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        outputs.append(out.dtype)
-        return out
+    def spy(real):
+        def call(*args, **kwargs):
+            out = real(*args, **kwargs)
+            outputs.append(out.dtype)
+            return out
 
-    monkeypatch.setattr(lrp, "linear_rule", spy)
+        return call
+
+    monkeypatch.setattr(lrp, "linear_rule", spy(lrp.linear_rule))
+    monkeypatch.setattr(lrp, "linear_act_rule", spy(lrp.linear_act_rule))  # fc1 + activation, fused under autocast
     method = make_method("attnlrp", FeatureTarget(tiny_backbone, tiny_sae, 2), ErfConfig())
     with precision_scope(mode, "cpu"):
         out = method.explain(torch.rand(2, 3, 32, 32), torch.tensor([1, 4]), torch.tensor([0, 1]))

@@ -20,7 +20,7 @@ import transformers
 from torch import nn
 
 from cafe.backbone.family import Family, Preprocess, TowerShape, hub_reachable, plain_norm
-from cafe.blocks import AttentionView, BlockView, MlpView
+from cafe.blocks import AttentionView, BlockView, MlpView, Stamp
 from cafe.config import is_local_checkpoint
 from cafe.errors import CafeError
 from cafe.tokens import TokenLayout
@@ -130,7 +130,7 @@ def _pack(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[torch.Tensor, torch
     return torch.cat([q.weight, k.weight, v.weight]), bias
 
 
-# q projection -> (detached aliases of the q/k/v parameters, their versions, the packed weight and bias)
+# q projection -> (the Stamp of the q/k/v parameters, the packed weight and bias)
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -143,19 +143,12 @@ def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[torch.Tensor, 
     params = [p for layer in (q, k, v) for p in (layer.weight, layer.bias) if p is not None]
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return _pack(q, k, v)
-    hit = _PACKED.get(q)
-    if (
-        hit is not None
-        and len(hit[0]) == len(params)
-        and all(
-            a.data_ptr() == p.data_ptr() and a.dtype == p.dtype and a.device == p.device and n == p._version
-            for a, n, p in zip(hit[0], hit[1], params, strict=True)
-        )
-    ):
-        return hit[2]
+    stamp, packed = _PACKED.get(q, (None, None))
+    if stamp is not None and stamp.matches(params):
+        return packed
     with torch.inference_mode(False), torch.no_grad():  # a normal tensor even if built under inference mode
         packed = _pack(q, k, v)
-    _PACKED[q] = ([p.detach() for p in params], [p._version for p in params], packed)
+    _PACKED[q] = (Stamp.of(params), packed)
     return packed
 
 

@@ -15,7 +15,7 @@ import torch
 
 from cafe.erf.base import Attribution, ErfMethod, patch_sum
 from cafe.erf.config import ErfConfig
-from cafe.erf.lrp import check_supported, residual_with_rules
+from cafe.erf.lrp import check_supported, embed, pixel_gradient, residual_with_rules
 from cafe.erf.mixed_precision import CastViews
 from cafe.erf.rules import sae_rule
 from cafe.feature_target import FeatureTarget
@@ -35,8 +35,9 @@ class AttnLRP(ErfMethod):
         pixels = pixels.detach().requires_grad_(True)
         rows = torch.arange(len(pixels), device=pixels.device)
         with torch.enable_grad():
-            resid = residual_with_rules(self.views, pixels, self.target.layer, self.rules)
+            embedded = embed(self.backbone, pixels)
+            resid = residual_with_rules(self.views, embedded, self.target.layer, self.rules)
             z = sae_rule(resid[rows, tokens], self.target.sae, features, self.rules.epsilon)
-            (grad,) = torch.autograd.grad(z.sum(), pixels)
+            grad = pixel_gradient(z, embedded, pixels)
         maps = patch_sum(pixels.detach() * grad, self.backbone.patch_size)
         return Attribution(maps, z, z - maps.sum((1, 2)))

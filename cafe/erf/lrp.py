@@ -22,7 +22,13 @@ from cafe.backbone.tower import Backbone
 from cafe.blocks import Ops, block_forward
 from cafe.compute import full_precision
 from cafe.erf.config import AttnLRPConfig
-from cafe.erf.mixed_precision import CastViews, autocast_dtype, matmul_attention
+from cafe.erf.mixed_precision import (
+    CastViews,
+    autocast_dtype,
+    linear_act_rule,
+    matmul_attention,
+    native_convolution,
+)
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
 
 # Share of an attention output's relevance that each factor receives (uniform rule over the two matmuls):
@@ -37,16 +43,25 @@ def _linear(config: AttnLRPConfig, x, weight, bias, kind: str) -> torch.Tensor:
 
 
 def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
-    """The view forward's operations under the AttnLRP rules of `config` (attention by bf16 matmuls under a CPU
-    autocast: `cafe.erf.mixed_precision`)."""
-    low_precision_cpu = device.type == "cpu" and autocast_dtype(device) not in (None, torch.float32)
+    """The view forward's operations under the AttnLRP rules of `config`. Under a low-precision autocast the
+    LayerNorms hand the matmuls their dtype, fc1 and its activation run as one rule (epsilon > 0, gamma 0), and on a
+    CPU attention runs as bf16 matmuls with the shares in its backward (`cafe.erf.mixed_precision`)."""
+    low = autocast_dtype(device)
+    low = None if low == torch.float32 else low
+    shares = ATTENTION_SHARES[config.attention]
+    if device.type == "cpu" and low is not None:
+        shares, attend = (1.0, 1.0), functools.partial(matmul_attention, shares=shares)
+    else:
+        attend = F.scaled_dot_product_attention
+    fused = low is not None and config.epsilon > 0 and config.gamma.mlp == 0
     return Ops(
-        norm=layer_norm_rule,
+        norm=functools.partial(layer_norm_rule, dtype=low),
         linear=functools.partial(_linear, config),
         act=identity_rule,
         share=scale_grad,
-        attention_shares=ATTENTION_SHARES[config.attention],
-        attend=matmul_attention if low_precision_cpu else F.scaled_dot_product_attention,
+        attention_shares=shares,
+        attend=attend,
+        linear_act=functools.partial(linear_act_rule, epsilon=config.epsilon) if fused else None,
     )
 
 
@@ -63,10 +78,19 @@ def embed(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
         return backbone.family.embed(backbone.visual, pixels, layer_norm_rule)
 
 
-def residual_with_rules(views: CastViews, pixels: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
-    """Residual stream after block `layer` (B, T, D), running only blocks 1..layer, with LRP rules in the backward;
-    under autocast the blocks' linear weights come cast once (`views`)."""
-    ops, x, dtype = rule_ops(config, pixels.device), embed(views.backbone, pixels), autocast_dtype(pixels.device)
+def residual_with_rules(views: CastViews, tokens: torch.Tensor, layer: int, config: AttnLRPConfig) -> torch.Tensor:
+    """Residual stream after block `layer` (B, T, D) from the tokens entering block 1 (`embed`), running only blocks
+    1..layer, with LRP rules in the backward; under autocast the blocks' linear weights come cast once (`views`)."""
+    ops, x, dtype = rule_ops(config, tokens.device), tokens, autocast_dtype(tokens.device)
     for i in range(1, layer + 1):
         x = block_forward(views.view(i, dtype), x, ops)
     return x
+
+
+def pixel_gradient(z: torch.Tensor, tokens: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """d sum(z) / d pixels, in two steps: down to the embedded `tokens`, then through the patch embedding (with
+    torch's own convolution backward under a CPU autocast: `native_convolution`). The same gradient, bit for bit,
+    as one autograd call."""
+    (grad,) = torch.autograd.grad(z.sum(), tokens)
+    with native_convolution(pixels.device):
+        return torch.autograd.grad(tokens, pixels, grad)[0]

@@ -6,18 +6,30 @@ profile of AttnLRP on ViT-L/14 showed the bf16 time going to work other than the
   keeps the copy while the weights stay the same (half the float32 tower's memory);
 - attention on a CPU: torch's fused CPU attention kernel has a slow bf16 backward (slower than its float32 one),
   so there `matmul_attention` runs softmax(q k^T / sqrt(d)) v as batched bf16 matmuls with the softmax taken in
-  float32 inside its kernel, as an unfused attention under autocast does, with the plain gradient.
+  float32 inside its kernel, as an unfused attention under autocast does, with the plain gradient times each
+  factor's share of the relevance (the uniform rule, instead of one more pass per factor), computed only for the
+  inputs that need one;
+- the patch embedding on a CPU: its float32 backward (a convolution whose stride is its kernel) is several times
+  slower in oneDNN than in torch's own kernel, so `native_convolution` turns oneDNN off for that backward alone;
+- the MLP's fc1 and activation: the epsilon rule and the identity rule each pass over the hidden activations
+  several times; `linear_act_rule` folds both into one factor per element (the same rules);
+- casts: each block's LayerNorms hand the matmuls bf16 (`cafe.erf.rules.layer_norm_rule`), so the backward
+  widens their gradient in the pass that multiplies it by the norm's weight instead of in a cast of its own.
+
+The fp32 path is none of this: its maps stay what they were, bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
 from torch.autograd import Function
 
 from cafe.backbone import Backbone
-from cafe.blocks import BlockView
+from cafe.blocks import BlockView, Stamp
 from cafe.compute import full_precision
 
 
@@ -41,10 +53,9 @@ def cast_view(view: BlockView, dtype: torch.dtype) -> BlockView:
     return replace(view, attn=cast(view.attn, ATTENTION_WEIGHTS), mlp=cast(view.mlp, MLP_WEIGHTS))
 
 
-def _stamp(view: BlockView) -> tuple:
-    """Identity and in-place version of every linear weight of a view: a cast copy is stale when this changes."""
-    tensors = [getattr(view.attn, k) for k in ATTENTION_WEIGHTS] + [getattr(view.mlp, k) for k in MLP_WEIGHTS]
-    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+def _weights(view: BlockView) -> list[torch.Tensor | None]:
+    """Every linear weight and bias of a view: a cast copy is stale when one of them changes."""
+    return [getattr(view.attn, k) for k in ATTENTION_WEIGHTS] + [getattr(view.mlp, k) for k in MLP_WEIGHTS]
 
 
 class CastViews:
@@ -52,7 +63,7 @@ class CastViews:
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
-        self._cast: dict[tuple[int, torch.dtype], tuple[tuple, BlockView]] = {}
+        self._cast: dict[tuple[int, torch.dtype], tuple[Stamp, BlockView]] = {}
 
     def view(self, layer: int, dtype: torch.dtype | None) -> BlockView:
         """Block `layer`'s view, its linear weights in `dtype` (None: the tower's own)."""
@@ -60,34 +71,97 @@ class CastViews:
         if dtype is None or view.attn.qkv_weight.dtype == dtype:
             return view
         stamp, cached = self._cast.get((layer, dtype), (None, None))
-        if stamp != _stamp(view):
-            stamp, cached = _stamp(view), cast_view(view, dtype)
+        if stamp is None or not stamp.matches(_weights(view)):
+            stamp, cached = Stamp.of(_weights(view)), cast_view(view, dtype)
             self._cast[(layer, dtype)] = (stamp, cached)
         return cached
 
 
 class _MatmulAttention(Function):
-    """softmax(q k^T / sqrt(d)) v in q's dtype by batched matmuls; the backward is the plain gradient."""
+    """softmax(q k^T / sqrt(d)) v in q's dtype by batched matmuls; the backward is the plain gradient times the
+    shares (q and k, v) of the relevance each factor receives (the uniform rule, `Ops.attention_shares`), computed
+    only for the inputs that need one."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shares: tuple[float, float]) -> torch.Tensor:
         with full_precision(q.device):  # inputs already bf16: no casts, softmax kept in their dtype
             q, k, v = q * q.shape[-1] ** -0.5, k.contiguous(), v.contiguous()  # once, not at every matmul
             p = torch.softmax(q @ k.transpose(-1, -2), -1)
             out = p @ v
         ctx.save_for_backward(q, k, v, p, out)
+        ctx.shares = shares
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, k, v, p, out = ctx.saved_tensors
+        (qk_share, v_share), need = ctx.shares, ctx.needs_input_grad
         grad = grad.to(out.dtype)
+        grad_v = _scaled(p.transpose(-1, -2) @ grad, v_share) if need[2] else None
+        if not (need[0] or need[1]):
+            return None, None, grad_v, None
         # softmax backward: p * (dp - rowsum(dp * p)), and rowsum(dp * p) = rowsum(grad * out)
         ds = (grad @ v.transpose(-1, -2)).sub_((grad * out).sum(-1, keepdim=True)).mul_(p)
-        scale = q.shape[-1] ** -0.5
-        return (ds @ k).mul_(scale), ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ grad
+        grad_q = (ds @ k).mul_(q.shape[-1] ** -0.5 * qk_share) if need[0] else None
+        grad_k = _scaled(ds.transpose(-1, -2) @ q, qk_share) if need[1] else None
+        return grad_q, grad_k, grad_v, None
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention (B, heads, T, d) as explicit batched matmuls (for bf16 on a CPU)."""
-    return _MatmulAttention.apply(q, k, v)
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x * factor, in place (x is a new tensor)."""
+    return x if factor == 1 else x.mul_(factor)
+
+
+def matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shares: tuple[float, float] = (1.0, 1.0)
+) -> torch.Tensor:
+    """Softmax attention (B, heads, T, d) as explicit batched matmuls (for bf16 on a CPU); the gradients reaching
+    q and k, and v, are scaled by `shares` (a share 0: no gradient, nor its work)."""
+    if shares[0] == 0:
+        q, k = q.detach(), k.detach()
+    if shares[1] == 0:
+        v = v.detach()
+    return _MatmulAttention.apply(q, k, v, shares)
+
+
+class _LinearActRule(Function):
+    """a = fn(x W^T + b) under the epsilon rule on the linear layer and the identity rule on fn, as one factor per
+    element: the backward's gradient at h = x W^T + b is grad * fn(h) / h (identity) * h / (h + eps sign h)
+    (epsilon), i.e. grad * fn(h) / (h + eps sign h), computed in the forward in three passes where the two rules
+    apart take eight (sign 0 = the sign bit's: h never divides by 0, and fn(0) = 0 gives 0 there)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
+        h = torch.nn.functional.linear(x, weight, bias)
+        a = fn(h)
+        epsilon = max(epsilon, torch.finfo(h.dtype).tiny)  # one that h's dtype does not round to 0
+        stabilised = torch.copysign(torch.full((), epsilon, dtype=h.dtype, device=h.device), h).add_(h)
+        ctx.save_for_backward(weight, torch.div(a, stabilised, out=stabilised))
+        return a
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, factor = ctx.saved_tensors  # its own tensor: the product goes into it
+        return factor.mul_(grad) @ weight, None, None, None, None
+
+
+def linear_act_rule(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
+    """fn(F.linear(x, weight, bias)) with the epsilon rule (epsilon > 0) on the linear layer and the identity rule
+    on fn, fused (`Ops.linear_act`: the rule forward's MLP under autocast)."""
+    return _LinearActRule.apply(x, weight, bias, fn, epsilon)
+
+
+@contextlib.contextmanager
+def native_convolution(device: torch.device) -> Iterator[None]:
+    """oneDNN off for the block under a low-precision autocast on a CPU: there the patch embedding's float32
+    backward (a convolution with stride = kernel) is several times faster in torch's own kernel than in oneDNN's.
+    fp32 keeps oneDNN's, so its maps stay what they were, bit for bit."""
+    if device.type != "cpu" or autocast_dtype(device) in (None, torch.float32):
+        yield
+        return
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled

@@ -41,13 +41,23 @@ class _ScaleGrad(Function):
 def epsilon_scale(grad: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
     """grad * y / (y + epsilon sign y), the epsilon rule's modified gradient at a linear layer's output y, as
     grad - grad / (1 + |y| / epsilon): four element-wise passes in the backward and nothing in the forward (0 where
-    y = 0, grad where |y| / epsilon overflows). Element-wise passes, not matmuls, bound the LRP overhead."""
+    y = 0, grad where |y| / epsilon overflows), in one new tensor. Element-wise passes, not matmuls, bound the LRP
+    overhead: in 16 bits (autocast) it is grad - epsilon grad / (|y| + epsilon), three passes, with epsilon rounded to
+    y's dtype first so that y = 0 still gives 0 (to float32's subnormal rounding); float32 keeps the formula its
+    maps were made with."""
     epsilon = max(epsilon, torch.finfo(y.dtype).tiny)  # epsilon = 0 must not give 0 / 0
-    return torch.addcdiv(grad, grad, y.div(epsilon).abs_().add_(1), value=-1)
+    if y.dtype.itemsize >= 4:
+        scale = y.div(epsilon).abs_().add_(1)
+        return torch.addcdiv(grad, grad, scale, value=-1, out=scale)
+    epsilon = float(torch.tensor(epsilon, dtype=y.dtype))
+    scale = y.abs().add_(epsilon)
+    return torch.addcdiv(grad, grad, scale, value=-epsilon, out=scale)
 
 
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Give `x` the share `factor` of the relevance arriving at it (0: none, i.e. detach)."""
+    """Give `x` the share `factor` of the relevance arriving at it (0: none, i.e. detach; 1: all, as it is)."""
+    if factor == 1:
+        return x
     return x.detach() if factor == 0 else _ScaleGrad.apply(x, factor)
 
 
@@ -62,8 +72,8 @@ class _IdentityRule(Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None
+        (ratio,) = ctx.saved_tensors  # its own tensor, of grad's dtype (y's): the product goes into it
+        return ratio.mul_(grad), None
 
 
 def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -72,24 +82,30 @@ def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -
 
 
 class _LayerNormRule(Function):
-    """LayerNorm whose std is treated as a constant: the backward is that of a linear (centring, scaling) map."""
+    """LayerNorm whose std is treated as a constant: the backward is that of a linear (centring, scaling) map.
+    `dtype`: the output's (None: x's), e.g. the matmuls' bf16 under autocast; the backward runs in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, norm: nn.LayerNorm, dtype: torch.dtype | None) -> torch.Tensor:
         y, _, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         ctx.save_for_backward(rstd, norm.weight)
-        return y
+        ctx.dtype = x.dtype
+        return y if dtype is None else y.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rstd, weight = ctx.saved_tensors
-        grad = grad.clone() if weight is None else grad * weight  # one new tensor, then in place
-        return grad.sub_(grad.mean(-1, keepdim=True)).mul_(rstd), None
+        # one new tensor in x's dtype (a low-precision grad widened in the same pass), then in place
+        grad = grad.to(ctx.dtype, copy=True) if weight is None else grad * weight.to(ctx.dtype)
+        return grad.sub_(grad.mean(-1, keepdim=True)).mul_(rstd), None, None
 
 
-def layer_norm_rule(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a LayerNorm (or nn.Identity) with no relevance through its variance."""
-    return x if isinstance(norm, nn.Identity) else _LayerNormRule.apply(x, norm)
+def layer_norm_rule(norm: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Apply a LayerNorm (or nn.Identity) with no relevance through its variance; its output in `dtype` (None:
+    x's)."""
+    if isinstance(norm, nn.Identity):
+        return x if dtype is None else x.to(dtype)
+    return _LayerNormRule.apply(x, norm, dtype)
 
 
 class _LinearRule(Function):
