@@ -26,7 +26,10 @@ CHEAP = {  # params whose change reruns only the annotation sheets and figures
     ("annotation", "fig1_per_group"): [1, 2, 3],
     ("annotation", "fig4_per_layer"): [1, 2],
 }
-SEEDS = (0, 1)
+# Seeds whose sequences draw the episodes other than the trial, ending both ways (2: clone, restore, snakemake;
+# 6: an experiment, its apply, dvc repro). The trial (a param edit, a plain run, `dvc commit`, `git checkout`, a run
+# again, dvc repro) is the fixed case of issue 21 below: seed 1 drew that same sequence, paying its runs twice.
+SEEDS = (2, 6)
 STEPS = 3
 SYNC = ["cafe", "sync"]  # what the README says to run after dvc checkout / pull / exp apply
 
