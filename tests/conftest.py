@@ -20,7 +20,9 @@ from PIL import Image
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.sae import MatryoshkaSAE
 
-torch.set_num_threads(2)
+# On two pytest-xdist workers sharing two cores, one thread each: two threads per worker doubled the CPU time of
+# the in-process torch tests (spinning threads fight for the cores); in one process, two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,6 +65,7 @@ def build_tiny_demo(root: Path) -> Path:
     make_workspace(root, TINY_PARAMS, dvc=True)
     run(["snakemake", "--cores", "all"], root)
     run(["dvc", "commit", "--force"], root)
+    run(["git", "add", "dvc.lock"], root)  # staged, as `dvc repro` leaves it (autostage)
     return root
 
 
