@@ -42,12 +42,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def finished_tiny_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tiny demo run as the README says (`snakemake --cores all`, then `dvc commit`: a git + DVC repository,
     every product made and committed), built once per session: under pytest-xdist by the first worker that needs
     it while the others wait for it. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo,
     tmp_path / ...)`; every worker checks at its end that nothing in it changed."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
     if worker is None:  # one process
         root = build_tiny_demo(tmp_path_factory.mktemp("finished"))
     else:  # the folder every worker's own temporary folder is in: one per session

@@ -48,6 +48,7 @@ def run_pytest(
     """pytest ARGS on `path` with the named plugins of tests/ loaded, with or without CI=true, on `workers` xdist
     workers (0: in one process) split as the suite is (pyproject.toml's addopts)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "CAFE_TEST_TIMING")} | env
+    environ = {k: v for k, v in environ.items() if not k.startswith("PYTEST_XDIST_")}  # not this suite's worker
     environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), environ.get("PYTHONPATH", "")])
     if ci:
         environ["CI"] = "true"
@@ -128,6 +129,8 @@ UNITS = {
     "test_c_free.py": "def test_f1():\n    pass\ndef test_f2():\n    pass\n",
     "test_d_slurm.py": "import pytest\npytestmark = pytest.mark.xdist_group('slurm')\n"
     "def test_s1():\n    pass\ndef test_s2():\n    pass\n",
+    "test_e_study.py": "import pytest\n@pytest.fixture(scope='module')\ndef study(finished_tiny_demo):\n    pass\n"
+    "def test_g1(study):\n    pass\ndef test_g2(study):\n    pass\n",
 }
 
 
@@ -135,7 +138,8 @@ def test_units_keep_a_modules_shared_fixture_and_a_group_on_one_worker_in_the_or
     tmp_path: Path,
 ) -> None:
     """Order: the first test that needs the tiny demo (its worker builds it), the groups without it (the other
-    worker's work meanwhile), the rest that needs it, then the single tests; a module fixture is built once."""
+    worker's work meanwhile), the groups with it, the single tests with it, the other single tests; a module
+    fixture is built once."""
     for name, text in UNITS.items():
         (tmp_path / name).write_text(text)
     ran = tmp_path / "ran.txt"
@@ -144,11 +148,12 @@ def test_units_keep_a_modules_shared_fixture_and_a_group_on_one_worker_in_the_or
     lines = ran.read_text().splitlines()
     worker = dict(line.split() for line in lines if line != "world built")
     assert lines.count("world built") == 1 and len({worker[t] for t in ("test_w1", "test_w2", "test_w3")}) == 1
-    assert worker["test_s1"] == worker["test_s2"] and set(worker.values()) == {"gw0", "gw1"}
+    assert worker["test_s1"] == worker["test_s2"] and worker["test_g1"] == worker["test_g2"]
+    assert set(worker.values()) == {"gw0", "gw1"}
     listed = run_pytest(tmp_path, False, "worker_units", args=("--collect-only", "-q"), RAN=str(ran)).stdout
     order = [line.split("::")[1] for line in listed.splitlines() if "::" in line]
-    assert order == ["test_d1", "test_w1", "test_w2", "test_w3", "test_s1", "test_s2", "test_d2", "test_free",
-                     "test_f1", "test_f2"]  # fmt: skip
+    assert order == ["test_d1", "test_w1", "test_w2", "test_w3", "test_s1", "test_s2", "test_g1", "test_g2",
+                     "test_d2", "test_free", "test_f1", "test_f2"]  # fmt: skip
 
 
 BUILDER = """

@@ -16,11 +16,14 @@ import pytest
 TESTS: dict[str, dict] = {}
 FIXTURES: list[dict] = []
 MARKS = ("e2e", "slurm", "fault")
-STARTED = {"time": time.perf_counter(), "load": os.getloadavg()[0], "test": ""}
+STARTED = {"time": time.perf_counter(), "load": os.getloadavg()[0], "test": "", "worker": "main"}
 
 
-def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+def pytest_configure(config: pytest.Config) -> None:
+    """Which process this is: an xdist worker (its id, from its config: a pytest run inside a test inherits the
+    worker's environment) or the process that writes the record ("main")."""
+    if hasattr(config, "workerinput"):
+        STARTED["worker"] = config.workerinput["workerid"]
 
 
 def _target() -> Path | None:
@@ -35,7 +38,7 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureR
     seconds = time.perf_counter() - began
     if _target() and seconds >= 0.1:  # "for": the test whose setup made it (a shared fixture's first user)
         FIXTURES.append({"name": fixturedef.argname, "scope": fixturedef.scope, "seconds": seconds,
-                         "for": STARTED["test"], "worker": _worker()})  # fmt: skip
+                         "for": STARTED["test"], "worker": STARTED["worker"]})  # fmt: skip
 
 
 def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
@@ -48,13 +51,13 @@ def plain_id(nodeid: str) -> str:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if not _target() or "PYTEST_XDIST_WORKER" in os.environ:  # a worker: the controller records its reports
+    if not _target() or STARTED["worker"] != "main":  # a worker: the controller records its reports
         return
     node = getattr(report, "node", None)  # xdist's controller: the worker that ran it
     entry = TESTS.setdefault(
         plain_id(report.nodeid),
         {"id": plain_id(report.nodeid), "file": report.nodeid.split("::")[0], "outcome": "passed", "marks": [],
-         "setup": 0.0, "call": 0.0, "teardown": 0.0, "worker": node.gateway.id if node else _worker()},
+         "setup": 0.0, "call": 0.0, "teardown": 0.0, "worker": node.gateway.id if node else "main"},
     )  # fmt: skip
     entry[report.when] = report.duration
     entry["marks"] = sorted(set(entry["marks"]) | {m for m in MARKS if m in report.keywords})

@@ -4,9 +4,10 @@ it has two tests or fewer left).
 
 - A unit is one test, or every test of a group: an explicit `xdist_group` mark (SLURM: one cluster at a time), else
   the tests of a module that share a module- or class-scoped fixture (built once, by the one worker of the unit).
-- Units are ordered so no worker waits long for the one finished tiny demo (tests/conftest.py): first one unit that
-  needs it (its worker builds it), then the units that do not need it and share a fixture (the other worker's work
-  meanwhile), then every unit that needs it, then the single tests that do not, which fill the last gaps.
+- Units are ordered so no worker waits for the one finished tiny demo (tests/conftest.py) and both end together:
+  first one unit that needs it (its worker builds it), then the groups that do not need it (the other worker's
+  work meanwhile), then the groups that need it (a module fixture on top of it: the longest units), then the
+  single tests that need it, then the single tests that do not (short ones: they fill the last gaps).
 
 `built_once` makes a folder once for all workers (xdist's documented way: a file lock in the folder that holds
 every worker's own temporary folder)."""
@@ -38,12 +39,13 @@ def group_of(item: pytest.Item) -> str | None:
 
 
 def phase(unit: list[pytest.Item], first_demo: bool) -> int:
-    """0: the unit that builds the tiny demo; 1: shared-fixture units without it; 2: units that need it; 3: the
-    rest."""
+    """0: the unit that builds the tiny demo; 1: groups without it; 2: groups with it; 3: single tests with it;
+    4: single tests without it."""
     needs_demo = any(DEMO in getattr(item, "fixturenames", ()) for item in unit)
+    grouped = group_of(unit[0]) is not None
     if needs_demo:
-        return 0 if first_demo else 2
-    return 1 if group_of(unit[0]) is not None else 3
+        return 0 if first_demo else 2 if grouped else 3
+    return 1 if grouped else 4
 
 
 def units_in_order(items: list[pytest.Item]) -> list[pytest.Item]:
