@@ -1,5 +1,7 @@
-"""Where the test suite's time goes: by file, by part (unit tests vs the real DAG, the fault suite, SLURM), the
-slowest tests and the slow fixture setups (the one finished tiny demo, the SLURM cluster).
+"""Where the test suite's time goes: by file, by part (unit tests vs the real DAG, the fault suite, SLURM), by
+pytest-xdist worker (its tests' seconds against the wall time: what is left is waiting or start-up), the slowest
+tests and the slow fixture setups (the one finished tiny demo, the SLURM cluster; a worker waiting for the demo
+another one builds shows as its own setup).
 
     python benchmarks/ci_timing.py                         # run `pytest -q`, write benchmarks/results/ci_timing.json
     python benchmarks/ci_timing.py -- tests/test_slurm.py  # any pytest arguments after --
@@ -33,7 +35,7 @@ def part_of(test: dict) -> str:
 
 
 def summary(record: dict, top: int) -> str:
-    """Text: the totals, seconds by part and by file, the slowest tests, the slow fixture setups."""
+    """Text: the totals, seconds by part, by worker and by file, the slowest tests, the slow fixture setups."""
     tests = record["tests"]
     load = record["load_average_1min"]
     lines = [
@@ -44,6 +46,9 @@ def summary(record: dict, top: int) -> str:
     ]
     for name, seconds, count in _totals(tests, part_of):
         lines.append(f"  {seconds:8.1f}  {count:4d} tests  {name}")
+    lines += ["", f"seconds by worker (of {record['wall_seconds']:.0f} s wall):"]
+    for name, seconds, count in sorted(_totals(tests, lambda t: t.get("worker", "main"))):
+        lines.append(f"  {name}: {seconds:8.1f}  {count:4d} tests")
     lines += ["", "seconds by file (10 slowest):"]
     for name, seconds, count in _totals(tests, lambda t: t["file"])[:10]:
         lines.append(f"  {seconds:8.1f}  {count:4d} tests  {name}")
@@ -52,7 +57,10 @@ def summary(record: dict, top: int) -> str:
         lines.append(f"  {test['seconds']:8.1f}  (setup {test['setup']:.1f})  {test['id']}  [{test['outcome']}]")
     lines += ["", "fixture setups of 5 s or more:"]
     for fixture in (f for f in record["fixtures"] if f["seconds"] >= 5):
-        lines.append(f"  {fixture['seconds']:8.1f}  {fixture['name']} ({fixture['scope']}), for {fixture['for']}")
+        where = f" on {fixture['worker']}" if "worker" in fixture else ""
+        lines.append(
+            f"  {fixture['seconds']:8.1f}  {fixture['name']} ({fixture['scope']}), for {fixture['for']}{where}"
+        )
     return "\n".join(lines)
 
 

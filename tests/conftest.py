@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny random OpenCLIP tower, a tiny SAE on it, a tiny ImageFolder on disk, the one finished
-tiny demo; and two hooks: a skip fails under CI=true (skips_fail_in_ci.py), $CAFE_TEST_TIMING records where the
-time goes (timing_record.py)."""
+tiny demo (built once for all of pytest-xdist's workers); and three hooks: a skip fails under CI=true
+(skips_fail_in_ci.py), $CAFE_TEST_TIMING records where the time goes (timing_record.py), the suite splits over
+the workers in units (worker_units.py)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +14,20 @@ import pytest
 import skips_fail_in_ci
 import timing_record
 import torch
+import worker_units
 from PIL import Image
 
 from cafe.backbone import Backbone, BackboneConfig
 from cafe.sae import MatryoshkaSAE
 
-torch.set_num_threads(2)
+# On two pytest-xdist workers sharing two cores, one thread each: two threads per worker doubled the CPU time of
+# the in-process torch tests (spinning threads fight for the cores); in one process, two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The two hook modules as plugins of the whole session: a conftest's own hooks miss session fixtures."""
-    for plugin in (skips_fail_in_ci, timing_record):
+    """The hook modules as plugins of the whole session: a conftest's own hooks miss session fixtures."""
+    for plugin in (skips_fail_in_ci, timing_record, worker_units):
         if not config.pluginmanager.is_registered(plugin):
             config.pluginmanager.register(plugin, f"cafe-{plugin.__name__}")
 
@@ -36,14 +42,36 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_demo(tmp_path_factory) -> Path:
-    """One `dvc repro` of the tiny demo (a git + DVC repository, every product made), shared by the slow tests of
-    the whole session. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo, tmp_path / ...)`."""
+def finished_tiny_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny demo run as the README says (`snakemake --cores all`, then `dvc commit`: a git + DVC repository,
+    every product made and committed), built once per session: under pytest-xdist by the first worker that needs
+    it while the others wait for it. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo,
+    tmp_path / ...)`; every worker checks at its end that nothing in it changed."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    if worker is None:  # one process
+        root = build_tiny_demo(tmp_path_factory.mktemp("finished"))
+    else:  # the folder every worker's own temporary folder is in: one per session
+        root = worker_units.built_once(tmp_path_factory.getbasetemp().parent / "finished", build_tiny_demo, worker)
+    before = fingerprint(root)
+    yield root
+    assert fingerprint(root) == before, f"a test changed the shared tiny demo {root}: copy it instead"
+
+
+def build_tiny_demo(root: Path) -> Path:
+    """The tiny demo in `root`, run by plain Snakemake and committed to DVC (the README's way), dvc.lock last."""
     from workflow_utils import TINY_PARAMS, make_workspace, run
 
-    root = make_workspace(tmp_path_factory.mktemp("finished"), TINY_PARAMS, dvc=True)
-    run(["dvc", "repro"], root)
+    root.mkdir(parents=True, exist_ok=True)
+    make_workspace(root, TINY_PARAMS, dvc=True)
+    run(["snakemake", "--cores", "all"], root)
+    run(["dvc", "commit", "--force"], root)
+    run(["git", "add", "dvc.lock"], root)  # staged, as `dvc repro` leaves it (autostage)
     return root
+
+
+def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under `root`."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")

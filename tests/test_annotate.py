@@ -153,7 +153,7 @@ def test_state_hides_the_automatic_score_unless_switched_on(project: Path) -> No
     assert [f["suggested"] for f in shown].count("non-local") == 3  # the world's non-local features
 
 
-def wait_for(driver, element_id: str, text: str, timeout: float = 20) -> None:
+def wait_for(driver, element_id: str, text: str, timeout: float = 60) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout).until(lambda d: text in d.find_element("id", element_id).text)
@@ -165,6 +165,7 @@ def press(driver, *keys: str) -> None:
     ActionChains(driver).send_keys(*keys).perform()
 
 
+@pytest.mark.xdist_group("browser")  # one Chromium at a time under pytest-xdist (tests/worker_units.py)
 def test_page_labels_by_keys_resumes_takes_a_note_and_writes_the_csv(
     project: Path, tmp_path: Path, world: Path
 ) -> None:

@@ -20,7 +20,9 @@ import pytest
 from slurm_cluster import SlurmCluster, missing_commands
 from workflow_utils import copy_workspace, run
 
-pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+# One cluster at a time: it links SLURM's fixed configuration path (/etc/slurm/slurm.conf), so under pytest-xdist
+# every test here runs on one worker (tests/worker_units.py).
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.xdist_group("slurm")]
 
 # The profile as users get it, plus what a cluster without slurmdbd needs (see the profile's comments).
 SNAKEMAKE = [
