@@ -192,3 +192,21 @@ def test_a_shared_folder_is_built_once_however_many_workers_ask_at_once(tmp_path
         assert said.count("no disk left") == 1, said
         assert all(s.startswith(f"{folder} failed to build in another worker: {builders[0]}: ValueError") for s in
                    said if s != "no disk left"), said  # fmt: skip
+
+
+def test_the_fault_table_counts_the_cases_it_ran(tmp_path: Path) -> None:
+    """`python tests/faults/table.py` (a README command) records every case it runs, also now that plain `pytest`
+    starts workers (whose results its recording plugin would never see)."""
+    record = tmp_path / "faults.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "CAFE_TEST_TIMING"}
+    out = subprocess.run(
+        [sys.executable, "tests/faults/table.py", "--json", str(record), "-k", "cross_checks"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    cases = json.loads(record.read_text())
+    assert len(cases) >= 5 and all(case["outcome"] == "passed" for case in cases), cases
+    assert f"cases tried **{len(cases)}**" in out.stdout

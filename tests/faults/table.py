@@ -25,7 +25,9 @@ def run_suite(pytest_args: list[str], record: Path) -> int:
     env = dict(os.environ, CAFE_FAULT_RECORD=str(record))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
     suite = [str(HERE), str(HERE.parent / "test_images.py")]  # the bad-image cases live beside the image tests
-    cmd = [sys.executable, "-m", "pytest", *suite, "-p", "record", "-q", "-p", "no:cacheprovider", *pytest_args]
+    # -n 0: one process, so the recording plugin sees every case (pytest's addopts start workers otherwise)
+    cmd = [sys.executable, "-m", "pytest", *suite, "-p", "record", "-n", "0", "-q", "-p", "no:cacheprovider"]
+    cmd += pytest_args
     return subprocess.run(cmd, env=env, cwd=HERE.parents[1]).returncode
 
 
