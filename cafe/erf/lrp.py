@@ -26,6 +26,7 @@ from cafe.erf.mixed_precision import (
     CastViews,
     autocast_dtype,
     linear_act_rule,
+    low_precision,
     matmul_attention,
     native_convolution,
 )
@@ -46,8 +47,7 @@ def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
     """The view forward's operations under the AttnLRP rules of `config`. Under a low-precision autocast the
     LayerNorms hand the matmuls their dtype, fc1 and its activation run as one rule (epsilon > 0, gamma 0), and on a
     CPU attention runs as bf16 matmuls with the shares in its backward (`cafe.erf.mixed_precision`)."""
-    low = autocast_dtype(device)
-    low = None if low == torch.float32 else low
+    low = low_precision(device)
     shares = ATTENTION_SHARES[config.attention]
     if device.type == "cpu" and low is not None:
         shares, attend = (1.0, 1.0), functools.partial(matmul_attention, shares=shares)

@@ -31,12 +31,19 @@ from torch.autograd import Function
 from cafe.backbone import Backbone
 from cafe.blocks import BlockView, Stamp
 from cafe.compute import full_precision
+from cafe.erf.rules import dtype_epsilon
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast gives matmuls on `device`'s type now, or None when autocast is off."""
     kind = device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def low_precision(device: torch.device) -> torch.dtype | None:
+    """The dtype of a low-precision autocast (bf16, fp16) on `device`'s type now; None when off or float32."""
+    dtype = autocast_dtype(device)
+    return None if dtype == torch.float32 else dtype
 
 
 ATTENTION_WEIGHTS = ("qkv_weight", "qkv_bias", "out_weight", "out_bias")
@@ -134,7 +141,7 @@ class _LinearActRule(Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fn, epsilon: float):
         h = torch.nn.functional.linear(x, weight, bias)
         a = fn(h)
-        epsilon = max(epsilon, torch.finfo(h.dtype).tiny)  # one that h's dtype does not round to 0
+        epsilon = dtype_epsilon(epsilon, h.dtype)
         stabilised = torch.copysign(torch.full((), epsilon, dtype=h.dtype, device=h.device), h).add_(h)
         ctx.save_for_backward(weight, torch.div(a, stabilised, out=stabilised))
         return a
@@ -156,7 +163,7 @@ def native_convolution(device: torch.device) -> Iterator[None]:
     """oneDNN off for the block under a low-precision autocast on a CPU: there the patch embedding's float32
     backward (a convolution with stride = kernel) is several times faster in torch's own kernel than in oneDNN's.
     fp32 keeps oneDNN's, so its maps stay what they were, bit for bit."""
-    if device.type != "cpu" or autocast_dtype(device) in (None, torch.float32):
+    if device.type != "cpu" or low_precision(device) is None:
         yield
         return
     enabled = torch.backends.mkldnn.enabled

@@ -19,9 +19,15 @@ from torch import nn
 from torch.autograd import Function
 
 
+def dtype_epsilon(epsilon: float, dtype: torch.dtype) -> float:
+    """`epsilon`, at least `dtype`'s tiniest normal number: one the dtype does not round to 0 (a float32 scalar would
+    round 1e-300 to 0), so epsilon = 0 never gives 0 / 0."""
+    return max(epsilon, torch.finfo(dtype).tiny)
+
+
 def stabilize(x: torch.Tensor, epsilon: float) -> torch.Tensor:
     """x + epsilon * sign(x), with sign(0) = +1 and epsilon at least the dtype's tiniest: never a zero denominator."""
-    epsilon = max(epsilon, torch.finfo(x.dtype).tiny)  # in x's dtype: a float32 scalar would round 1e-300 to 0
+    epsilon = dtype_epsilon(epsilon, x.dtype)
     return torch.where(x >= 0, x + epsilon, x - epsilon)
 
 
@@ -45,7 +51,7 @@ def epsilon_scale(grad: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.
     overhead: in 16 bits (autocast) it is grad - epsilon grad / (|y| + epsilon), three passes, with epsilon rounded to
     y's dtype first so that y = 0 still gives 0 (to float32's subnormal rounding); float32 keeps the formula its
     maps were made with."""
-    epsilon = max(epsilon, torch.finfo(y.dtype).tiny)  # epsilon = 0 must not give 0 / 0
+    epsilon = dtype_epsilon(epsilon, y.dtype)
     if y.dtype.itemsize >= 4:
         scale = y.div(epsilon).abs_().add_(1)
         return torch.addcdiv(grad, grad, scale, value=-1, out=scale)
