@@ -42,13 +42,19 @@ def test_passes():
 MODULE_SKIP = 'import pytest\npytest.skip("module needs X", allow_module_level=True)\ndef test_x():\n    pass\n'
 
 
+def outside_this_suite() -> dict[str, str]:
+    """This environment without what makes a pytest run inside a test part of this suite: CI, the timing record,
+    and xdist's worker variables."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "CAFE_TEST_TIMING")}
+    return {k: v for k, v in environ.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def run_pytest(
     path: Path, ci: bool, *plugins: str, workers: int = 0, args: tuple[str, ...] = (), **env: str
 ) -> subprocess.CompletedProcess:
     """pytest ARGS on `path` with the named plugins of tests/ loaded, with or without CI=true, on `workers` xdist
     workers (0: in one process) split as the suite is (pyproject.toml's addopts)."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "CAFE_TEST_TIMING")} | env
-    environ = {k: v for k, v in environ.items() if not k.startswith("PYTEST_XDIST_")}  # not this suite's worker
+    environ = outside_this_suite() | env
     environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), environ.get("PYTHONPATH", "")])
     if ci:
         environ["CI"] = "true"
@@ -198,11 +204,10 @@ def test_the_fault_table_counts_the_cases_it_ran(tmp_path: Path) -> None:
     """`python tests/faults/table.py` (a README command) records every case it runs, also now that plain `pytest`
     starts workers (whose results its recording plugin would never see)."""
     record = tmp_path / "faults.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "CAFE_TEST_TIMING"}
     out = subprocess.run(
         [sys.executable, "tests/faults/table.py", "--json", str(record), "-k", "cross_checks"],
         cwd=REPO,
-        env=env,
+        env=outside_this_suite(),
         capture_output=True,
         text=True,
     )
