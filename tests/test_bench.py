@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
+from cafe.bench.harness import OVERRIDE, Harness, Probe, Sample
 from cafe.cli import main
 
 STAGES = [
@@ -61,7 +65,44 @@ def test_quick_bench_compares_with_baselines_and_fits_depth(quick_results: dict)
     }
     assert all(c["speedup"] > 0 for c in model["comparisons"])
     assert len(model["erf_depth"]["points"]) >= 2 and "seconds_per_target_per_block" in model["erf_depth"]["fit"]
-    assert "erf.attnlrp.lxt" in model["stages"] or model["skipped"]["erf.attnlrp.lxt"]
+    assert "versus" in model["stages"].get("erf.attnlrp.lxt", {}) or model["skipped"]["erf.attnlrp.lxt"]
+    quiet = quick_results["machine"]["admission"]["quiet"]
+    assert all(c["void"] == OVERRIDE or quiet for c in model["comparisons"])  # never "not interleaved"
+
+
+class QuietProbe(Probe):
+    """This machine's clock and this process tree's CPU use, with no other process running: a quiet machine."""
+
+    def sample(self) -> Sample:
+        now = super().sample()
+        return replace(now, machine_cpu=now.own_cpu, load=0.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lxt") is None, reason="the reference extra (lxt) is not installed")
+def test_cafe_and_lxt_run_in_alternating_pairs_hold_on_a_quiet_machine_and_agree(tmp_path) -> None:
+    """Each side in a worker process of its own, driven turn by turn: lxt's record is a pair record like every
+    other (median, min and max of the per-pair speed-ups of 5 pairs), holds on a quiet machine, the same thread
+    count on both sides, and the maps of the two agree."""
+    from cafe.bench.context import Context
+    from cafe.bench.fixtures import load_tower, random_sae
+    from cafe.bench.lxt import lxt_attnlrp
+    from cafe.bench.measure import Timer
+    from cafe.bench.profiles import profile
+    from cafe.bench.suite import comparisons
+
+    cpu, p, harness = torch.device("cpu"), profile("demo", quick=True), Harness(wait_s=0, probe=QuietProbe())
+    harness.admit()
+    backbone = load_tower(p.model, cpu)
+    sae = random_sae(backbone.width, p.sae_expansion, cpu)
+    stages = lxt_attnlrp(Context(p, backbone, sae, Timer(harness, cpu, repeats=1, warmup=0, pairs=5), tmp_path))
+    cafe, lxt = stages["erf.attnlrp.cp"], stages["erf.attnlrp.lxt"]
+    speedup = lxt["versus"]["speedup"]
+    assert lxt["versus"]["order"] == "ABBAABBAAB" and len(speedup["runs"]) == 5
+    assert speedup["min"] <= speedup["median"] <= speedup["max"] and lxt["versus"]["void"] is None
+    assert cafe["params"]["threads"] == lxt["params"]["threads"] == torch.get_num_threads()
+    assert lxt["agreement"]["holds"] and lxt["agreement"]["nonzero"] == p.erf_targets
+    (row,) = comparisons(stages)
+    assert row["void"] is None and row["speedup"] == speedup["median"]
 
 
 def test_a_gpu_gets_larger_sizes_and_its_erf_batch_size() -> None:

@@ -67,7 +67,19 @@ class Context:
     def compare(self, ours_name: str, ours: Stage, base_name: str, base: Stage) -> dict[str, dict[str, Any]]:
         """Both records from alternating pairs; the baseline's record carries `versus`: the per-pair speed-up of
         ours (throughput over the baseline's)."""
-        t_ours, t_base, ratio = self.timer.pair(ours.fn, base.fn)
+        return self.paired(ours_name, ours, base_name, base, *self.timer.pair(ours.fn, base.fn))
+
+    def paired(
+        self,
+        ours_name: str,
+        ours: Stage,
+        base_name: str,
+        base: Stage,
+        t_ours: Timing,
+        t_base: Timing,
+        ratio: dict[str, Any],
+    ) -> dict[str, dict[str, Any]]:
+        """The records of `compare` from timings taken in alternating pairs (Timer.pair)."""
         records = {
             name: self.record(s.what, s.unit, s.count, t, s.flops, dict(s.params))
             for name, s, t in ((ours_name, ours, t_ours), (base_name, base, t_base))

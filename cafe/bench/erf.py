@@ -64,7 +64,8 @@ def method_params(name: str, config: ErfConfig) -> dict[str, Any]:
     }.get(name, {})
 
 
-def _inputs(ctx: Context, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def erf_inputs(ctx: Context, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, target tokens and features of `n` seeded targets."""
     tokens, features = random_targets(n, ctx.backbone, ctx.sae.n_latents)
     return random_images(n, ctx.backbone.image_size, ctx.timer.device), tokens, features
 
@@ -81,7 +82,7 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
     """`erf.<method>` per method, and `erf.<method>.one_at_a_time` where the profile asks for the captum baseline."""
     p, config = ctx.profile, erf_config(ctx.profile)
     layer, n = ctx.layer(p.erf_layer), p.erf_targets
-    target, inputs = FeatureTarget(ctx.backbone, ctx.sae, layer), _inputs(ctx, n)
+    target, inputs = FeatureTarget(ctx.backbone, ctx.sae, layer), erf_inputs(ctx, n)
     records: dict[str, dict[str, Any]] = {}
     stages: dict[str, Stage] = {}
     for name in ATTRIBUTION_METHODS:
@@ -126,23 +127,13 @@ def erf_methods(ctx: Context) -> dict[str, dict[str, Any]]:
     )
     records.setdefault("erf.kernelshap", pair["erf.kernelshap"])
     records["erf.kernelshap.captum"] = pair["erf.kernelshap.captum"]
-    if p.lxt:  # the rule lxt's ViT recipe uses, for a like-for-like comparison with it
-        cp = replace(config, attnlrp=replace(config.attnlrp, attention="cp"))
-        records["erf.attnlrp.cp"] = ctx.measure(
-            f"attnlrp with CP-LRP inside attention: {n} targets in one batched attribute() call",
-            "targets",
-            n,
-            _batched(make_method("attnlrp", target, cp), inputs),
-            n * ctx.arch.forward_backward(layer, cp=True),
-            {"layer": layer, "targets": n, "batch_size": config.batch_size, "attention": "cp"},
-        )
     return records
 
 
 def erf_depth(ctx: Context) -> dict[str, Any]:
     """AttnLRP seconds per target at each depth L of the profile (only blocks 1..L run), and its linear fit."""
     p, config = ctx.profile, erf_config(ctx.profile)
-    n, inputs = p.depth_targets, _inputs(ctx, p.depth_targets)
+    n, inputs = p.depth_targets, erf_inputs(ctx, p.depth_targets)
     points = []
     for layer in p.depth_layers:
         method = make_method("attnlrp", FeatureTarget(ctx.backbone, ctx.sae, layer), config)

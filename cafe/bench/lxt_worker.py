@@ -1,14 +1,18 @@
-"""AttnLRP through the reference library lxt, in a process of its own (lxt patches torch classes process-wide):
-`python -m cafe.bench.lxt_worker '<spec JSON>'` prints one JSON line, the timing or why lxt could not run."""
+"""One side of the cafe-vs-lxt comparison in a process of its own: cafe's AttnLRP with CP-LRP in attention, or lxt's
+patched ViT (lxt patches torch classes process-wide), on the targets in the inputs file cafe.bench.lxt writes.
+`python -m cafe.bench.lxt_worker cafe|lxt INPUTS.pt` answers one JSON line on stdout per command line on stdin:
+`run` (one call, its memory high-water) and `maps PATH` (the maps, saved to PATH); first it says it is ready, or
+why it cannot run. Both sides run this way, so that both pay the same round trip."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def import_lxt_patches() -> types.ModuleType:
@@ -56,34 +60,70 @@ def gradient_x_input(target: Any, pixels: Any, tokens: Any, features: Any) -> An
     return patch_sum(x.detach() * grad, target.backbone.patch_size)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time gradient x input under lxt's patches for `targets` targets at `layer`, set up like the main bench."""
-    try:
-        patched = patch_lxt()
-    except Exception as exc:  # whatever lxt's imports raise, it cannot run here
-        return {"error": f"lxt is not importable here ({type(exc).__name__}: {exc})"}
+def load_target(blob: dict[str, Any]) -> Any:
+    """The tower and SAE of the inputs file, as the target z_k(I, t) at its layer."""
     import torch
 
-    from cafe.bench.fixtures import load_tower, random_images, random_sae, random_targets
+    from cafe.bench.fixtures import load_tower
+    from cafe.feature_target import FeatureTarget
+    from cafe.sae.model import MatryoshkaSAE
+
+    backbone = load_tower(blob["model"], torch.device(blob["device"]))
+    backbone.visual.load_state_dict(blob["visual"])
+    sae = MatryoshkaSAE(*blob["sae_shape"])
+    sae.load_state_dict(blob["sae"])
+    return FeatureTarget(backbone, sae.to(blob["device"]).eval().requires_grad_(False), blob["layer"])
+
+
+def cafe_side(blob: dict[str, Any]) -> tuple[Callable[[], Any], list[str]]:
+    """cafe's AttnLRP with the inputs' rules, one batched attribute() call; no class patched."""
+    from cafe.erf.registry import make_method
+
+    method = make_method("attnlrp", load_target(blob), blob["config"])
+    return lambda: method.attribute(blob["images"], blob["tokens"], blob["features"]), []
+
+
+def lxt_side(blob: dict[str, Any]) -> tuple[Callable[[], Any], list[str]]:
+    """Gradient x input under lxt's global patches (patched before the tower is built)."""
+    patched = patch_lxt()
+    target = load_target(blob)
+    pixels = target.backbone.normalize(blob["images"])
+    return lambda: gradient_x_input(target, pixels, blob["tokens"], blob["features"]), patched
+
+
+SIDES = {"cafe": cafe_side, "lxt": lxt_side}
+
+
+def serve(side: str, inputs: str, commands: TextIO, reply: TextIO) -> None:
+    """Set the side up, say so (or why it cannot run), then answer each command until stdin closes."""
+    import torch
+
     from cafe.bench.harness import Harness
     from cafe.bench.measure import Timer
-    from cafe.feature_target import FeatureTarget
 
-    torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    backbone = load_tower(spec["model"], device)
-    sae = random_sae(backbone.width, spec["expansion"], device)
-    target = FeatureTarget(backbone, sae, spec["layer"])
-    pixels = backbone.normalize(random_images(spec["targets"], backbone.image_size, device))
-    tokens, features = random_targets(spec["targets"], backbone, sae.n_latents)
+    def say(message: dict[str, Any]) -> None:
+        reply.write(json.dumps(message) + "\n")
+        reply.flush()
 
-    harness = Harness()
-    harness.admission = spec["admission"]  # the parent admitted the machine; this process is its child
-    timing = Timer(harness, device, spec["repeats"], spec["warmup"]).measure(
-        lambda: gradient_x_input(target, pixels, tokens, features)
-    )
-    return {"timing": asdict(timing), "patched": patched}
+    blob = torch.load(inputs, weights_only=False)
+    torch.set_num_threads(blob["threads"])
+    try:
+        explain, patched = SIDES[side](blob)
+    except Exception as exc:  # whatever lxt's imports raise, it cannot run here
+        say({"error": f"{side} cannot run here ({type(exc).__name__}: {exc})"})
+        return
+    timer = Timer(Harness(), torch.device(blob["device"]))
+    say({"patched": patched, "threads": torch.get_num_threads(), "start_memory_mb": timer.memory_now()})
+    while line := commands.readline():
+        command, *args = line.split()
+        if command == "run":
+            say({"peak_memory_mb": timer.tracked(explain)})
+        elif command == "maps":
+            torch.save(explain().cpu(), args[0])
+            say({})
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(json.loads(sys.argv[1]))))
+    replies = os.fdopen(os.dup(1), "w")  # the answers' own channel: whatever a library prints goes to stderr
+    os.dup2(2, 1)
+    serve(sys.argv[1], sys.argv[2], sys.stdin, replies)

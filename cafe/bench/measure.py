@@ -81,7 +81,8 @@ class Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _memory_now(self) -> float:
+    def memory_now(self) -> float:
+        """Memory in use now (MB): the process's resident set on the CPU, torch's allocations on a GPU."""
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / MB
         return (_status_kb("VmRSS") or 0.0) / 1024
@@ -101,14 +102,18 @@ class Timer:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, kB on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
 
+    def tracked(self, fn: Callable[[], Any]) -> float:
+        """Run `fn` once and wait for the device: the memory high-water (MB) while it ran."""
+        self._reset_peak()
+        fn()
+        self._sync()
+        return self._peak()
+
     def _tracked(self, peaks: dict[str, float]) -> Callable[[str, Callable[[], Any]], None]:
-        """The harness hook: reset the high-water, run, wait for the device, keep each side's highest peak."""
+        """The harness hook: run tracked, keep each side's highest peak."""
 
         def run(side: str, fn: Callable[[], Any]) -> None:
-            self._reset_peak()
-            fn()
-            self._sync()
-            peaks[side] = max(peaks.get(side, 0.0), self._peak())
+            peaks[side] = max(peaks.get(side, 0.0), self.tracked(fn))
 
         return run
 
@@ -130,14 +135,14 @@ class Timer:
     def measure(self, fn: Callable[[], Any]) -> Timing:
         """Median (min, max) seconds of `fn` over the timed runs, with the memory high-water over all of them."""
         self._sync()
-        start_memory, peaks = self._memory_now(), {}
+        start_memory, peaks = self.memory_now(), {}
         figure = self.harness.time(fn, self.repeats, self.warmup, self._tracked(peaks))
         return self._timings(figure, peaks, start_memory)[0]
 
     def pair(self, a: Callable[[], Any], b: Callable[[], Any]) -> tuple[Timing, Timing, dict[str, Any]]:
         """A and B in alternating pairs: each side's timing and the per-pair ratio seconds(A) / seconds(B)."""
         self._sync()
-        start_memory, peaks = self._memory_now(), {}
+        start_memory, peaks = self.memory_now(), {}
         figure = self.harness.pair(a, b, self.pairs, self.warmup, self._tracked(peaks))
         ta, tb = self._timings(figure, peaks, start_memory)
         return ta, tb, {**figure.ratio(), "order": figure.order, "others_cores": figure.others_cores,

@@ -40,7 +40,7 @@ class Profile:
     insertion_curves: int
     insertion_steps: int  # 0: params.yaml's
     captum: bool  # captum defaults, one target at a time, beside the batched methods
-    lxt: bool  # the reference AttnLRP library in a subprocess
+    lxt: bool  # cafe's AttnLRP against the reference library lxt, each in a worker process, in alternating pairs
     erf_batch: int = 0  # targets per batched forward/backward; 0: params.yaml's erf.batch_size
 
 

@@ -27,7 +27,7 @@ from cafe.config import as_dict, parse_section
 from cafe.demo.config import DemoBackboneConfig
 from cafe.demo.world import COMPOSITIONAL
 from cafe.images import list_images, load_images
-from cafe.io import atomic_path, write_json
+from cafe.io import save_torch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def save(path: str | Path, trained: Trained, model: str, config: DemoBackboneCon
         "classes": list(trained.classes),
         "metrics": trained.metrics,
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    save_torch(path, blob)
 
 
 def run_train_demo_backbone(args: argparse.Namespace) -> None:

@@ -114,6 +114,15 @@ def save_figure(path: str | os.PathLike, fig: matplotlib.figure.Figure, dpi: int
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save atomically, through an open file: given a path, torch names the zip's inner folder after the file,
+    here the random temporary, so the same object would give different bytes on every write."""
+    import torch  # here, not at the top: most writers of this module need none of it
+
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(obj, handle)
+
+
 def open_h5(path: str | os.PathLike, required: tuple[str, ...] = ()) -> h5py.File:  # noqa: F821
     """Open an HDF5 file read-only, with a clear error if it is missing, corrupt or lacks datasets."""
     import h5py  # here, not at the top: most writers of this module (params, provenance, CSVs) need none of it

@@ -16,7 +16,7 @@ import torch
 
 from cafe.backbone import tower_shape
 from cafe.errors import CafeError
-from cafe.io import atomic_path, write_json
+from cafe.io import save_torch, write_json
 from cafe.io.activations import iter_analysis, layer_attrs, open_layer
 from cafe.sae.encoder import SAEEncoder
 from cafe.sae.formats import read_sae
@@ -71,8 +71,7 @@ def _write(out: Path, imported: Imported, provenance: dict[str, Any]) -> None:
         return
     blob = torch.load(provenance["source"]["path"], map_location="cpu", weights_only=True)
     meta = {key: value for key, value in blob["meta"].items() if key != "manifest_hash"}
-    with atomic_path(out) as tmp:
-        torch.save({**blob, "meta": {**meta, "source": provenance["source"]}}, tmp)
+    save_torch(out, {**blob, "meta": {**meta, "source": provenance["source"]}})
 
 
 def check_trained_at(imported: Imported, attrs: dict[str, Any], source: Path, activations: Path) -> None:

@@ -111,13 +111,12 @@ def save_import(path: str | Path, encoder: SAEEncoder, meta: dict[str, Any]) -> 
 
 def _write(path: str | Path, sae: nn.Module, meta: dict[str, Any]) -> str:
     """The checkpoint: state dict, meta (versioned) and the fingerprint of both, written atomically."""
-    from cafe.io import atomic_path
+    from cafe.io import save_torch
 
     state = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
     meta = {"version": CHECKPOINT_VERSION, **meta}
     fp = fingerprint(state, {k: v for k, v in meta.items() if k != "metrics"})  # same weights + config, same fp
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta, "fingerprint": fp}, tmp)
+    save_torch(path, {"state_dict": state, "meta": meta, "fingerprint": fp})
     return fp
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cafe.io import atomic_path
+from cafe.io import save_torch
 from cafe.sae.feed import DEFAULT_BUFFER_TOKENS
 from cafe.sae.model import MatryoshkaSAE, SAEConfig
 
@@ -48,8 +48,7 @@ def save_state(
         "key": key,
         "losses": list(losses or []),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, state)
 
 
 def load_state(path: Path, key: dict[str, Any], steps: int) -> dict[str, Any] | None:

@@ -44,6 +44,10 @@ STATS_TOKENS = 1 << 15  # train tokens sampled for the input scale, mean and var
 THRESHOLD_BATCHES = 16  # batches after training that estimate the BatchTopK threshold
 LOSS_WINDOW = 50  # final loss = mean over the last steps
 LOSS_READ_EVERY = 50  # steps between reading losses back: each read waits for the device to finish
+# What a run measures of itself (its wall-clock rate, whether it resumed, the feed that free memory chose) goes to
+# the metrics file and the log only: the checkpoint's bytes depend on the inputs and params alone, so that a rerun
+# with the same ones leaves it, and every product and provenance record made from it, unchanged.
+RUN_KEYS = ("resumed_from", "tokens_per_s", "feed")
 
 
 def init_sae(config: SAEConfig, stats: InputStats) -> MatryoshkaSAE:
@@ -256,7 +260,7 @@ def train(
             "variance": stats.variance,
             "loss": "sum over prefixes of mean ||s h - h_hat||^2 / variance (+ l1 * sum z)",
         },
-        "metrics": metrics,
+        "metrics": {key: value for key, value in metrics.items() if key not in RUN_KEYS},
     }
     fingerprint = save_checkpoint(out, sae.cpu(), config, meta)
     write_json(metrics_path, metrics)
