@@ -249,7 +249,12 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         "attnlrp_share_of_matmul_ratio": share[f"attnlrp_layer{depth}"],
         "forward_share_of_matmul_ratio": share[f"forward_layer{depth}"],
         "targets": n,
-        "sae": {"width": target.backbone.width, "steps": setting.speed_sae_steps, **SPEED_SAE.settings()},
+        "sae": {
+            "width": target.backbone.width,
+            "latents": SPEED_SAE.expansion * target.backbone.width,
+            "batch_size": SPEED_SAE.batch_size,
+            "steps": setting.speed_sae_steps,
+        },
     }
 
 
@@ -389,8 +394,8 @@ def markdown(results: dict[str, Any]) -> str:
             spreads = {k: _spread(r) for k, r in s["bf16_over_fp32_pairs"].items()}
             shares = ", ".join(f"{k} {v:.2f}" for k, v in s["share_of_matmul_ratio"].items() if k != "matmul_4096")
             lines += ["", f"Speed, bf16 over fp32 throughput: {spreads}; share of the matmul ratio: {shares}; "
-                      f"SAE training: {s['sae']['steps']} steps of {s['sae']['width']} -> "
-                      f"{s['sae']['expansion'] * s['sae']['width']} latents, batch {s['sae']['batch_size']}; void: "
+                      f"SAE training: {s['sae']['steps']} steps of {s['sae']['width']} -> {s['sae']['latents']} "
+                      f"latents, batch {s['sae']['batch_size']}; void: "
                       f"{ {k: r['void'] for k, r in s['bf16_over_fp32_pairs'].items()} }"]  # fmt: skip
         lines.append("")
     return "\n".join(lines)
