@@ -96,15 +96,16 @@ class Ops:
     """The operations a view's forward uses; each rule set swaps in its own with the same forward values.
     `norm(module, x)`, `linear(x, w, b, kind)` with kind 'attention' or 'mlp', `act(fn, x)`, `share(x, s)`:
     the share s in [0, 1] of the relevance that a factor of a product receives (identity in a plain forward),
-    `attend(q, k, v)` softmax attention over (B, heads, T, d) (SDPA unless a rule set computes it otherwise),
-    `linear_act(x, w, b, fn)` an ungated MLP's fc1 and its activation as one operation (None: `linear`, `act`)."""
+    `attend_packed(qkv, heads)` softmax attention of the packed q/k/v projection (B, T, 3 D) -> (B, T, D) with the
+    shares applied inside (None: SDPA over the heads, `share` on each factor), `linear_act(x, w, b, fn)` an ungated
+    MLP's fc1 and its activation as one operation (None: `linear`, `act`)."""
 
     norm: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda module, x: module(x)
     linear: Callable[..., torch.Tensor] = lambda x, w, b, _kind: F.linear(x, w, b)
     act: Callable[[Act, torch.Tensor], torch.Tensor] = lambda fn, x: fn(x)
     share: Callable[[torch.Tensor, float], torch.Tensor] = _plain_scale
     attention_shares: tuple[float, float] = (1.0, 1.0)  # (q and k, v)
-    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = F.scaled_dot_product_attention
+    attend_packed: Callable[[torch.Tensor, int], torch.Tensor] | None = None
     linear_act: Callable[..., torch.Tensor] | None = None
 
 
@@ -118,6 +119,9 @@ def _scaled(ls: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
 
 def attention(view: AttentionView, x: torch.Tensor, ops: Ops, query_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head self-attention of x (B, T, D); with `query_rows` (B,) only those tokens' outputs (B, D)."""
+    if query_rows is None and ops.attend_packed is not None:
+        out = ops.attend_packed(ops.linear(x, view.qkv_weight, view.qkv_bias, "attention"), view.heads)
+        return ops.linear(out, view.out_weight, view.out_bias, "attention")
     b, t, d = x.shape
     heads = view.heads
     if query_rows is None:  # one packed projection
@@ -131,7 +135,7 @@ def attention(view: AttentionView, x: torch.Tensor, ops: Ops, query_rows: torch.
         k, v = ops.linear(x, w_kv, b_kv, "attention").view(b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
     qk_share, v_share = ops.attention_shares
     q, k, v = ops.share(q, qk_share), ops.share(k, qk_share), ops.share(v, v_share)
-    out = ops.attend(q, k, v).transpose(1, 2).reshape(b, -1, d)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, d)
     out = ops.linear(out, view.out_weight, view.out_bias, "attention")
     return out if query_rows is None else out[:, 0]
 

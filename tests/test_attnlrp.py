@@ -199,24 +199,30 @@ def test_stabilize_keeps_a_tiny_epsilon_in_float64():
     assert (stabilize(y, 1e-300).abs() >= 1e-300).all()
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_matmul_attention_gives_sdpa_output_and_gradients(seed):
-    """The bf16 CPU attention (explicit matmuls, own backward) is the same function as SDPA, with the same plain
-    gradient, over random shapes and scales (float64: only rounding may differ)."""
-    from cafe.erf.mixed_precision import matmul_attention
+@pytest.mark.parametrize("seed", range(9))
+def test_packed_attention_is_sdpa_with_each_factors_share_of_the_gradient(seed):
+    """The bf16 CPU attention (explicit matmuls on the packed q/k/v projection, own backward) is SDPA over the heads,
+    and its gradient is SDPA's times the share of q and k, and of v (float64, random shapes, scales and shares, cp's
+    zero share included: only rounding may differ)."""
+    from cafe.erf.mixed_precision import packed_attention
 
     gen = torch.Generator().manual_seed(seed)
     b, heads, t, d = (int(v) for v in torch.randint(1, 6, (4,), generator=gen) * torch.tensor([1, 1, 7, 4]))
-    scale = float(torch.rand(1, generator=gen)) * 4
-    q, k, v = (scale * torch.randn(b, heads, t, d, dtype=torch.float64, generator=gen) for _ in range(3))
-    grad = torch.randn(b, heads, t, d, dtype=torch.float64, generator=gen)
-    outs = []
-    for fn in (matmul_attention, torch.nn.functional.scaled_dot_product_attention):
-        inputs = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        out = fn(*inputs)
-        outs.append((out, *torch.autograd.grad(out, inputs, grad)))
-    for ours, sdpa in zip(*outs, strict=True):
-        torch.testing.assert_close(ours, sdpa, rtol=1e-9, atol=1e-10)
+    shares = [(1.0, 1.0), (0.25, 0.5), (0.0, 1.0)][seed % 3]
+    qkv = float(torch.rand(1, generator=gen)) * 4 * torch.randn(b, t, 3 * heads * d, dtype=torch.float64, generator=gen)
+    grad = torch.randn(b, t, heads * d, dtype=torch.float64, generator=gen)
+
+    def sdpa(packed: torch.Tensor) -> torch.Tensor:
+        q, k, v = packed.view(b, t, 3, heads, d).permute(2, 0, 3, 1, 4)
+        return nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, heads * d)
+
+    inputs = [qkv.clone().requires_grad_(True) for _ in range(2)]
+    ours, theirs = packed_attention(inputs[0], heads, shares), sdpa(inputs[1])
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+    (got,), (plain,) = (torch.autograd.grad(out, x, grad) for out, x in zip((ours, theirs), inputs, strict=True))
+    share = torch.tensor([shares[0], shares[0], shares[1]], dtype=torch.float64)
+    expected = (plain.view(b, t, 3, heads * d) * share[:, None]).view_as(plain)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
 
 
 def test_weights_cast_once_follow_in_place_changes(tiny_backbone):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cafe.bench.fidelity import GATES, insertion_gate, spread, step_verdicts, topk_overlap
+from cafe.bench.fidelity import GATES, SPEED_SAE, insertion_gate, sae_steps, spread, step_verdicts, topk_overlap
+from cafe.sae.train import Trainer
 from cafe.stats import spearman
 
 
@@ -52,3 +53,25 @@ def test_a_mode_fails_the_erf_step_when_one_method_misses_a_gate():
     verdict = step_verdicts(record)["bf16"]
     assert verdict["activations"] and not verdict["erf"]
     assert verdict["erf_per_method"] == {"ig": True, "gradient": False}
+
+
+def test_the_sae_speed_pair_trains_the_pipelines_sae_on_the_same_batches_in_both_precisions(
+    tiny_backbone, tmp_path, monkeypatch
+):
+    """Each side of the SAE-training speed ratio does the same work: the same number of Adam steps of the pipeline's
+    SAE at the tower's width, on the same batches in the same order, one in fp32 and one in bf16."""
+    steps, calls = [], 3
+    real = Trainer.train_step
+
+    def spy(trainer, h):
+        steps.append((trainer.precision, trainer.sae.n_latents, float(h.double().sum())))
+        return real(trainer, h)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    jobs = sae_steps(tiny_backbone, calls, tmp_path)
+    for _ in range(2):
+        jobs["fp32"](), jobs["bf16"]()
+    fp32, bf16 = ([s[1:] for s in steps if s[0] == mode] for mode in ("fp32", "bf16"))
+    assert len(fp32) == 2 * calls and fp32 == bf16
+    assert {n for n, _ in fp32} == {SPEED_SAE.expansion * tiny_backbone.width}
+    assert len({total for _, total in fp32}) == calls  # distinct batches, the same ones at every run

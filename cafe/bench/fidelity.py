@@ -1,6 +1,6 @@
 """`cafe bench --fidelity`: does a precision mode change what the paper measures? Each mode against fp32, on the
 same targets, with gates stated before the run (GATES) and a verdict per step; plus the bf16/fp32 speed ratio of
-AttnLRP and of plain forwards against that of a large matmul, measured in the same run.
+AttnLRP, of plain forwards and of SAE training steps against that of a large matmul, measured in the same run.
 
 Per model (random weights, nothing downloaded) and mode:
 - ERF maps per method: per-target Spearman rank correlation with the fp32 map (median, 5th percentile) and top-k
@@ -14,8 +14,10 @@ Per model (random weights, nothing downloaded) and mode:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from cafe.backbone.tower import Backbone
-from cafe.bench.fixtures import load_tower, random_images, random_sae
+from cafe.bench.fixtures import layer_file, load_tower, random_images, random_sae
 from cafe.bench.harness import Harness
 from cafe.bench.machine import describe
 from cafe.bench.measure import Timer
@@ -39,7 +41,10 @@ from cafe.insertion.orders import rank_patches, step_counts
 from cafe.io import write_json, write_text
 from cafe.io.activations import LayerInfo, LayerWriter
 from cafe.sae.config import SAEConfig
-from cafe.sae.train import train
+from cafe.sae.evaluate import input_stats
+from cafe.sae.feed import TokenStream
+from cafe.sae.resume import run_key
+from cafe.sae.train import Trainer, train
 from cafe.stats import bootstrap_ci, spearman, trapezoid_auc
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,7 @@ class Setting:
     sae_images: int  # 0: no SAE training
     speed_targets: int  # 0: no throughput ratio
     sae_steps: int = 200  # 5e4 tokens: enough for EV, L0 and dead share to settle on the demo's width (128 -> 1024)
+    speed_sae_steps: int = 4  # Adam steps per timed run of the SAE-training speed pair (the pipeline's sae: defaults)
     modes: tuple[str, ...] = PRECISIONS  # fp32 first
     methods: tuple[str, ...] = METHODS
 
@@ -205,8 +211,9 @@ def sae_fidelity(setting: Setting, backbone: Backbone, workdir: Path) -> dict[st
     return out
 
 
-def speed_ratios(setting: Setting, target, images, tokens, features, timer: Timer) -> dict[str, Any]:
-    """bf16/fp32 throughput of a large matmul, a truncated forward and AttnLRP, in one run, at the deepest layer."""
+def speed_ratios(setting: Setting, target, images, tokens, features, timer: Timer, workdir: Path) -> dict[str, Any]:
+    """bf16/fp32 throughput of a large matmul, a truncated forward, AttnLRP at the deepest layer and SAE training
+    steps at the tower's width, in one run."""
     device, depth = target.backbone.device, target.backbone.depth
     deep = FeatureTarget(target.backbone, target.sae, depth)
     method = make_method("attnlrp", deep, ErfConfig(batch_size=setting.speed_targets))
@@ -224,21 +231,56 @@ def speed_ratios(setting: Setting, target, images, tokens, features, timer: Time
         f"forward_layer{depth}": forward,
         f"attnlrp_layer{depth}": lambda: method.attribute(*args),
     }
+    pairs = {name: (_in_mode(job, "fp32", device), _in_mode(job, "bf16", device)) for name, job in jobs.items()}
+    sae = sae_steps(target.backbone, setting.speed_sae_steps, workdir / "speed-sae")
+    pairs[f"sae_train_{setting.speed_sae_steps}steps"] = (sae["fp32"], sae["bf16"])
     seconds, ratios = {}, {}
-    for name, job in jobs.items():  # fp32 and bf16 in alternating pairs: the ratio of runs adjacent in time
-        fp32, bf16, ratio = timer.pair(_in_mode(job, "fp32", device), _in_mode(job, "bf16", device))
+    for name, (fp32_job, bf16_job) in pairs.items():  # alternating pairs: the ratio of runs adjacent in time
+        fp32, bf16, ratio = timer.pair(fp32_job, bf16_job)
         seconds[name] = {"fp32": asdict(fp32), "bf16": asdict(bf16)}
         ratios[name] = ratio
         log.info("%s bf16 over fp32: %s (void: %s)", name, _spread(ratio), ratio["void"])
-    share = {name: ratios[name]["median"] / ratios["matmul_4096"]["median"] for name in jobs}
+    share = {name: ratios[name]["median"] / ratios["matmul_4096"]["median"] for name in pairs}
     return {
         "seconds": seconds,
         "bf16_over_fp32": {name: r["median"] for name, r in ratios.items()},
         "bf16_over_fp32_pairs": ratios,
+        "share_of_matmul_ratio": share,
         "attnlrp_share_of_matmul_ratio": share[f"attnlrp_layer{depth}"],
         "forward_share_of_matmul_ratio": share[f"forward_layer{depth}"],
         "targets": n,
+        "sae": {
+            "width": target.backbone.width,
+            "latents": SPEED_SAE.expansion * target.backbone.width,
+            "batch_size": SPEED_SAE.batch_size,
+            "steps": setting.speed_sae_steps,
+        },
     }
+
+
+SPEED_SAE = SAEConfig()  # the pipeline's SAE (params.yaml sae: defaults): expansion 8, batches of 1024 tokens
+
+
+def sae_steps(backbone: Backbone, steps: int, folder: Path) -> dict[str, Callable[[], None]]:
+    """Per mode (fp32, bf16): `steps` Adam steps (`Trainer.train_step`, the mode's autocast) of the same SAE at the
+    tower's width on the same Gaussian batches, already on the device (the feed is not timed)."""
+    config = replace(SPEED_SAE, steps=steps, checkpoint_every=steps)
+    tokens = config.batch_size * steps
+    path = layer_file(folder, backbone.width, backbone.layout, tokens, 1)
+    stream = TokenStream(path, config.batch_size, config.seed)
+    stats, key = input_stats(stream.sample(tokens)), run_key(config, "speed")
+    batches = [h.to(backbone.device) for h in itertools.islice(stream.batches(), steps)]
+
+    def train_in(mode: str) -> Callable[[], None]:
+        trainer = Trainer(config, stream, stats, backbone.device, folder / f"{mode}.state", key, mode)
+
+        def run() -> None:
+            for h in batches:
+                trainer.train_step(h)
+
+        return run
+
+    return {mode: train_in(mode) for mode in CPU_MODES}
 
 
 def _spread(ratio: dict[str, Any]) -> str:
@@ -311,7 +353,7 @@ def fidelity_model(setting: Setting, device: torch.device, timer: Timer, workdir
     if setting.sae_images:
         record["sae"] = sae_fidelity(setting, backbone, workdir)
     if setting.speed_targets:
-        record["speed"] = speed_ratios(setting, target, images, tokens, features, timer)
+        record["speed"] = speed_ratios(setting, target, images, tokens, features, timer, workdir)
     record["verdicts"] = step_verdicts(record)
     return record
 
@@ -350,9 +392,10 @@ def markdown(results: dict[str, Any]) -> str:
         if "speed" in record:
             s = record["speed"]
             spreads = {k: _spread(r) for k, r in s["bf16_over_fp32_pairs"].items()}
-            lines += ["", f"Speed, bf16 over fp32 throughput: {spreads}; AttnLRP reaches "
-                      f"{s['attnlrp_share_of_matmul_ratio']:.2f} of the matmul ratio, the forward "
-                      f"{s['forward_share_of_matmul_ratio']:.2f}; void: "
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in s["share_of_matmul_ratio"].items() if k != "matmul_4096")
+            lines += ["", f"Speed, bf16 over fp32 throughput: {spreads}; share of the matmul ratio: {shares}; "
+                      f"SAE training: {s['sae']['steps']} steps of {s['sae']['width']} -> {s['sae']['latents']} "
+                      f"latents, batch {s['sae']['batch_size']}; void: "
                       f"{ {k: r['void'] for k, r in s['bf16_over_fp32_pairs'].items()} }"]  # fmt: skip
         lines.append("")
     return "\n".join(lines)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from cafe.backbone.tower import Backbone
 from cafe.blocks import Ops, block_forward
@@ -27,8 +26,8 @@ from cafe.erf.mixed_precision import (
     autocast_dtype,
     linear_act_rule,
     low_precision,
-    matmul_attention,
     native_convolution,
+    packed_attention,
 )
 from cafe.erf.rules import identity_rule, layer_norm_rule, linear_rule, scale_grad
 
@@ -49,10 +48,7 @@ def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
     CPU attention runs as bf16 matmuls with the shares in its backward (`cafe.erf.mixed_precision`)."""
     low = low_precision(device)
     shares = ATTENTION_SHARES[config.attention]
-    if device.type == "cpu" and low is not None:
-        shares, attend = (1.0, 1.0), functools.partial(matmul_attention, shares=shares)
-    else:
-        attend = F.scaled_dot_product_attention
+    packed = device.type == "cpu" and low is not None
     fused = low is not None and config.epsilon > 0 and config.gamma.mlp == 0
     return Ops(
         norm=functools.partial(layer_norm_rule, dtype=low),
@@ -60,7 +56,7 @@ def rule_ops(config: AttnLRPConfig, device: torch.device) -> Ops:
         act=identity_rule,
         share=scale_grad,
         attention_shares=shares,
-        attend=attend,
+        attend_packed=functools.partial(packed_attention, shares=shares) if packed else None,
         linear_act=functools.partial(linear_act_rule, epsilon=config.epsilon) if fused else None,
     )
 

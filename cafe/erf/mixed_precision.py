@@ -5,16 +5,17 @@ profile of AttnLRP on ViT-L/14 showed the bf16 time going to work other than the
   again in the backward (frozen weights are not in autocast's cache): `CastViews` casts each block's once and
   keeps the copy while the weights stay the same (half the float32 tower's memory);
 - attention on a CPU: torch's fused CPU attention kernel has a slow bf16 backward (slower than its float32 one),
-  so there `matmul_attention` runs softmax(q k^T / sqrt(d)) v as batched bf16 matmuls with the softmax taken in
-  float32 inside its kernel, as an unfused attention under autocast does, with the plain gradient times each
-  factor's share of the relevance (the uniform rule, instead of one more pass per factor), computed only for the
-  inputs that need one;
+  so there `packed_attention` runs softmax(q k^T / sqrt(d)) v on the packed q/k/v projection as batched bf16
+  matmuls with the softmax taken in float32 inside its kernel, as an unfused attention under autocast does, with
+  the plain gradient times each factor's share of the relevance (the uniform rule, instead of one more pass per
+  factor) written straight into the packed projection's layout (no stacking of three gradients, no copy back);
 - the patch embedding on a CPU: its float32 backward (a convolution whose stride is its kernel) is several times
   slower in oneDNN than in torch's own kernel, so `native_convolution` turns oneDNN off for that backward alone;
 - the MLP's fc1 and activation: the epsilon rule and the identity rule each pass over the hidden activations
   several times; `linear_act_rule` folds both into one factor per element (the same rules);
-- casts: each block's LayerNorms hand the matmuls bf16 (`cafe.erf.rules.layer_norm_rule`), so the backward
-  widens their gradient in the pass that multiplies it by the norm's weight instead of in a cast of its own.
+- casts: each block's LayerNorms hand the matmuls bf16 (`cafe.erf.rules.layer_norm_rule`); the backward widens
+  their bf16 gradient in a cast of its own, then multiplies by the norm's weight in float32 (torch's product of a
+  bf16 and a float32 tensor takes a mixed-type path 1.5-2x slower than the two passes).
 
 The fp32 path is none of this: its maps stay what they were, bit for bit.
 """
@@ -84,51 +85,48 @@ class CastViews:
         return cached
 
 
-class _MatmulAttention(Function):
-    """softmax(q k^T / sqrt(d)) v in q's dtype by batched matmuls; the backward is the plain gradient times the
-    shares (q and k, v) of the relevance each factor receives (the uniform rule, `Ops.attention_shares`), computed
-    only for the inputs that need one."""
+class _PackedAttention(Function):
+    """softmax(q k^T / sqrt(d)) v per head of a packed projection qkv (B, T, 3 D) in q, k, v order, in its dtype by
+    batched matmuls, output (B, T, D); the backward is the plain gradient times the shares (q and k, v) of the
+    relevance each factor receives (the uniform rule, `Ops.attend_packed`), written straight into qkv's layout.
+    The shares (and q's 1/sqrt(d)) ride on the one pass that writes each gradient."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shares: tuple[float, float]) -> torch.Tensor:
-        with full_precision(q.device):  # inputs already bf16: no casts, softmax kept in their dtype
-            q, k, v = q * q.shape[-1] ** -0.5, k.contiguous(), v.contiguous()  # once, not at every matmul
-            p = torch.softmax(q @ k.transpose(-1, -2), -1)
-            out = p @ v
-        ctx.save_for_backward(q, k, v, p, out)
-        ctx.shares = shares
+    def forward(ctx, qkv: torch.Tensor, heads: int, shares: tuple[float, float]) -> torch.Tensor:
+        b, t, width = qkv.shape
+        d = width // 3 // heads
+        # each factor contiguous once (b * heads, t, d), not at every matmul; q scaled once
+        q, k, v = (x.contiguous().view(b * heads, t, d) for x in qkv.view(b, t, 3, heads, d).permute(2, 0, 3, 1, 4))
+        q.mul_(d**-0.5)
+        with full_precision(qkv.device):  # inputs already bf16: no casts, softmax kept in their dtype
+            p = torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1)
+            out = torch.bmm(p, v).view(b, heads, t, d).transpose(1, 2).reshape(b, t, heads * d)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.shares, ctx.heads = shares, heads
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        q, k, v, p, out = ctx.saved_tensors
-        (qk_share, v_share), need = ctx.shares, ctx.needs_input_grad
-        grad = grad.to(out.dtype)
-        grad_v = _scaled(p.transpose(-1, -2) @ grad, v_share) if need[2] else None
-        if not (need[0] or need[1]):
-            return None, None, grad_v, None
-        # softmax backward: p * (dp - rowsum(dp * p)), and rowsum(dp * p) = rowsum(grad * out)
-        ds = (grad @ v.transpose(-1, -2)).sub_((grad * out).sum(-1, keepdim=True)).mul_(p)
-        grad_q = (ds @ k).mul_(q.shape[-1] ** -0.5 * qk_share) if need[0] else None
-        grad_k = _scaled(ds.transpose(-1, -2) @ q, qk_share) if need[1] else None
-        return grad_q, grad_k, grad_v, None
+        q, k, v, p = ctx.saved_tensors
+        (qk_share, v_share), heads, (_, t, d) = ctx.shares, ctx.heads, q.shape
+        b = len(q) // heads
+        grad = grad.to(q.dtype).view(b, t, heads, d).transpose(1, 2).reshape(b * heads, t, d)  # contiguous once
+        packed = grad.new_empty(b, t, 3, heads, d)
+        grad_q, grad_k, grad_v = packed.permute(2, 0, 3, 1, 4)
+        torch.mul(torch.bmm(p.transpose(1, 2), grad).view(grad_v.shape), v_share, out=grad_v)
+        if qk_share == 0:
+            grad_q.zero_(), grad_k.zero_()
+        else:  # softmax backward p * (dp - rowsum(dp * p)) in one kernel
+            ds = torch._softmax_backward_data(torch.bmm(grad, v.transpose(1, 2)), p, -1, p.dtype)
+            torch.mul(torch.bmm(ds, k).view(grad_q.shape), d**-0.5 * qk_share, out=grad_q)
+            torch.mul(torch.bmm(ds.transpose(1, 2), q).view(grad_k.shape), qk_share, out=grad_k)
+        return packed.view(b, t, -1), None, None
 
 
-def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """x * factor, in place (x is a new tensor)."""
-    return x if factor == 1 else x.mul_(factor)
-
-
-def matmul_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shares: tuple[float, float] = (1.0, 1.0)
-) -> torch.Tensor:
-    """Softmax attention (B, heads, T, d) as explicit batched matmuls (for bf16 on a CPU); the gradients reaching
-    q and k, and v, are scaled by `shares` (a share 0: no gradient, nor its work)."""
-    if shares[0] == 0:
-        q, k = q.detach(), k.detach()
-    if shares[1] == 0:
-        v = v.detach()
-    return _MatmulAttention.apply(q, k, v, shares)
+def packed_attention(qkv: torch.Tensor, heads: int, shares: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """Softmax attention of a packed q/k/v projection (B, T, 3 D) -> (B, T, D) as explicit batched matmuls (for bf16
+    on a CPU); the gradients reaching q and k, and v, are scaled by `shares` (a share 0: a zero gradient)."""
+    return _PackedAttention.apply(qkv, heads, shares)
 
 
 class _LinearActRule(Function):

@@ -101,8 +101,13 @@ class _LayerNormRule(Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rstd, weight = ctx.saved_tensors
-        # one new tensor in x's dtype (a low-precision grad widened in the same pass), then in place
-        grad = grad.to(ctx.dtype, copy=True) if weight is None else grad * weight.to(ctx.dtype)
+        # one new tensor in x's dtype, then in place; a low-precision grad is widened in a pass of its own first (a
+        # product of two dtypes takes torch's slower mixed-type path)
+        if weight is not None and grad.dtype == ctx.dtype:
+            grad = grad * weight.to(ctx.dtype)
+        else:
+            grad = grad.to(ctx.dtype, copy=True)
+            grad = grad if weight is None else grad.mul_(weight.to(ctx.dtype))
         return grad.sub_(grad.mean(-1, keepdim=True)).mul_(rstd), None, None
 
 
