@@ -5,12 +5,15 @@ the workers in units (worker_units.py)."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sae_tools
 import skips_fail_in_ci
 import timing_record
 import torch
@@ -47,14 +50,40 @@ def finished_tiny_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     every product made and committed), built once per session: under pytest-xdist by the first worker that needs
     it while the others wait for it. Never change it: take `workflow_utils.copy_workspace(finished_tiny_demo,
     tmp_path / ...)`; every worker checks at its end that nothing in it changed."""
-    worker = getattr(request.config, "workerinput", {}).get("workerid")
-    if worker is None:  # one process
-        root = build_tiny_demo(tmp_path_factory.mktemp("finished"))
-    else:  # the folder every worker's own temporary folder is in: one per session
-        root = worker_units.built_once(tmp_path_factory.getbasetemp().parent / "finished", build_tiny_demo, worker)
+    root = built_once_per_session(request, tmp_path_factory, "finished", build_tiny_demo)
     before = fingerprint(root)
     yield root
     assert fingerprint(root) == before, f"a test changed the shared tiny demo {root}: copy it instead"
+
+
+@pytest.fixture(scope="session")
+def sae_tool_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[Path, dict[str, dict]]]:
+    """`sae_tool_run(tool)`: the folder and cases of one run of that SAE tool's own package (tests/sae_tools.py) on
+    `sae_tools.tool_activations()`, made once per session for all workers (SAELens: the formats test and the
+    import test read the same run). Read only."""
+
+    def run(tool: str) -> tuple[Path, dict[str, dict]]:
+        build = partial(sae_tools.run_on_sample, tool)
+        folder = built_once_per_session(request, tmp_path_factory, f"sae-tool-{tool}", build)
+        return folder, json.loads((folder / "cases.json").read_text())
+
+    return run
+
+
+def built_once_per_session(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """The folder `name` made by `build(folder)` once per session: in one process, here; under pytest-xdist, by the
+    first worker that asks while the others wait for it (worker_units.built_once)."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    if worker is None:  # one process
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    # the folder every worker's own temporary folder is in: one per session
+    return worker_units.built_once(tmp_path_factory.getbasetemp().parent / name, build, worker)
 
 
 def build_tiny_demo(root: Path) -> Path:

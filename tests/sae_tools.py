@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 RUNNER = Path(__file__).with_name("sae_tools_run.py")
 COMMON = ("einops==0.8.2",)
 TOOLS: dict[str, tuple[str, ...]] = {  # tool -> pinned wheels (pure Python, installed without dependencies)
@@ -61,6 +63,19 @@ def tool_dir(tool: str) -> Path:
         subprocess.run(command, check=True, capture_output=True, timeout=600)
         partial.rename(target)
     return target
+
+
+def tool_activations() -> np.ndarray:
+    """The activations every tool encodes: 64 tokens of the tiny demo tower's width (32), so that the import test
+    (tests/test_sae_import_e2e.py) can take its SAELens SAE from the same run as the formats test."""
+    return (np.random.default_rng(0).standard_normal((64, 32)) * 2 + 0.5).astype(np.float32)
+
+
+def run_on_sample(tool: str, workdir: Path) -> dict[str, dict]:
+    """`run_tool` on `tool_activations()` written to workdir/acts.npy."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(workdir / "acts.npy", tool_activations())
+    return run_tool(tool, workdir)
 
 
 def run_tool(tool: str, workdir: Path) -> dict[str, dict]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sae_tools import TOOLS, run_tool
+from sae_tools import TOOLS
 
 from cafe.erf.rules import sae_rule
 from cafe.errors import CafeError
@@ -49,10 +49,8 @@ def z_difference(z: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module", params=sorted(TOOLS))
-def tool_cases(request, tmp_path_factory) -> tuple[str, Path, dict]:
-    workdir = tmp_path_factory.mktemp(request.param)
-    np.save(workdir / "acts.npy", activations())
-    return request.param, workdir, run_tool(request.param, workdir)
+def tool_cases(request, sae_tool_run) -> tuple[str, Path, dict]:
+    return request.param, *sae_tool_run(request.param)
 
 
 def test_z_equals_the_tools_own_encode(tool_cases):

@@ -10,11 +10,9 @@ import shutil
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sae_tools import run_tool
 from safetensors.torch import load_file, save_file
 from workflow_utils import copy_workspace, run, write_params
 
@@ -22,7 +20,6 @@ from cafe.sae.model import load_sae
 
 LAYER = 2  # the SAELens SAEs of tests/sae_tools_run.py hook blocks.1.hook_resid_post: the residual after block 2
 CASE = "topk_layer_norm"  # TopK after SAELens's per-token layer norm: the AttnLRP rule goes through both
-WIDTH = 32  # cafe-tiny-vit
 # What the imported SAE reaches in this run (the copied demo's other layers and stages are left as they were)
 REACHED = [
     f"results/sae/layer{LAYER}.pt",
@@ -38,10 +35,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def imported_study(tmp_path_factory, finished_tiny_demo) -> Path:
-    tools = tmp_path_factory.mktemp("saelens")
-    np.save(tools / "acts.npy", np.random.default_rng(0).standard_normal((8, WIDTH)).astype(np.float32))
-    spec = run_tool("saelens", tools)[CASE]
+def imported_study(tmp_path_factory, finished_tiny_demo, sae_tool_run) -> Path:
+    spec = sae_tool_run("saelens")[1][CASE]  # the formats test's run: its SAEs have the tiny tower's width
     root = copy_workspace(finished_tiny_demo, tmp_path_factory.mktemp("imported") / "study")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["layers"] = [LAYER]
