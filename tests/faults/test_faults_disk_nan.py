@@ -79,9 +79,10 @@ def test_disk_full_during_checkpoint_save_keeps_the_previous_checkpoint(
     before = hashes(tmp_path)
     real_save = torch.save
 
-    def half_then_full(obj, path, *args, **kwargs):
-        real_save(obj, path, *args, **kwargs)
-        Path(path).write_bytes(Path(path).read_bytes()[:100])  # some bytes made it to disk
+    def half_then_full(obj, handle, *args, **kwargs):  # cafe saves through an open file (byte-stable zips)
+        real_save(obj, handle, *args, **kwargs)
+        handle.flush()
+        handle.truncate(100)  # some bytes made it to disk
         no_space()
 
     monkeypatch.setattr(sae_model.torch, "save", half_then_full)
