@@ -61,7 +61,7 @@ def sae_tool_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], tuple[Path, dict[str, dict]]]:
     """`sae_tool_run(tool)`: the folder and cases of one run of that SAE tool's own package (tests/sae_tools.py) on
-    `sae_tools.tool_activations()`, made once per session for all workers (SAELens: the formats test and the
+    `sae_tools.activations()`, made once per session for all workers (SAELens: the formats test and the
     import test read the same run). Read only."""
 
     def run(tool: str) -> tuple[Path, dict[str, dict]]:

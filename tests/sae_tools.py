@@ -65,16 +65,17 @@ def tool_dir(tool: str) -> Path:
     return target
 
 
-def tool_activations() -> np.ndarray:
-    """The activations every tool encodes: 64 tokens of the tiny demo tower's width (32), so that the import test
-    (tests/test_sae_import_e2e.py) can take its SAELens SAE from the same run as the formats test."""
-    return (np.random.default_rng(0).standard_normal((64, 32)) * 2 + 0.5).astype(np.float32)
+def activations(seed: int = 0, n: int = 64, width: int = 32) -> np.ndarray:
+    """Seeded activations, neither centred nor unit-scaled. The default is what every tool encodes: 64 tokens of the
+    tiny demo tower's width (32), so that the import test (tests/test_sae_import_e2e.py) can take its SAELens SAE
+    from the same run as the formats test."""
+    return (np.random.default_rng(seed).standard_normal((n, width)) * 2 + 0.5).astype(np.float32)
 
 
 def run_on_sample(tool: str, workdir: Path) -> dict[str, dict]:
-    """`run_tool` on `tool_activations()` written to workdir/acts.npy."""
+    """`run_tool` on `activations()` written to workdir/acts.npy."""
     workdir.mkdir(parents=True, exist_ok=True)
-    np.save(workdir / "acts.npy", tool_activations())
+    np.save(workdir / "acts.npy", activations())
     return run_tool(tool, workdir)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sae_tools
 import torch
 from sae_tools import TOOLS
 
@@ -40,7 +41,7 @@ Z_TOLERANCE = 1e-5  # max |z_cafe - z_tool| / max |z_tool|
 
 
 def activations(seed: int = 0, n: int = 64) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal((n, D)) * 2 + 0.5).astype(np.float32)
+    return sae_tools.activations(seed, n, D)
 
 
 def z_difference(z: torch.Tensor, reference: torch.Tensor) -> float:

@@ -115,7 +115,7 @@ class _PackedAttention(Function):
         grad_q, grad_k, grad_v = packed.permute(2, 0, 3, 1, 4)
         torch.mul(torch.bmm(p.transpose(1, 2), grad).view(grad_v.shape), v_share, out=grad_v)
         if qk_share == 0:
-            grad_q.zero_(), grad_k.zero_()
+            packed[:, :, :2].zero_()  # q's and k's gradients, in one pass
         else:  # softmax backward p * (dp - rowsum(dp * p)) in one kernel
             ds = torch._softmax_backward_data(torch.bmm(grad, v.transpose(1, 2)), p, -1, p.dtype)
             torch.mul(torch.bmm(ds, k).view(grad_q.shape), d**-0.5 * qk_share, out=grad_q)
